@@ -1,0 +1,88 @@
+"""In-memory dataset splits: every example carries x, y, group and weight."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from polyjax import weighting
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """One split held in host memory. `x` is float32, the rest are (N,) arrays."""
+  x: np.ndarray
+  y: np.ndarray
+  group: np.ndarray
+  weight: np.ndarray
+
+  def __post_init__(self):
+    n = len(self.y)
+    for name in ("x", "group", "weight"):
+      if len(getattr(self, name)) != n:
+        raise ValueError(f"split field {name!r} has {len(getattr(self, name))} rows, y has {n}")
+
+  def __len__(self) -> int:
+    return len(self.y)
+
+  def take(self, idx: np.ndarray) -> "Split":
+    return Split(self.x[idx], self.y[idx], self.group[idx], self.weight[idx])
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """Train, validation and (balanced) test splits plus what the model and loss need."""
+  train: Split
+  val: Split
+  test: Split
+  num_classes: int
+  num_groups: int
+
+  @property
+  def in_shape(self) -> tuple[int, ...]:
+    return tuple(self.train.x.shape[1:])
+
+  @property
+  def train_group_counts(self) -> np.ndarray:
+    return weighting.group_counts(self.train.group, self.num_groups)
+
+  @property
+  def train_class_counts(self) -> np.ndarray:
+    return np.bincount(self.train.y, minlength=self.num_classes)
+
+  def splits(self) -> dict[str, Split]:
+    return {"train": self.train, "val": self.val, "test": self.test}
+
+
+def make_split(x, y, group=None) -> Split:
+  """A split with unit weights; `group` defaults to the class."""
+  y = np.asarray(y, np.int32)
+  group = y if group is None else np.asarray(group, np.int32)
+  return Split(np.asarray(x, np.float32), y, group, np.ones(len(y), np.float32))
+
+
+def with_weights(ds: Dataset, *, mode: str, exponent: float) -> Dataset:
+  """Gives every example of every split its training group's importance weight."""
+  w_G = weighting.group_weights(ds.train_group_counts, mode=mode, exponent=exponent)
+  out = {name: dataclasses.replace(s, weight=w_G[s.group]) for name, s in ds.splits().items()}
+  return dataclasses.replace(ds, **out)
+
+
+def train_val_split(split: Split, *, val_frac: float, seed: int) -> tuple[Split, Split]:
+  """Random train/val split of `split` with its own fixed seed (SPEC §3: 80/20)."""
+  perm = np.random.default_rng(seed).permutation(len(split))
+  n_val = int(round(val_frac * len(split)))
+  return split.take(np.sort(perm[n_val:])), split.take(np.sort(perm[:n_val]))
+
+
+def subsample_classes(y: np.ndarray, keep_per_class: dict[int, int], *,
+                      rng: np.random.Generator) -> np.ndarray:
+  """Sorted indices keeping `keep_per_class[c]` random examples of each class c."""
+  keep = []
+  for c, k in keep_per_class.items():
+    idx = np.flatnonzero(y == c)
+    if k > len(idx):
+      raise ValueError(f"class {c} has {len(idx)} examples, cannot keep {k}")
+    keep.append(rng.choice(idx, size=k, replace=False))
+  return np.sort(np.concatenate(keep))

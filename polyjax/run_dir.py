@@ -1,0 +1,91 @@
+"""The files of a run directory (SPEC §8): the contract between training and analysis.
+
+    <workdir>/config.json      resolved config plus seed, workdir, data_dir, host, versions
+    <workdir>/metrics.jsonl    one JSON object per (evaluation, split)
+    <workdir>/summary.json     status, epochs completed, final metrics
+    <workdir>/checkpoints/     Orbax checkpoints (polyjax.checkpointing)
+
+JSON files are written atomically (temporary file, then rename), so a reader never
+sees half a file and a crash never destroys the previous version.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import platform
+from importlib import metadata
+from typing import Any, Mapping
+
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+CHECKPOINTS = "checkpoints"
+
+_VERSIONED = ("polyjax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain",
+              "tensorflow-datasets", "ml-collections", "numpy")
+
+
+def _jsonable(value: Any) -> Any:
+  if isinstance(value, Mapping):
+    return {str(k): _jsonable(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_jsonable(v) for v in value]
+  if isinstance(value, float) and not math.isfinite(value):
+    return str(value)  # JSON has no NaN/Inf; keep them readable.
+  if hasattr(value, "item"):
+    return _jsonable(value.item())
+  return value
+
+
+def write_json(path: pathlib.Path, obj: Any) -> None:
+  """Atomically writes `obj` as JSON to `path`."""
+  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+  with open(tmp, "w") as f:
+    json.dump(_jsonable(obj), f, indent=2, sort_keys=True)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+def read_json(path: pathlib.Path) -> Any:
+  with open(path) as f:
+    return json.load(f)
+
+
+def versions() -> dict[str, str]:
+  out = {"python": platform.python_version()}
+  for name in _VERSIONED:
+    try:
+      out[name] = metadata.version(name)
+    except metadata.PackageNotFoundError:
+      pass
+  return out
+
+
+class RunDir:
+  """Writes one run's files under `path`."""
+
+  def __init__(self, path: str | os.PathLike):
+    self.path = pathlib.Path(path)
+
+  @property
+  def checkpoints(self) -> pathlib.Path:
+    return self.path / CHECKPOINTS
+
+  def create(self) -> None:
+    self.path.mkdir(parents=True, exist_ok=True)
+
+  def write_config(self, config: Mapping[str, Any], **extra: Any) -> None:
+    write_json(self.path / CONFIG, {**config, **extra})
+
+  def append_metrics(self, rows: list[Mapping[str, Any]]) -> None:
+    with open(self.path / METRICS, "a") as f:
+      for row in rows:
+        f.write(json.dumps(_jsonable(row), sort_keys=True) + "\n")
+      f.flush()
+      os.fsync(f.fileno())
+
+  def write_summary(self, summary: Mapping[str, Any]) -> None:
+    write_json(self.path / SUMMARY, summary)

@@ -1,0 +1,153 @@
+"""Jitted, data-parallel training and evaluation over a one-axis device mesh.
+
+The state is replicated and every batch is sharded along the mesh's 'data' axis;
+XLA inserts the gradient all-reduce. Datasets that fit on the device are placed
+there once, and a whole epoch runs inside one compiled call: the host only sends
+the epoch's (steps, batch) index array, and the batch gather happens on device.
+Evaluation sums counts inside jit and divides on the host (`polyjax.metrics`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from polyjax import metrics, weighting
+from polyjax.data.splits import Split
+from polyjax.losses import LossFn
+from polyjax.train_state import ModelDef, TrainState
+
+Batch = dict[str, jax.Array]
+DATA_AXIS = "data"
+
+
+def make_mesh(devices=None) -> jax.sharding.Mesh:
+  """A one-axis mesh over `devices` (default: every device of every process)."""
+  devices = jax.devices() if devices is None else list(devices)
+  return jax.make_mesh((len(devices),), (DATA_AXIS,), devices=devices,
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+@dataclasses.dataclass(frozen=True)
+class Shardings:
+  mesh: jax.sharding.Mesh
+
+  @property
+  def replicated(self) -> NamedSharding:
+    return NamedSharding(self.mesh, P())
+
+  @property
+  def batch(self) -> NamedSharding:
+    """Leading (example) axis split over devices."""
+    return NamedSharding(self.mesh, P(DATA_AXIS))
+
+  @property
+  def stacked_batches(self) -> NamedSharding:
+    """(num_batches, batch, ...) arrays: the batch axis split over devices."""
+    return NamedSharding(self.mesh, P(None, DATA_AXIS))
+
+
+def split_arrays(split: Split) -> dict[str, np.ndarray]:
+  return {"x": split.x, "y": split.y, "group": split.group, "weight": split.weight}
+
+
+def epoch_indices(n: int, batch_size: int, *, seed: int, epoch: int) -> np.ndarray:
+  """(steps, batch_size) example indices for one epoch; the last partial batch is dropped.
+
+  The order is a pure function of (seed, epoch), so a resumed run sees the same
+  batches as an uninterrupted one.
+  """
+  perm = np.random.default_rng([seed, epoch]).permutation(n)
+  steps = n // batch_size
+  return perm[: steps * batch_size].reshape(steps, batch_size).astype(np.int32)
+
+
+def pad_for_eval(split: Split, batch_size: int) -> dict[str, np.ndarray]:
+  """Split arrays padded to whole batches, shaped (num_batches, batch_size, ...), plus a mask."""
+  arrays = split_arrays(split)
+  n = len(split)
+  num_batches = max(1, -(-n // batch_size))
+  pad = num_batches * batch_size - n
+  out = {}
+  for k, a in arrays.items():
+    a = np.concatenate([a, np.zeros((pad,) + a.shape[1:], a.dtype)])
+    out[k] = a.reshape((num_batches, batch_size) + a.shape[1:])
+  out["mask"] = (np.arange(num_batches * batch_size) < n).reshape(num_batches, batch_size)
+  return out
+
+
+def make_train_step(*, model_def: ModelDef, loss_fn: LossFn,
+                    tx: optax.GradientTransformation) -> Callable[[TrainState, Batch], tuple]:
+  """One SGD step on a batch; returns the new state and the batch objective."""
+
+  def train_step(state: TrainState, batch: Batch):
+
+    def objective(params):
+      logits_BxC, model_state = model_def.apply(
+          state.replace(params=params), batch["x"], train=True)
+      loss_B = loss_fn(logits_BxC, batch["y"], batch["group"])
+      return weighting.weighted_mean(loss_B, batch["weight"]), model_state
+
+    (obj, model_state), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new_state = state.replace(step=state.step + 1, params=params,
+                              model_state=model_state, opt_state=opt_state)
+    return new_state, obj
+
+  return train_step
+
+
+def make_train_epoch(train_step, shardings: Shardings):
+  """Jitted `(state, data, idx_SxB) -> (state, objective_S)`: a whole epoch in one call.
+
+  `data` is the training split on device (replicated); `idx_SxB` holds the
+  epoch's batches as example indices, sharded along the batch axis.
+  """
+
+  def train_epoch(state, data, idx_SxB):
+
+    def body(state, idx_B):
+      batch = jax.tree.map(lambda a: a[idx_B], data)
+      batch = jax.lax.with_sharding_constraint(batch, shardings.batch)
+      return train_step(state, batch)
+
+    return jax.lax.scan(body, state, idx_SxB)
+
+  return jax.jit(
+      train_epoch,
+      in_shardings=(shardings.replicated, shardings.replicated, shardings.stacked_batches),
+      out_shardings=(shardings.replicated, shardings.replicated),
+      donate_argnums=(0,))
+
+
+def make_eval_counts(*, model_def: ModelDef, loss_fn: LossFn, num_groups: int,
+                     shardings: Shardings):
+  """Jitted `(state, padded) -> counts` summed over all batches of a padded split."""
+
+  def eval_counts(state, padded):
+
+    def body(total, batch):
+      logits_BxC, _ = model_def.apply(state, batch["x"], train=False)
+      loss_B = loss_fn(logits_BxC, batch["y"], batch["group"])
+      counts = metrics.batch_counts(
+          logits_BxC=logits_BxC, labels_B=batch["y"], groups_B=batch["group"],
+          loss_B=loss_B, weight_B=batch["weight"], mask_B=batch["mask"],
+          num_groups=num_groups)
+      return (counts if total is None else metrics.add(total, counts)), None
+
+    first = jax.tree.map(lambda a: a[0], padded)
+    rest = jax.tree.map(lambda a: a[1:], padded)
+    total, _ = body(None, first)
+    total, _ = jax.lax.scan(body, total, rest)
+    return total
+
+  return jax.jit(eval_counts,
+                 in_shardings=(shardings.replicated, shardings.stacked_batches),
+                 out_shardings=shardings.replicated)

@@ -1,0 +1,78 @@
+"""The train state: a pytree of arrays only, and the model definition beside it.
+
+`TrainState` is exactly what is checkpointed, sharded by jit and (for sweeps)
+stacked by vmap. The static half of the NNX model, its graph definitions, lives in
+`ModelDef` and is closed over by the jitted steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from polyjax import models
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # () int32: optimizer steps taken.
+  params: nnx.State  # nnx.Param variables.
+  model_state: nnx.State  # Every other variable (BatchNorm statistics); may be empty.
+  opt_state: optax.OptState
+  rng: jax.Array  # () typed key; step randomness is fold_in(rng, step).
+  adv_probs: jax.Array  # (G,) group DRO's adversarial group probabilities (uniform unless mode 'dro').
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelDef:
+  """Static graph definitions of the model in training and evaluation mode."""
+  train: Any
+  eval: Any
+
+  def apply(self, state: TrainState, x: jax.Array, *, train: bool):
+    """Logits for `x`, and the model state after the call (updated BatchNorm stats)."""
+    model = nnx.merge(self.train if train else self.eval, state.params, state.model_state)
+    logits = model(x)
+    _, _, model_state = nnx.split(model, nnx.Param, ...)
+    return logits, model_state
+
+
+def make_optimizer(*, lr: float, momentum: float, weight_decay: float
+                   ) -> optax.GradientTransformation:
+  """SGD with momentum and L2 weight decay; hyperparameters live in the optimizer state
+  (`inject_hyperparams`) so that they can differ across stacked models."""
+
+  def sgd(learning_rate, momentum, weight_decay):
+    return optax.chain(optax.add_decayed_weights(weight_decay),
+                       optax.sgd(learning_rate, momentum=momentum))
+
+  return optax.inject_hyperparams(sgd)(learning_rate=lr, momentum=momentum,
+                                       weight_decay=weight_decay)
+
+
+def create(*, model_name: str, model_kwargs: dict, in_shape: tuple[int, ...],
+           num_classes: int, num_groups: int, tx: optax.GradientTransformation,
+           seed: int) -> tuple[ModelDef, TrainState]:
+  """Initialises model, optimizer and randomness from the run seed."""
+  init_key, step_key = jax.random.split(jax.random.key(seed))
+  model = models.get_model(model_name, in_shape=in_shape, num_classes=num_classes,
+                           rngs=nnx.Rngs(params=init_key), **model_kwargs)
+  train_def, params, model_state = nnx.split(model, nnx.Param, ...)
+  eval_model = nnx.view(model, use_running_average=True, deterministic=True,
+                        raise_if_not_found=False)
+  eval_def = nnx.graphdef(eval_model)
+  state = TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      model_state=model_state,
+      opt_state=tx.init(params),
+      rng=step_key,
+      adv_probs=jnp.full((num_groups,), 1.0 / num_groups, jnp.float32),
+  )
+  return ModelDef(train=train_def, eval=eval_def), state
