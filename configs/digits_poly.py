@@ -5,7 +5,7 @@
 Digits 0-4 against 5-9 from scikit-learn's bundled 8x8 images, class 1 subsampled
 10x (about 600 vs 60 training images), balanced test set of 150 per class. Runs
 offline in well under a minute on a laptop CPU; expect test/reweighted_acc
-around 0.9.
+(the mean of the two class accuracies on the balanced test set) around 0.94.
 """
 
 from polyjax.config import base_config
@@ -19,7 +19,7 @@ def get_config():
   c.loss.alpha = 1.0
   c.weighting.mode = "reweighted"
   c.weighting.exponent = 1.0
-  c.lr = 0.05
+  c.lr = 0.02
   c.batch_size = 64
-  c.num_epochs = 30
+  c.num_epochs = 40
   return c

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import pathlib
+import re
 import sys
 
 import jax
@@ -59,8 +60,32 @@ def main(argv) -> int:
   return 0
 
 
+def _fail(message: str) -> None:
+  print(f"polyjax: error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing with bad flags and misspelt config fields as one-line errors."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    _fail(str(e).splitlines()[0])
+  except (AttributeError, KeyError) as e:
+    # A locked ConfigDict rejects unknown fields: "'lrr'\nDid you mean "lr" ...".
+    text = str(e)
+    key = re.search(r"'(\w+)", text)
+    key = key.group(1) if key else text
+    hint = re.search(r'Did you mean "(\w+)"', text)
+    given = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+    named = next((a for a in given if a.split(".")[-1] == key), "--config")
+    _fail(f"{named}: the config has no field {key!r}"
+          + (f" (did you mean {hint.group(1)!r}?)" if hint else ""))
+  return []  # Unreachable.
+
+
 def run() -> None:
-  app.run(lambda argv: sys.exit(main(argv)))
+  app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

@@ -127,7 +127,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   checkpoints = checkpointing.Checkpoints(run.checkpoints,
                                           every_epochs=config.num_epochs)
   state = exp.state
-  summary: dict[str, Any] = {"status": "running", "epochs_completed": 0, "final": {}}
+  summary: dict[str, Any] = {"status": "running", "epochs_completed": 0, "steps": 0,
+                             "final": {}}
   start = time.time()
   values: dict[str, float] = {}
   try:
@@ -145,6 +146,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         raise Diverged(f"training objective is {objective_S[bad]} at epoch {epoch}, "
                        f"step {step}; stopping (no checkpoint of this state is kept)")
       summary["epochs_completed"] = epoch
+      summary["steps"] = epoch * len(idx_SxB)
       if epoch % config.eval_every_epochs == 0 or epoch == config.num_epochs:
         values = evaluate(exp, state, eval_data)
         values["train/objective"] = float(objective_S.mean())
@@ -168,7 +170,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     raise
   finally:
     summary["wall_seconds"] = time.time() - start
-    summary["steps"] = int(jax.device_get(state.step))
     checkpoints.close()
     run.write_summary(summary)
   return summary

@@ -1,0 +1,93 @@
+"""Evaluation metrics against scikit-learn, through the real padded, sharded eval path."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from polyjax import metrics, steps
+from polyjax.data.splits import Split
+
+
+class FixedLogits:
+  """A stand-in ModelDef whose 'model' reads precomputed logits stored in x."""
+
+  def apply(self, state, x, *, train):
+    del state, train
+    return x, None
+
+
+def ce(logits_BxC, labels_B, groups_B):
+  del groups_B
+  return -jax.nn.log_softmax(logits_BxC)[jnp.arange(len(labels_B)), labels_B]
+
+
+@pytest.mark.parametrize("num_classes,num_groups,n,batch", [(2, 2, 1003, 64), (3, 4, 517, 128)])
+def test_metrics_match_sklearn_on_random_predictions(num_classes, num_groups, n, batch):
+  rng = np.random.default_rng(num_classes)
+  logits = rng.normal(size=(n, num_classes)).astype(np.float32)
+  y = rng.integers(0, num_classes, n).astype(np.int32)
+  g = rng.integers(0, num_groups, n).astype(np.int32)
+  w = rng.uniform(0.1, 3.0, n).astype(np.float32)
+  assert n % batch != 0 and len(jax.devices()) == 8
+  sh = steps.Shardings(steps.make_mesh())
+  eval_counts = steps.make_eval_counts(model_def=FixedLogits(), loss_fn=ce,
+                                       num_groups=num_groups, shardings=sh)
+  padded = jax.device_put(steps.pad_for_eval(Split(logits, y, g, w), batch), sh.stacked_batches)
+  train_counts = np.array([50, 30, 15, 5][:num_groups])
+  got = metrics.finalize(jax.device_get(eval_counts(None, padded)),
+                         train_group_counts=train_counts)
+
+  pred = logits.argmax(-1)
+  loss = np.asarray(ce(jnp.asarray(logits), jnp.asarray(y), None), np.float64)
+  assert got["n"] == n
+  np.testing.assert_allclose(got["acc"], skm.accuracy_score(y, pred), rtol=1e-6)
+  np.testing.assert_allclose(got["loss"], loss.mean(), rtol=1e-5)
+  np.testing.assert_allclose(got["weighted_loss"], np.sum(w * loss) / np.sum(w), rtol=1e-5)
+  prec = skm.precision_score(y, pred, average=None, labels=range(num_classes), zero_division=0)
+  rec = skm.recall_score(y, pred, average=None, labels=range(num_classes), zero_division=0)
+  for c in range(num_classes):
+    np.testing.assert_allclose(got[f"class_{c}_precision"], prec[c], rtol=1e-6)
+    np.testing.assert_allclose(got[f"class_{c}_recall"], rec[c], rtol=1e-6)
+    np.testing.assert_allclose(got[f"class_{c}_acc"], rec[c], rtol=1e-6)
+  group_acc = np.array([skm.accuracy_score(y[g == k], pred[g == k]) for k in range(num_groups)])
+  for k in range(num_groups):
+    np.testing.assert_allclose(got[f"group_{k}_acc"], group_acc[k], rtol=1e-6)
+  # reweighted_acc: each example weighted by 1/n_g of this split = mean group accuracy.
+  inv = 1.0 / np.bincount(g)[g]
+  np.testing.assert_allclose(got["reweighted_acc"], np.sum(inv * (pred == y)) / inv.sum(), rtol=1e-6)
+  np.testing.assert_allclose(got["worst_group_acc"], group_acc.min(), rtol=1e-6)
+  freq = train_counts / train_counts.sum()
+  np.testing.assert_allclose(got["train_reweighted_acc"], np.sum(freq * group_acc), rtol=1e-6)
+  np.testing.assert_allclose(got["frac_predicted_pos"], np.mean(pred == 1), rtol=1e-6)
+
+
+def test_balanced_accuracy_equals_sklearn_when_groups_are_classes():
+  rng = np.random.default_rng(7)
+  n = 301
+  y = (rng.uniform(size=n) < 0.2).astype(np.int32)
+  logits = rng.normal(size=(n, 2)).astype(np.float32)
+  sh = steps.Shardings(steps.make_mesh())
+  eval_counts = steps.make_eval_counts(model_def=FixedLogits(), loss_fn=ce, num_groups=2,
+                                       shardings=sh)
+  padded = jax.device_put(steps.pad_for_eval(Split(logits, y, y, np.ones(n, np.float32)), 40),
+                          sh.stacked_batches)
+  got = metrics.finalize(jax.device_get(eval_counts(None, padded)),
+                         train_group_counts=np.array([1, 1]))
+  np.testing.assert_allclose(got["reweighted_acc"],
+                             skm.balanced_accuracy_score(y, logits.argmax(-1)), rtol=1e-6)
+
+
+def test_padding_is_never_counted():
+  split = Split(np.zeros((5, 2), np.float32), np.zeros(5, np.int32), np.zeros(5, np.int32),
+                np.ones(5, np.float32))
+  padded = steps.pad_for_eval(split, 4)
+  assert padded["x"].shape == (2, 4, 2) and padded["mask"].sum() == 5
+  # Garbage (NaN) logits in the padding must not reach any sum.
+  logits = np.concatenate([np.zeros((5, 2)), np.full((3, 2), np.nan)]).reshape(2, 4, 2)
+  counts = metrics.batch_counts(
+      logits_BxC=jnp.asarray(logits.reshape(8, 2), jnp.float32), labels_B=jnp.zeros(8, jnp.int32),
+      groups_B=jnp.zeros(8, jnp.int32), loss_B=jnp.asarray(logits.reshape(8, 2)[:, 0], jnp.float32),
+      weight_B=jnp.ones(8), mask_B=jnp.asarray(padded["mask"].reshape(8)), num_groups=1)
+  assert float(counts["n"]) == 5 and np.isfinite(float(counts["loss_sum"]))
