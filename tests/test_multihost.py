@@ -117,3 +117,11 @@ def test_two_processes_match_one_process_with_two_devices_and_resume(tmp_path):
   for key, row in rows.items():
     _assert_close(row, ref_rows[key], f"epoch {key[0]} {key[1]}")
   _assert_close(summary["final"], ref["final"], "final")
+
+  # The finished two-process run, reopened by one process with all 8 devices:
+  # restores epoch 3 onto the new layout, trains nothing, evaluates the same.
+  again = train.train_and_evaluate(_config(3), str(multi))
+  assert again["steps"] == ref["steps"] and len(_rows(multi)) == len(ref_rows)
+  _assert_close(again["final"],
+                {k: v for k, v in ref["final"].items() if k != "train/objective"},
+                "re-evaluated")
