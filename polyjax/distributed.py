@@ -80,19 +80,26 @@ def decide(*, mode: str, coordinator_address: str | None, num_processes: int | N
                            f"got {process_id}")
   if coordinator_address is not None and ":" not in coordinator_address:
     raise DistributedError(f"--coordinator_address must be HOST:PORT, got {coordinator_address!r}")
-  if explicit:
-    return "launch flags"
-  if mode == "on":
-    return "--distributed=on"
   # SLURM_STEP_NODELIST exists only inside an srun step, so a batch script that
   # asked for several tasks but runs one Python process stays single-process.
   if "SLURM_STEP_NODELIST" in environ and _int_env(environ, "SLURM_NTASKS") > 1:
-    return "SLURM step with several tasks"
-  if _int_env(environ, "OMPI_COMM_WORLD_SIZE") > 1:
-    return "Open MPI job with several ranks"
-  if tpu_vm:
-    return "Cloud TPU VM"
-  return None
+    cluster = "SLURM step with several tasks"
+  elif _int_env(environ, "OMPI_COMM_WORLD_SIZE") > 1:
+    cluster = "Open MPI job with several ranks"
+  elif tpu_vm:
+    cluster = "Cloud TPU VM"
+  else:
+    cluster = None
+  if explicit:
+    if cluster is None and len(explicit) < 3:
+      missing = [f"--{n}" for n in ("coordinator_address", "num_processes", "process_id")
+                 if n not in explicit]
+      raise DistributedError(f"--{explicit[0]} needs {' and '.join(missing)} outside a "
+                             "SLURM, Open MPI or Cloud TPU job")
+    return "launch flags"
+  if mode == "on":
+    return "--distributed=on"
+  return cluster
 
 
 def initialize(*, mode: str = "auto", coordinator_address: str | None = None,
@@ -111,8 +118,12 @@ def initialize(*, mode: str = "auto", coordinator_address: str | None = None,
     return None
   # Without this, CPU computations that span processes have no collectives.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(coordinator_address=coordinator_address,
-                             num_processes=num_processes, process_id=process_id)
+  try:
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id)
+  except ValueError as e:  # JAX found no cluster to fill in the unset flags.
+    raise DistributedError(f"cannot start the distributed runtime ({reason}): {str(e).rstrip('.')}; pass "
+                           "--coordinator_address, --num_processes and --process_id") from e
   return reason
 
 

@@ -43,6 +43,8 @@ def test_cluster_environments_start_the_runtime():
 def test_launch_flags_start_the_runtime():
   assert _decide(coordinator_address="10.0.0.1:1234", num_processes=2,
                  process_id=1) == "launch flags"
+  # Inside a cluster job, JAX's detection fills in the flags left out.
+  assert _decide(environ=SRUN, coordinator_address="gpu01:1234") == "launch flags"
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -52,6 +54,8 @@ def test_launch_flags_start_the_runtime():
     ({"num_processes": 2, "process_id": 2}, "--process_id must be < --num_processes (2)"),
     ({"coordinator_address": "localhost"}, "--coordinator_address must be HOST:PORT"),
     ({"mode": "sometimes"}, "--distributed='sometimes' is not known"),
+    ({"num_processes": 2, "process_id": 0},
+     "--num_processes needs --coordinator_address outside a SLURM, Open MPI or Cloud TPU job"),
 ])
 def test_bad_flags_name_the_flag(flags, message):
   with pytest.raises(distributed.DistributedError, match=message.replace("(", r"\(")
