@@ -122,7 +122,8 @@ def initialize(*, mode: str = "auto", coordinator_address: str | None = None,
     jax.distributed.initialize(coordinator_address=coordinator_address,
                                num_processes=num_processes, process_id=process_id)
   except ValueError as e:  # JAX found no cluster to fill in the unset flags.
-    raise DistributedError(f"cannot start the distributed runtime ({reason}): {str(e).rstrip('.')}; pass "
+    detail = str(e).rstrip(".")
+    raise DistributedError(f"cannot start the distributed runtime ({reason}): {detail}; pass "
                            "--coordinator_address, --num_processes and --process_id") from e
   return reason
 
