@@ -1,6 +1,9 @@
 """Command line: `python -m polyjax.main --config=configs/<name>.py [--workdir=DIR]`.
 
 Any config field can be overridden, e.g. `--config.lr=0.01 --config.loss.alpha=2`.
+Multi-process runs add `--coordinator_address=HOST:PORT --num_processes=N
+--process_id=I` (or rely on cluster detection, see `polyjax.distributed` and
+docs/multihost.md); every process runs the same command.
 Without `--workdir`, a fresh directory `runs/<config name>-<time>` is made. Bad
 input exits with status 2 and one line naming the field, before anything is
 written; a diverged run exits with status 1.
@@ -18,12 +21,21 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from polyjax import config as config_lib
-from polyjax import train
+from polyjax import distributed, train
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Run directory; default: a fresh one under runs/.")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed", "auto", list(distributed.MODES),
+    "Start JAX's distributed runtime: 'auto' when the flags below are given or the "
+    "environment is a multi-process SLURM/Open MPI job or a Cloud TPU VM; 'on' always "
+    "(JAX's cluster detection fills in unset flags); 'off' never.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "HOST:PORT of process 0's coordinator (multi-process).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in [0, N).")
 flags.mark_flags_as_required(["config"])
 
 
@@ -37,14 +49,27 @@ def main(argv) -> int:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
+  try:  # Before any other JAX call (the device count below is one).
+    distributed.initialize(mode=_DISTRIBUTED.value, coordinator_address=_COORDINATOR.value,
+                           num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+  except distributed.DistributedError as e:
+    print(f"polyjax: error: {e}", file=sys.stderr)
+    return 2
   config = _CONFIG.value
   try:
     config_lib.validate(config, device_count=jax.device_count())
   except config_lib.ConfigError as e:
     print(f"polyjax: error: {e}", file=sys.stderr)
     return 2
+  if _WORKDIR.value is None and jax.process_count() > 1:
+    # A time-stamped default could differ between processes.
+    print("polyjax: error: --workdir is required when running several processes",
+          file=sys.stderr)
+    return 2
   workdir = _WORKDIR.value or str(default_workdir(flags.FLAGS["config"].config_filename))
-  print(f"polyjax: run directory {workdir}", flush=True)
+  if distributed.is_writer():
+    print(f"polyjax: run directory {workdir} ({jax.process_count()} processes, "
+          f"{jax.device_count()} devices)", flush=True)
   try:
     summary = train.train_and_evaluate(config, workdir)
   except config_lib.ConfigError as e:
@@ -54,6 +79,8 @@ def main(argv) -> int:
     print(f"polyjax: diverged: {e}", file=sys.stderr)
     return 1
   final = summary["final"]
+  if not distributed.is_writer():
+    return 0
   print(f"polyjax: {summary['status']} {summary['epochs_completed']} epochs in "
         f"{summary['wall_seconds']:.1f}s; test/reweighted_acc "
         f"{final.get('test/reweighted_acc', float('nan')):.4f}; run directory: {workdir}")

@@ -5,6 +5,11 @@
     <workdir>/summary.json     status, epochs completed, final metrics
     <workdir>/checkpoints/     Orbax checkpoints (polyjax.checkpointing)
 
+In a multi-process run only one process (`is_writer`, process 0) writes these
+files; the others hold a RunDir whose writes do nothing, so callers need not
+branch. Checkpoints are the exception: every process takes part in Orbax's
+saves and restores.
+
 JSON files are written atomically (temporary file, then rename), so a reader never
 sees half a file and a crash never destroys the previous version.
 """
@@ -65,22 +70,29 @@ def versions() -> dict[str, str]:
 
 
 class RunDir:
-  """Writes one run's files under `path`."""
+  """Writes one run's files under `path` (only if `is_writer`)."""
 
-  def __init__(self, path: str | os.PathLike):
+  def __init__(self, path: str | os.PathLike, *, is_writer: bool = True):
     self.path = pathlib.Path(path)
+    self.is_writer = is_writer
 
   @property
   def checkpoints(self) -> pathlib.Path:
     return self.path / CHECKPOINTS
 
   def create(self) -> None:
+    if not self.is_writer:
+      return
     self.path.mkdir(parents=True, exist_ok=True)
 
   def write_config(self, config: Mapping[str, Any], **extra: Any) -> None:
+    if not self.is_writer:
+      return
     write_json(self.path / CONFIG, {**config, **extra})
 
   def append_metrics(self, rows: list[Mapping[str, Any]]) -> None:
+    if not self.is_writer:
+      return
     with open(self.path / METRICS, "a") as f:
       for row in rows:
         f.write(json.dumps(_jsonable(row), sort_keys=True) + "\n")
@@ -88,4 +100,6 @@ class RunDir:
       os.fsync(f.fileno())
 
   def write_summary(self, summary: Mapping[str, Any]) -> None:
+    if not self.is_writer:
+      return
     write_json(self.path / SUMMARY, summary)

@@ -5,6 +5,10 @@ XLA inserts the gradient all-reduce. Datasets that fit on the device are placed
 there once, and a whole epoch runs inside one compiled call: the host only sends
 the epoch's (steps, batch) index array, and the batch gather happens on device.
 Evaluation sums counts inside jit and divides on the host (`polyjax.metrics`).
+
+In a multi-process run the mesh spans every process's devices. Each process
+holds the whole (small) host dataset and the same epoch index array, and
+`to_global` makes each process transfer only the shards of its own devices.
 """
 
 from __future__ import annotations
@@ -51,6 +55,25 @@ class Shardings:
   def stacked_batches(self) -> NamedSharding:
     """(num_batches, batch, ...) arrays: the batch axis split over devices."""
     return NamedSharding(self.mesh, P(None, DATA_AXIS))
+
+
+def to_global(tree, sharding: jax.sharding.Sharding):
+  """Global arrays with `sharding` from host values that every process holds whole.
+
+  Each process copies only the slices that its addressable devices hold (for a
+  batch-sharded array: its slice of every batch), so nothing crosses processes
+  and, unlike `jax.device_put`, no cross-process equality check runs. Typed PRNG
+  keys are placed as their key data and rewrapped.
+  """
+
+  def put(a):
+    if isinstance(a, jax.Array) and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+      return jax.random.wrap_key_data(put(jax.random.key_data(a)),
+                                      impl=jax.random.key_impl(a))
+    a = np.asarray(a)
+    return jax.make_array_from_callback(a.shape, sharding, lambda index: a[index])
+
+  return jax.tree.map(put, tree)
 
 
 def split_arrays(split: Split) -> dict[str, np.ndarray]:

@@ -63,7 +63,7 @@ def build(config: ml_collections.ConfigDict, *, mesh=None) -> Experiment:
       num_classes=dataset.num_classes, num_groups=dataset.num_groups, tx=tx,
       seed=config.seed)
   shardings = steps.Shardings(mesh)
-  state = jax.device_put(state, shardings.replicated)
+  state = steps.to_global(state, shardings.replicated)
   train_step = steps.make_train_step(model_def=model_def, loss_fn=loss_fn, tx=tx)
   order_seed = config.seed if config.data.order_seed is None else config.data.order_seed
   return Experiment(
@@ -115,29 +115,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """
   exp = build(config, mesh=mesh)
   sh = exp.shardings
-  train_data = jax.device_put(steps.split_arrays(exp.dataset.train), sh.replicated)
+  train_data = steps.to_global(steps.split_arrays(exp.dataset.train), sh.replicated)
   eval_data = {
-      split: jax.device_put(steps.pad_for_eval(s, config.eval_batch_size), sh.stacked_batches)
+      split: steps.to_global(steps.pad_for_eval(s, config.eval_batch_size), sh.stacked_batches)
       for split, s in exp.dataset.splits().items()
   }
 
-  run = run_dir.RunDir(workdir)
+  run = run_dir.RunDir(workdir, is_writer=jax.process_index() == 0)
   run.create()
   run.write_config(config.to_dict(), **run_record(config, workdir))
   checkpoints = checkpointing.Checkpoints(run.checkpoints,
                                           every_epochs=config.num_epochs)
   state = exp.state
-  summary: dict[str, Any] = {"status": "running", "epochs_completed": 0, "steps": 0,
-                             "final": {}}
+  # Resume from the latest checkpoint; every process restores (Orbax needs all).
+  done = checkpoints.latest_epoch() or 0
+  if done:
+    state = checkpoints.restore(done, like=state)
+  summary: dict[str, Any] = {"status": "running", "epochs_completed": done,
+                             "steps": int(jax.device_get(state.step)), "final": {}}
   start = time.time()
   values: dict[str, float] = {}
+  if done >= config.num_epochs:  # Already trained: only re-evaluate for the summary.
+    values = evaluate(exp, state, eval_data)
   try:
-    for epoch in range(1, config.num_epochs + 1):
+    for epoch in range(done + 1, config.num_epochs + 1):
       t0 = time.time()
       idx_SxB = steps.epoch_indices(len(exp.dataset.train), config.batch_size,
                                     seed=exp.order_seed, epoch=epoch)
       state, objective_S = exp.train_epoch(state, train_data,
-                                           jax.device_put(idx_SxB, sh.stacked_batches))
+                                           steps.to_global(idx_SxB, sh.stacked_batches))
       objective_S = np.asarray(objective_S)
       if not np.all(np.isfinite(objective_S)):
         bad = int(np.flatnonzero(~np.isfinite(objective_S))[0])
@@ -157,7 +163,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           row = {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix)}
           rows.append({"epoch": epoch, "step": step, "split": split, **row})
         run.append_metrics(rows)
-        print(_progress(epoch, config.num_epochs, step, values, time.time() - t0), flush=True)
+        if run.is_writer:
+          print(_progress(epoch, config.num_epochs, step, values, time.time() - t0), flush=True)
       checkpoints.save(epoch, state, force=epoch == config.num_epochs)
     summary.update(status="completed", final=values)
   except KeyboardInterrupt:

@@ -1,0 +1,127 @@
+"""Two processes on loopback, one CPU device each, train through the real CLI and
+match one process with two devices; then the same two-process run resumes.
+
+The single-process reference runs in this pytest process on a two-device mesh
+(the first two of conftest's eight fake devices), the same global computation as
+`XLA_FLAGS=--xla_force_host_platform_device_count=2` in a process of its own.
+"""
+
+import importlib.util
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+
+from polyjax import run_dir, steps, train
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "digits_poly.py"
+TIMEOUT_S = 240  # Per launch; the machine running the tests may be shared.
+ATOL = 1e-4
+
+
+def _free_port() -> int:
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _config(num_epochs: int):
+  spec = importlib.util.spec_from_file_location("digits_poly", CONFIG)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.num_epochs = num_epochs
+  return config
+
+
+def _launch_two_processes(workdir: pathlib.Path, num_epochs: int) -> list[str]:
+  """Runs the CLI as processes 0 and 1 of one run; returns their outputs."""
+  env = dict(os.environ)
+  # Override (not append to) conftest's eight devices: one device per process.
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+  env["JAX_PLATFORMS"] = "cpu"
+  env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+  address = f"127.0.0.1:{_free_port()}"
+  procs = []
+  try:
+    for i in range(2):
+      procs.append(subprocess.Popen(
+          [sys.executable, "-m", "polyjax.main", f"--config={CONFIG}",
+           f"--workdir={workdir}", f"--config.num_epochs={num_epochs}",
+           f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}"],
+          cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [p.communicate(timeout=TIMEOUT_S)[0] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  for i, (p, out) in enumerate(zip(procs, outputs)):
+    assert p.returncode == 0, f"process {i} exited with {p.returncode}:\n{out}"
+  return outputs
+
+
+def _rows(workdir: pathlib.Path) -> dict[tuple[int, str], dict]:
+  rows = {}
+  for line in (workdir / run_dir.METRICS).read_text().splitlines():
+    row = json.loads(line)
+    key = (row["epoch"], row["split"])
+    assert key not in rows, f"{key} written twice"
+    rows[key] = row
+  return rows
+
+
+def _assert_close(got: dict, want: dict, what: str) -> None:
+  assert got.keys() == want.keys(), what
+  for k, v in want.items():
+    if isinstance(v, (int, float)):
+      np.testing.assert_allclose(got[k], v, rtol=0, atol=ATOL, err_msg=f"{what} {k}")
+    else:
+      assert got[k] == v, f"{what} {k}"
+
+
+def test_two_processes_match_one_process_with_two_devices_and_resume(tmp_path):
+  ref_dir = tmp_path / "one_process"
+  ref = train.train_and_evaluate(_config(3), str(ref_dir),
+                                 mesh=steps.make_mesh(jax.devices()[:2]))
+  ref_rows = _rows(ref_dir)
+
+  multi = tmp_path / "two_processes"
+  outputs = _launch_two_processes(multi, num_epochs=2)
+  assert "epoch 2/2" in outputs[0]
+  assert "epoch" not in outputs[1], outputs[1]  # Only process 0 reports and writes.
+  config = run_dir.read_json(multi / run_dir.CONFIG)
+  assert (config["process_count"], config["device_count"]) == (2, 2)
+  summary = run_dir.read_json(multi / run_dir.SUMMARY)
+  assert summary["status"] == "completed" and summary["epochs_completed"] == 2
+  rows = _rows(multi)
+  assert sorted(rows) == sorted(k for k in ref_rows if k[0] <= 2)
+  for key, row in rows.items():
+    _assert_close(row, ref_rows[key], f"epoch {key[0]} {key[1]}")
+  assert abs(summary["final"]["test/reweighted_acc"]
+             - ref_rows[(2, "test")]["reweighted_acc"]) <= ATOL
+
+  # Resume: both processes restore epoch 2 from Orbax and train epoch 3 only.
+  outputs = _launch_two_processes(multi, num_epochs=3)
+  assert "epoch 1/3" not in outputs[0] and "epoch 3/3" in outputs[0], outputs[0]
+  summary = run_dir.read_json(multi / run_dir.SUMMARY)
+  assert summary["epochs_completed"] == 3 and summary["steps"] == ref["steps"]
+  rows = _rows(multi)
+  assert sorted(rows) == sorted(ref_rows)
+  for key, row in rows.items():
+    _assert_close(row, ref_rows[key], f"epoch {key[0]} {key[1]}")
+  _assert_close(summary["final"], ref["final"], "final")
+
+  # The finished two-process run, reopened by one process with all 8 devices:
+  # restores epoch 3 onto the new layout, trains nothing, evaluates the same.
+  again = train.train_and_evaluate(_config(3), str(multi))
+  assert again["steps"] == ref["steps"] and len(_rows(multi)) == len(ref_rows)
+  _assert_close(again["final"],
+                {k: v for k, v in ref["final"].items() if k != "train/objective"},
+                "re-evaluated")
