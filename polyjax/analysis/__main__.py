@@ -17,7 +17,9 @@ import argparse
 import sys
 import warnings
 
-from polyjax.analysis import collect, report, results, runs, tasks
+from polyjax.analysis import collect, runs, tasks
+
+FORMATS = ("markdown", "latex", "csv")  # report's formats (pandas is imported only to report)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
   r.add_argument("--split", default="test")
   r.add_argument("--compare", default=None, metavar="FIELD=A,B",
                  help="also a paired t-test over seeds of FIELD=B against FIELD=A")
-  r.add_argument("--format", default="markdown", choices=list(report.FORMATS))
+  r.add_argument("--format", default="markdown", choices=FORMATS)
 
   g = sub.add_parser("plot", help="bar and strip plot (PNG or PDF)")
   g.add_argument("--results", required=True)
@@ -84,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
       print(f"polyjax.analysis: {counts.runs} runs, {counts.added} rows added, "
             f"{counts.present} already present, {counts.skipped} runs skipped; {args.out}")
     elif args.command == "report":
+      from polyjax.analysis import report, results
       df = results.read(args.results)
       by = _split_list(args.by)
       summary = report.summarize(df, metric=args.metric, split=args.split, by=by)
@@ -98,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(report.format_paired(test, args.format))
     else:
-      from polyjax.analysis import plots
+      from polyjax.analysis import plots, results
       df = results.read(args.results)
       out = plots.plot(df, args.out, metric=args.metric, split=args.split,
                        by=_split_list(args.by))

@@ -20,6 +20,7 @@ standard deviation (ddof=1; empty for n=1); `n` counts runs (seeds).
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
@@ -122,17 +123,30 @@ def paired(df: pd.DataFrame, field: str, a: str, b: str, *, metric: str = "rewei
   rows = []
   for group, g in merged.groupby(keys, dropna=False, sort=True):
     xa, xb = g[f"{metric}_a"].to_numpy(float), g[f"{metric}_b"].to_numpy(float)
-    if len(g) >= 2 and np.any(xb - xa != 0):
-      t, p = stats.ttest_rel(xb, xa)
-    else:
-      t, p = np.nan, np.nan  # Undefined for one pair or identical pairs.
+    t, p = _paired_t(xb - xa, stats)
     rows.append({**dict(zip(keys, group if isinstance(group, tuple) else (group,))),
                  "metric": metric, "split": split, "compare": field, "a": a, "b": b,
                  "mean_a": xa.mean(), "mean_b": xb.mean(), "mean_diff": (xb - xa).mean(),
-                 "t": float(t), "p": float(p), "n_pairs": len(g)})
+                 "t": t, "p": p, "n_pairs": len(g)})
   if not rows:
     raise ValueError(f"--compare {field}={a},{b}: no seed-matched pairs")
   return pd.DataFrame(rows)
+
+
+def _paired_t(diff: np.ndarray, stats) -> tuple[float, float]:
+  """t and two-sided p of a paired t-test on differences `diff`.
+
+  One pair: undefined (NaN). Equal differences (metrics are ratios of counts, so
+  this happens): rounding noise would give an arbitrary huge t, so the limit is
+  returned instead: t = +-inf, p = 0, or NaN when every difference is 0.
+  """
+  if len(diff) < 2:
+    return math.nan, math.nan
+  mean = float(diff.mean())
+  if np.allclose(diff, mean, rtol=0, atol=1e-12):
+    return (math.nan, math.nan) if abs(mean) <= 1e-12 else (math.copysign(math.inf, mean), 0.0)
+  t, p = stats.ttest_rel(diff, np.zeros_like(diff))
+  return float(t), float(p)
 
 
 # ---------------------------------------------------------------------------
