@@ -48,11 +48,11 @@ def plot(df: pd.DataFrame, out: str | pathlib.Path, *, metric: str = "reweighted
   if out.suffix.lower() not in SUFFIXES:
     raise ValueError(f"--out {out}: the plot file must end in {' or '.join(SUFFIXES)}")
   summary = report.summarize(df, metric=metric, split=split, by=by)
-  rows = report._rows(df, metric, split)
+  rows = report.metric_rows(df, metric, split)
   fields = [c for c in summary.columns
             if c not in ("rule", "metric", "split", "mean", "std", "n", "data.name")]
-  fields, _ = report._constant(summary, fields)
-  present = list(dict.fromkeys(summary["rule"]))
+  fields, _ = report.split_constant(summary, fields)
+  present = sorted(set(summary["rule"]), key=report.rule_rank)
   rules = present if rules is None else [r for r in rules if r in present]
   if not rules:
     raise ValueError(f"none of the rules {present} was asked for")
@@ -60,7 +60,7 @@ def plot(df: pd.DataFrame, out: str | pathlib.Path, *, metric: str = "reweighted
               if "data.name" in summary.columns else ["all"])
 
   rng = np.random.default_rng(seed)
-  fig, axes = plt.subplots(1, len(datasets), figsize=(max(4.0, 2.2 * len(datasets) * 2), 3.6),
+  fig, axes = plt.subplots(1, len(datasets), figsize=(max(4.5, 4.4 * len(datasets)), 4.2),
                            squeeze=False)
   width = 0.8 / len(rules)
   colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -86,9 +86,12 @@ def plot(df: pd.DataFrame, out: str | pathlib.Path, *, metric: str = "reweighted
     ax.set_ylabel(f"{split} {metric}")
     if fields:
       ax.set_xlabel(" / ".join(fields), fontsize=8)
-  axes[0][0].legend(fontsize=7, title="rule (task:checkpoint)", title_fontsize=7)
+  handles, labels = axes[0][0].get_legend_handles_labels()
+  fig.legend(handles, labels, loc="lower center", ncol=min(len(rules), 3), fontsize=7,
+             title="rule (task:checkpoint)", title_fontsize=7, frameon=False)
   fig.suptitle(f"{split} {metric}: mean ± std over seeds (bars), runs (dots)", fontsize=9)
-  fig.tight_layout()
+  legend_rows = -(-len(rules) // 3)
+  fig.tight_layout(rect=(0, 0.06 + 0.05 * legend_rows, 1, 1))
   out.parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(out, dpi=150)
   plt.close(fig)

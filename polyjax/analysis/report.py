@@ -63,7 +63,8 @@ def _eq(series: pd.Series, text: str) -> pd.Series:
   return pd.Series(np.isclose(numeric, value), index=series.index) & numeric.notna()
 
 
-def _rows(df: pd.DataFrame, metric: str, split: str) -> pd.DataFrame:
+def metric_rows(df: pd.DataFrame, metric: str, split: str) -> pd.DataFrame:
+  """Rows of `split` that have `metric`, with their rule (task:checkpoint) in `rule`."""
   if metric not in df.columns:
     numeric = [c for c in df.columns if c not in results.IDENTITY and c not in
                config_columns(df)]
@@ -86,7 +87,7 @@ def summarize(df: pd.DataFrame, *, metric: str = "reweighted_acc", split: str = 
     split: the split the metric was computed on.
     by: grouping columns (default: every config column but the seeds).
   """
-  df = _rows(df, metric, split)
+  df = metric_rows(df, metric, split)
   by = list(default_by(df) if by is None else by)
   unknown = [c for c in by if c not in df.columns]
   if unknown:
@@ -109,7 +110,7 @@ def paired(df: pd.DataFrame, field: str, a: str, b: str, *, metric: str = "rewei
   """
   from scipy import stats
 
-  df = _rows(df, metric, split)
+  df = metric_rows(df, metric, split)
   if field not in df.columns:
     raise ValueError(f"--compare {field!r} is not a column of the results")
   by = [c for c in (default_by(df) if by is None else by) if c != field]
@@ -152,7 +153,7 @@ def _paired_t(diff: np.ndarray, stats) -> tuple[float, float]:
 # ---------------------------------------------------------------------------
 # Formatting.
 
-def _constant(df: pd.DataFrame, cols: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+def split_constant(df: pd.DataFrame, cols: Sequence[str]) -> tuple[list[str], dict[str, str]]:
   """Splits grouping columns into varying ones and {column: value} of constant ones."""
   varying, constant = [], {}
   for c in cols:
@@ -164,7 +165,7 @@ def _constant(df: pd.DataFrame, cols: Sequence[str]) -> tuple[list[str], dict[st
   return varying, constant
 
 
-def _rule_rank(rule: str) -> tuple[int, str]:
+def rule_rank(rule: str) -> tuple[int, str]:
   return (RULE_ORDER.index(rule) if rule in RULE_ORDER else len(RULE_ORDER), rule)
 
 
@@ -178,14 +179,14 @@ def wide(summary: pd.DataFrame, *, latex: bool = False) -> tuple[pd.DataFrame, d
   """One row per setting, one column per rule, cells 'mean ± std (n=N)'."""
   keys = [c for c in summary.columns
           if c not in ("rule", "metric", "split", "mean", "std", "n")]
-  varying, constant = _constant(summary, keys)
+  varying, constant = split_constant(summary, keys)
   s = summary.copy()
   s["cell"] = [_cell(m, sd, n, latex) for m, sd, n in zip(s["mean"], s["std"], s["n"])]
   index = varying or ["metric"]
   table = s.pivot_table(index=index, columns="rule", values="cell", aggfunc="first",
                         dropna=False, sort=True).reset_index()
   table.columns.name = None
-  rules = sorted(set(s["rule"]), key=_rule_rank)
+  rules = sorted(set(s["rule"]), key=rule_rank)
   table = table[index + rules].fillna("")
   return table, constant
 
@@ -246,7 +247,7 @@ def format_paired(test: pd.DataFrame, fmt: str) -> str:
   keys = [c for c in test.columns if c not in ("metric", "split", "compare", "a", "b",
                                                 "mean_a", "mean_b", "mean_diff", "t", "p",
                                                 "n_pairs")]
-  varying, _ = _constant(test, [k for k in keys if k != "rule"])
+  varying, _ = split_constant(test, [k for k in keys if k != "rule"])
   t = test[varying + ["rule", "mean_a", "mean_b", "mean_diff", "t", "p", "n_pairs"]].copy()
   for c in ("mean_a", "mean_b", "mean_diff", "t"):
     t[c] = t[c].map(lambda v: f"{v:.4f}")

@@ -268,6 +268,7 @@ def select(paths: Iterable[pathlib.Path], *, where: Iterable[Where] = (),
     warn: called with a message for each damaged run (it is skipped).
   """
   statuses = None if statuses is None else set(statuses)
+  where = list(where)
   for path in paths:
     try:
       run = load_run(path)
