@@ -87,6 +87,9 @@ def collect(roots: Sequence[str | os.PathLike], out: str | os.PathLike, *,
                      f"{', '.join(runs.CHECKPOINT_RULES)}")
   spec = tasks.TASKS[task]
   splits = list(splits) if splits else [spec.default_split]
+  bad = [s for s in splits if s not in spec.splits]
+  if bad:
+    raise ValueError(f"--split {bad[0]!r}: task {task} takes {', '.join(spec.splits)}")
   rules = list(tasks.LOGGED_RULES) if not spec.uses_checkpoint else [checkpoint]
   counts = Counts()
   done = results.existing_keys(out)

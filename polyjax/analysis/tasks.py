@@ -235,16 +235,20 @@ def logged(run: Run, split: str) -> list[tuple[str, int, str, dict[str, float]]]
   return out
 
 
+SPLITS = ("train", "val", "test")
+
+
 @dataclasses.dataclass(frozen=True)
 class Task:
   fn: Callable
   default_split: str
   uses_checkpoint: bool = True
+  splits: tuple[str, ...] = SPLITS
 
 
 TASKS = {
     "evaluate": Task(evaluate, "test"),
     "margins": Task(margins, "train"),
-    "boundary": Task(boundary, "none"),
+    "boundary": Task(boundary, "none", splits=("none",)),  # A property of the model alone.
     "logged": Task(logged, "test", uses_checkpoint=False),
 }
