@@ -1,0 +1,12 @@
+"""Analysis of finished runs (SPEC §9): run directories in, results CSVs, tables and plots out.
+
+    python -m polyjax.analysis collect --runs DIR --out results.csv [--task evaluate]
+    python -m polyjax.analysis report --results results.csv [--format markdown]
+    python -m polyjax.analysis plot --results results.csv --out fig.png
+
+It reads run directories only (never wandb). `runs` finds, loads and filters
+them; `tasks` turns one run (and, for checkpoint tasks, one checkpoint) into
+result rows; `results` is the CSV store that several collectors may append to at
+once; `report` and `plots` turn the CSV into the tables and figures of SPEC §7.
+Only the checkpoint tasks import the model and training code.
+"""

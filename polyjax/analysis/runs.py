@@ -1,0 +1,284 @@
+"""Finding, loading and filtering run directories (the SPEC §8 layout).
+
+A run directory is one holding `config.json` or `summary.json`. `load_run` reads
+its JSON files and raises `RunError` (one line naming the directory and what is
+wrong) for a damaged one; callers skip it with a warning. Nothing here imports
+JAX: filtering a thousand runs stays cheap.
+
+The config of a run is rebuilt as `base_config()` updated with the saved values.
+Top-level keys of `config.json` that are not config fields (workdir, host,
+versions, ...) are run-record fields (SPEC §6: "part of every run's record").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import pathlib
+from typing import Any, Iterable, Iterator
+
+import ml_collections
+
+from polyjax import run_dir
+from polyjax.config import base_config
+
+# Pseudo-fields that `--where` accepts besides config fields.
+RUN_FIELDS = ("status", "epochs_completed", "run_id")
+CHECKPOINT_RULES = ("last", "best")
+
+
+class RunError(ValueError):
+  """A run directory that cannot be analysed; the message names it and the reason."""
+
+
+def _to_tuples(value: Any) -> Any:
+  # JSON turns tuples into lists; the config declares them as tuples.
+  if isinstance(value, list):
+    return tuple(_to_tuples(v) for v in value)
+  return value
+
+
+def _merge(section: ml_collections.ConfigDict, saved: dict[str, Any], prefix: str,
+           path: pathlib.Path) -> None:
+  for key, value in saved.items():
+    name = f"{prefix}{key}"
+    if key not in section:
+      raise RunError(f"{path}: config.json field {name!r} is not a field of this polyjax's "
+                     "config (made by another version?)")
+    if isinstance(section[key], ml_collections.ConfigDict):
+      if not isinstance(value, dict):
+        raise RunError(f"{path}: config.json field {name!r} should be a section, got {value!r}")
+      _merge(section[key], value, f"{name}.", path)
+    else:
+      try:
+        section[key] = _to_tuples(value)
+      except (TypeError, ValueError) as e:
+        raise RunError(f"{path}: config.json field {name!r}={value!r}: {e}") from None
+
+
+def config_from_record(record: dict[str, Any], path: pathlib.Path) -> ml_collections.ConfigDict:
+  """`base_config()` updated with the config fields of a saved `config.json`."""
+  config = base_config()
+  # Top-level keys that the config does not have are run-record fields (workdir, host, ...).
+  _merge(config, {k: v for k, v in record.items() if k in config}, "", path)
+  return config
+
+
+def flatten(config: ml_collections.ConfigDict | dict, prefix: str = "") -> dict[str, Any]:
+  """{'loss.name': 'poly', 'lr': 0.1, ...} for every leaf field."""
+  out = {}
+  for key, value in config.items():
+    if isinstance(value, (ml_collections.ConfigDict, dict)):
+      out.update(flatten(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def _read_json(path: pathlib.Path, run: pathlib.Path) -> Any:
+  try:
+    return run_dir.read_json(path)
+  except json.JSONDecodeError as e:
+    raise RunError(f"{run}: {path.name} is not valid JSON ({e})") from None
+  except OSError as e:
+    raise RunError(f"{run}: cannot read {path.name} ({e.strerror})") from None
+
+
+@dataclasses.dataclass
+class Run:
+  """One run directory: its record (config.json), summary and checkpoints."""
+  path: pathlib.Path
+  record: dict[str, Any]
+  summary: dict[str, Any] | None
+
+  @property
+  def run_id(self) -> str:
+    return self.path.name
+
+  @property
+  def status(self) -> str:
+    return str(self.summary.get("status", "unknown")) if self.summary else "no summary"
+
+  @property
+  def epochs_completed(self) -> int:
+    return int(self.summary.get("epochs_completed", 0)) if self.summary else 0
+
+  @functools.cached_property
+  def config(self) -> ml_collections.ConfigDict:
+    return config_from_record(self.record, self.path)
+
+  @functools.cached_property
+  def fields(self) -> dict[str, Any]:
+    """Flat config fields plus the pseudo-fields of RUN_FIELDS."""
+    out = flatten(self.config)
+    out.update(status=self.status, epochs_completed=self.epochs_completed, run_id=self.run_id)
+    return out
+
+  @property
+  def checkpoint_dir(self) -> pathlib.Path:
+    return self.path / run_dir.CHECKPOINTS
+
+  def checkpoint_epochs(self) -> list[int]:
+    """Epochs with a finished checkpoint (Orbax names a step directory by its number)."""
+    if not self.checkpoint_dir.is_dir():
+      return []
+    return sorted(int(p.name) for p in self.checkpoint_dir.iterdir()
+                  if p.is_dir() and p.name.isdigit())
+
+  def checkpoint_epoch(self, rule: str) -> int:
+    """The epoch of checkpoint `rule` ('last' or 'best'); RunError if there is none.
+
+    'last' is the latest checkpoint; 'best' is `summary.json`'s `best_epoch`
+    (the checkpoint the run kept as best by its validation metric).
+    """
+    epochs = self.checkpoint_epochs()
+    if rule == "last":
+      if not epochs:
+        raise RunError(f"{self.path}: no checkpoint in {self.checkpoint_dir}")
+      return epochs[-1]
+    if rule != "best":
+      raise ValueError(f"checkpoint must be one of {CHECKPOINT_RULES}, got {rule!r}")
+    best = (self.summary or {}).get("best_epoch")
+    if best is None:
+      raise RunError(f"{self.path}: summary.json names no best_epoch (no best checkpoint kept)")
+    if int(best) not in epochs:
+      raise RunError(f"{self.path}: best checkpoint (epoch {best}) is missing from "
+                     f"{self.checkpoint_dir}")
+    return int(best)
+
+  def metrics_rows(self) -> list[dict[str, Any]]:
+    """The rows of `metrics.jsonl` ({epoch, step, split, <metric>...})."""
+    path = self.path / run_dir.METRICS
+    if not path.exists():
+      raise RunError(f"{self.path}: no {run_dir.METRICS}")
+    rows = []
+    with open(path) as f:
+      for i, line in enumerate(f, 1):
+        if not line.strip():
+          continue
+        try:
+          row = json.loads(line)
+        except json.JSONDecodeError as e:
+          raise RunError(f"{self.path}: {run_dir.METRICS} line {i} is not valid JSON ({e})"
+                         ) from None
+        # run_dir writes non-finite floats as strings ("nan", "inf").
+        rows.append({k: float(v) if isinstance(v, str) and k != "split" else v
+                     for k, v in row.items()})
+    return rows
+
+
+def _is_run(path: pathlib.Path) -> bool:
+  return (path / run_dir.CONFIG).exists() or (path / run_dir.SUMMARY).exists()
+
+
+def find_runs(roots: Iterable[str | os.PathLike]) -> list[pathlib.Path]:
+  """Run directories at or below each root, sorted, without duplicates."""
+  found = set()
+  for root in roots:
+    root = pathlib.Path(root)
+    if not root.is_dir():
+      raise FileNotFoundError(f"--runs {root}: no such directory")
+    for dirpath, dirnames, _ in os.walk(root):
+      path = pathlib.Path(dirpath)
+      if _is_run(path):
+        found.add(path.resolve())
+        dirnames.clear()  # A run does not hold other runs (its checkpoints are not runs).
+  return sorted(found)
+
+
+def load_run(path: str | os.PathLike) -> Run:
+  """Reads a run directory; RunError if its config is missing or unreadable."""
+  path = pathlib.Path(path).resolve()
+  if not (path / run_dir.CONFIG).exists():
+    raise RunError(f"{path}: no {run_dir.CONFIG}")
+  record = _read_json(path / run_dir.CONFIG, path)
+  if not isinstance(record, dict):
+    raise RunError(f"{path}: {run_dir.CONFIG} does not hold a JSON object")
+  summary = None
+  if (path / run_dir.SUMMARY).exists():
+    summary = _read_json(path / run_dir.SUMMARY, path)
+    if not isinstance(summary, dict):
+      raise RunError(f"{path}: {run_dir.SUMMARY} does not hold a JSON object")
+  run = Run(path=path, record=record, summary=summary)
+  run.fields  # Rebuild the config now, so that a bad one is reported here.
+  return run
+
+
+# ---------------------------------------------------------------------------
+# Filters: `--where FIELD=VALUE[,VALUE...]`.
+
+def _value_matches(value: Any, text: str, field: str) -> bool:
+  if value is None:
+    return text.lower() in ("none", "null", "")
+  if isinstance(value, bool):
+    return text.lower() in (("true", "1") if value else ("false", "0"))
+  if isinstance(value, (int, float)):
+    try:
+      return math.isclose(float(text), float(value), rel_tol=1e-9, abs_tol=0.0)
+    except ValueError:
+      raise ValueError(f"--where {field}={text}: {field} is a number") from None
+  if isinstance(value, (tuple, list)):
+    return json.dumps(_to_lists(value), separators=(",", ":")) == text.replace(" ", "")
+  return str(value) == text
+
+
+def _to_lists(value: Any) -> Any:
+  if isinstance(value, (tuple, list)):
+    return [_to_lists(v) for v in value]
+  return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Where:
+  """`field` equals one of `values` (text, compared by the field's type)."""
+  field: str
+  values: tuple[str, ...]
+
+  @classmethod
+  def parse(cls, text: str) -> "Where":
+    field, sep, values = text.partition("=")
+    if not sep or not field:
+      raise ValueError(f"--where {text!r}: expected FIELD=VALUE[,VALUE...]")
+    known = set(flatten(base_config())) | set(RUN_FIELDS)
+    if field not in known:
+      raise ValueError(f"--where {text!r}: {field!r} is not a config field or one of "
+                       f"{', '.join(RUN_FIELDS)}")
+    # A list-valued field (e.g. data.mean0=[0,5]) is one value, not alternatives.
+    parts = (values,) if values.lstrip().startswith("[") else tuple(values.split(","))
+    return cls(field, parts)
+
+  def __call__(self, run: Run) -> bool:
+    value = run.fields.get(self.field)
+    return any(_value_matches(value, v.strip(), self.field) for v in self.values)
+
+
+def select(paths: Iterable[pathlib.Path], *, where: Iterable[Where] = (),
+           statuses: Iterable[str] | None = ("completed",), min_epochs: int = 0,
+           warn=None) -> Iterator[Run]:
+  """Loads each run and yields those passing every filter.
+
+  Args:
+    paths: run directories (see `find_runs`).
+    where: field filters; all must hold.
+    statuses: allowed `summary.json` statuses; None allows any.
+    min_epochs: least `epochs_completed`.
+    warn: called with a message for each damaged run (it is skipped).
+  """
+  statuses = None if statuses is None else set(statuses)
+  where = list(where)
+  for path in paths:
+    try:
+      run = load_run(path)
+    except RunError as e:
+      if warn is not None:
+        warn(str(e))
+      continue
+    if statuses is not None and run.status not in statuses:
+      continue
+    if run.epochs_completed < min_epochs:
+      continue
+    if all(w(run) for w in where):
+      yield run

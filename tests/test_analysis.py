@@ -1,0 +1,383 @@
+"""polyjax.analysis on real run directories made by short training runs."""
+
+import json
+import math
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from polyjax import config as config_lib
+from polyjax import train
+from polyjax.analysis import __main__ as cli
+from polyjax.analysis import collect, plots, report, results, runs, tasks
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+METHODS = ("none", "reweighted")
+SEEDS = (0, 1)
+
+
+def _digits_config(seed, mode, epochs):
+  c = config_lib.base_config()
+  c.seed = seed
+  c.data.name = "digits"
+  c.model.hidden = 16
+  c.model.depth = 1
+  c.loss.name = "poly"
+  c.weighting.mode = mode
+  c.lr = 0.05
+  c.batch_size = 64
+  c.num_epochs = epochs
+  return c
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+  """Real runs: a digits sweep (2 methods x 2 seeds, 2 epochs), a 1-epoch digits
+  run (seed 0, reweighted) and a 2-D Gaussians linear run."""
+  root = tmp_path_factory.mktemp("runs")
+  for mode in METHODS:
+    for seed in SEEDS:
+      train.train_and_evaluate(_digits_config(seed, mode, 2),
+                               root / "sweep" / f"{mode}-s{seed}")
+  train.train_and_evaluate(_digits_config(0, "reweighted", 1), root / "short" / "reweighted-s0")
+  g = config_lib.base_config()
+  g.data.name = "gaussians"
+  g.model.name = "linear"
+  g.lr = 0.1
+  g.momentum = 0.0
+  g.batch_size = 216
+  g.num_epochs = 2
+  train.train_and_evaluate(g, root / "gauss" / "linear")
+  return root
+
+
+def _logged(run_path, epoch, split):
+  with open(pathlib.Path(run_path) / "metrics.jsonl") as f:
+    rows = [json.loads(line) for line in f]
+  (row,) = [r for r in rows if r["epoch"] == epoch and r["split"] == split]
+  return row
+
+
+def _copy_run(src, dst):
+  shutil.copytree(src, dst)
+  return dst
+
+
+@pytest.fixture(scope="module")
+def evaluated(made, tmp_path_factory):
+  out = tmp_path_factory.mktemp("csv") / "results.csv"
+  counts = collect.collect([made / "sweep"], out, task="evaluate",
+                           splits=["train", "val", "test"])
+  return out, counts
+
+
+def test_evaluate_rows_recompute_the_logged_metrics(made, evaluated):
+  out, counts = evaluated
+  assert (counts.runs, counts.added, counts.skipped) == (4, 12, 0)
+  df = results.read(out)
+  assert len(df) == 12
+  assert set(df["task"]) == {"evaluate"} and set(df["checkpoint"]) == {"last"}
+  assert set(df["epoch"]) == {2} and set(df["selected_by"]) == {"last checkpoint"}
+  for _, row in df.iterrows():
+    run = runs.load_run(row["run"])
+    assert row["run_id"] == pathlib.Path(row["run"]).name
+    assert row["weighting.mode"] == run.config.weighting.mode
+    assert row["seed"] == run.config.seed
+    assert row["loss.name"] == "poly" and row["loss.alpha"] == 1.0
+    assert row["data.name"] == "digits" and row["model.name"] == "mlp"
+    assert row["lr"] == 0.05 and row["batch_size"] == 64
+    logged = _logged(row["run"], 2, row["split"])
+    names = [k for k in logged if k not in ("epoch", "step", "split", "objective")]
+    assert {"reweighted_acc", "worst_group_acc", "class_1_precision", "group_1_acc",
+            "train_reweighted_acc", "frac_predicted_pos", "loss"} <= set(names)
+    np.testing.assert_allclose([row[k] for k in names], [logged[k] for k in names],
+                               rtol=1e-6, atol=0, err_msg=f"{row['run']} {row['split']}")
+
+
+def test_second_collect_adds_nothing(made, evaluated):
+  out, _ = evaluated
+  before = out.read_bytes()
+  counts = collect.collect([made / "sweep"], out, task="evaluate",
+                           splits=["train", "val", "test"])
+  assert (counts.added, counts.present) == (0, 12)
+  assert out.read_bytes() == before
+
+
+def _sorted(df):
+  return df.sort_values(list(results.KEY)).reset_index(drop=True)
+
+
+def test_four_concurrent_collectors_equal_one(made, tmp_path):
+  env = {**os.environ, "PYTHONPATH": str(REPO)}
+  cmd = [sys.executable, "-m", "polyjax.analysis", "collect", "--runs", str(made),
+         "--task", "logged", "--split", "test,val"]
+  single = tmp_path / "one.csv"
+  subprocess.run(cmd + ["--out", str(single)], env=env, check=True, capture_output=True)
+  shared = tmp_path / "four.csv"
+  procs = [subprocess.Popen(cmd + ["--out", str(shared)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE) for _ in range(4)]
+  for p in procs:
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err.decode()
+  one, four = results.read(single), results.read(shared)
+  assert len(one) == 6 * 3 * 2  # 6 runs x 3 selection rules x 2 splits
+  assert not four.duplicated(list(results.KEY)).any()
+  pd.testing.assert_frame_equal(_sorted(one), _sorted(four))
+
+
+def test_concurrent_appends_lose_and_double_nothing(tmp_path):
+  out = tmp_path / "r.csv"
+  added = []
+
+  def worker(w):
+    n = 0
+    for i in range(40):
+      # Overlapping keys across workers; a new metric column from worker 3.
+      row = {"run": f"/r/{i}", "task": "evaluate", "checkpoint": "last", "split": "test",
+             "acc": i / 40, f"m{w % 2}": w}
+      n += results.append(out, [row])
+    added.append(n)
+
+  threads = [threading.Thread(target=worker, args=(w,)) for w in range(4)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  df = results.read(out)
+  assert sum(added) == 40 and len(df) == 40
+  assert sorted(df["run"]) == sorted(f"/r/{i}" for i in range(40))
+  np.testing.assert_array_equal(df.sort_values("acc")["acc"], np.arange(40) / 40)
+
+
+# After a failed restore, Orbax's async machinery posts a callback to a closed
+# event loop; it is Orbax's own noise about the deliberately corrupted checkpoint.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_damaged_runs_are_skipped_with_a_warning(made, tmp_path):
+  root = tmp_path / "runs"
+  good = _copy_run(made / "sweep" / "none-s0", root / "good")
+  bad_json = _copy_run(made / "sweep" / "none-s1", root / "bad-json")
+  (bad_json / "config.json").write_text('{"lr": 0.1,')
+  no_ckpt = _copy_run(made / "sweep" / "reweighted-s0", root / "no-ckpt")
+  shutil.rmtree(no_ckpt / "checkpoints")
+  bad_ckpt = _copy_run(made / "sweep" / "reweighted-s1", root / "bad-ckpt")
+  for f in (bad_ckpt / "checkpoints").rglob("*"):
+    if f.is_file() and f.parent.name == "d":
+      f.write_bytes(b"garbage")
+  out = tmp_path / "r.csv"
+  with pytest.warns(collect.RunSkipped) as record:
+    counts = collect.collect([root], out, task="evaluate")
+  messages = [str(w.message) for w in record]
+  assert any(str(bad_json) in m and "config.json is not valid JSON" in m for m in messages)
+  assert any(str(no_ckpt) in m and "no checkpoint" in m for m in messages)
+  assert any(str(bad_ckpt) in m and "cannot restore checkpoint 2" in m for m in messages)
+  assert counts.skipped == 3 and counts.added == 1
+  assert list(results.read(out)["run"]) == [str(good.resolve())]
+
+
+def test_best_checkpoint_follows_summary_best_epoch(made, tmp_path):
+  # A 2-epoch run whose epoch-1 checkpoint (the same seed's 1-epoch run) is named best.
+  run = _copy_run(made / "sweep" / "reweighted-s0", tmp_path / "runs" / "with-best")
+  shutil.copytree(made / "short" / "reweighted-s0" / "checkpoints" / "1",
+                  run / "checkpoints" / "1")
+  summary = json.loads((run / "summary.json").read_text())
+  summary.update(best_epoch=1, best_metric="val/reweighted_acc")
+  (run / "summary.json").write_text(json.dumps(summary))
+  _copy_run(made / "sweep" / "none-s0", tmp_path / "runs" / "no-best")
+  out = tmp_path / "r.csv"
+  with pytest.warns(collect.RunSkipped, match="no-best: summary.json names no best_epoch"):
+    counts = collect.collect([tmp_path / "runs"], out, task="evaluate", checkpoint="best")
+  assert (counts.added, counts.skipped) == (1, 1)
+  (row,) = results.read(out).to_dict("records")
+  assert (row["checkpoint"], row["epoch"]) == ("best", 1)
+  assert row["selected_by"] == "best val/reweighted_acc"
+  at_1, at_2 = _logged(run, 1, "test"), _logged(run, 2, "test")
+  assert at_1["loss"] != at_2["loss"]
+  for k in ("loss", "acc", "reweighted_acc", "worst_group_acc", "class_0_precision"):
+    assert row[k] == pytest.approx(at_1[k], rel=1e-6), k
+  # 'last' of the same run is epoch 2 and adds a row with another key.
+  assert collect.collect([tmp_path / "runs"], out, task="evaluate",
+                         where=[runs.Where.parse("run_id=with-best")]).added == 1
+  assert sorted(results.read(out)["epoch"]) == [1, 2]
+
+
+def test_filters(made, tmp_path):
+  paths = runs.find_runs([made])
+  assert len(paths) == 6  # Checkpoint folders inside a run are not runs.
+
+  def ids(**kw):
+    return sorted(r.run_id for r in runs.select(paths, **kw))
+
+  assert ids(where=[runs.Where.parse("weighting.mode=none")]) == ["none-s0", "none-s1"]
+  assert ids(where=[runs.Where.parse("seed=1"), runs.Where.parse("data.name=digits")]) == [
+      "none-s1", "reweighted-s1"]
+  assert ids(where=[runs.Where.parse("model.name=linear")]) == ["linear"]
+  assert ids(where=[runs.Where.parse("lr=0.05,0.2"), runs.Where.parse("epochs_completed=1")]
+             ) == ["reweighted-s0"]
+  assert ids(min_epochs=2, where=[runs.Where.parse("model.name=mlp")]) == [
+      "none-s0", "none-s1", "reweighted-s0", "reweighted-s1"]
+  assert ids(statuses=("diverged",)) == []
+  with pytest.raises(ValueError, match="'loss.nme' is not a config field"):
+    runs.Where.parse("loss.nme=poly")
+  with pytest.raises(ValueError, match="lr is a number"):
+    ids(where=[runs.Where.parse("lr=fast")])
+
+
+def test_config_round_trips_through_config_json(made):
+  run = runs.load_run(made / "sweep" / "none-s1")
+  expected = _digits_config(1, "none", 2)
+  assert run.config.to_dict() == expected.to_dict()
+  assert run.record["workdir"].endswith("none-s1") and "versions" in run.record
+
+
+def test_margins_task(made, tmp_path):
+  out = tmp_path / "r.csv"
+  collect.collect([made / "sweep"], out, task="margins",
+                  where=[runs.Where.parse("run_id=reweighted-s1")])
+  (row,) = results.read(out).to_dict("records")
+  assert row["split"] == "train" and row["epoch"] == 2
+  # Independent norm product from the checkpoint's parameters, with NumPy.
+  run = runs.load_run(made / "sweep" / "reweighted-s1")
+  loaded = tasks.load_checkpoint(run, "last")
+  p = loaded.state.params
+  norms = [np.sqrt(np.sum(np.asarray(layer["kernel"][...], np.float64) ** 2) +
+                   np.sum(np.asarray(layer["bias"][...], np.float64) ** 2))
+           for layer in (p["layers"][0], p["head"])]
+  assert row["num_layers"] == 2
+  assert row["norm_product"] == pytest.approx(np.prod(norms), rel=1e-6)
+  # Margins from logits computed here with NumPy on the restored parameters.
+  x = loaded.exp.dataset.train.x.reshape(len(loaded.exp.dataset.train), -1).astype(np.float64)
+  h = np.maximum(x @ np.asarray(p["layers"][0]["kernel"][...]) +
+                 np.asarray(p["layers"][0]["bias"][...]), 0)
+  logits = h @ np.asarray(p["head"]["kernel"][...]) + np.asarray(p["head"]["bias"][...])
+  y, g = loaded.exp.dataset.train.y, loaded.exp.dataset.train.group
+  margin = np.where(y == 1, 1, -1) * (logits[:, 1] - logits[:, 0])
+  for name, v in (("margin", margin), ("group_1_margin", margin[g == 1])):
+    assert row[f"{name}_min"] == pytest.approx(v.min(), rel=1e-4, abs=1e-5)
+    assert row[f"{name}_mean"] == pytest.approx(v.mean(), rel=1e-4, abs=1e-5)
+    assert row[f"{name}_q50"] == pytest.approx(np.median(v), rel=1e-4, abs=1e-5)
+  assert row["normalized_margin_min"] == pytest.approx(row["margin_min"] / row["norm_product"])
+  assert row["margin_frac_positive"] == pytest.approx(
+      _logged(run.path, 2, "train")["acc"], abs=1.5 / len(y))
+
+
+def test_boundary_task(made, tmp_path):
+  out = tmp_path / "r.csv"
+  with pytest.warns(collect.RunSkipped, match="needs a linear model on 2-D inputs"):
+    collect.collect([made / "gauss", made / "short"], out, task="boundary")
+  (row,) = results.read(out).to_dict("records")
+  assert row["split"] == "none" and row["model.name"] == "linear"
+  w, b = np.array([row["boundary_w0"], row["boundary_w1"]]), row["boundary_b"]
+  # The boundary classifies the test set exactly as the logged run did.
+  run = runs.load_run(made / "gauss" / "linear")
+  ds = train.build(run.config).dataset
+  acc = np.mean((ds.test.x @ w + b > 0).astype(int) == ds.test.y)
+  assert acc == pytest.approx(_logged(run.path, 2, "test")["acc"], abs=1e-9)
+  assert row["boundary_slope"] == pytest.approx(-w[0] / w[1])
+  bayes = np.array([5.0, -5.0])
+  cos = w @ bayes / np.linalg.norm(w) / np.linalg.norm(bayes)
+  assert row["boundary_angle_to_bayes_deg"] == pytest.approx(math.degrees(math.acos(cos)))
+
+
+@pytest.fixture(scope="module")
+def table(made, evaluated, tmp_path_factory):
+  out = tmp_path_factory.mktemp("table") / "results.csv"
+  shutil.copy(evaluated[0], out)
+  collect.collect([made / "sweep"], out, task="logged")
+  return out
+
+
+def test_report_matches_pandas(table):
+  df = results.read(table)
+  summary = report.summarize(df, metric="reweighted_acc", split="test")
+  # Only weighting.mode varies among the config columns of the sweep.
+  test = df[df["split"] == "test"].assign(rule=lambda d: d["task"] + ":" + d["checkpoint"])
+  expected = test.groupby(["weighting.mode", "rule"])["reweighted_acc"].agg(["mean", "std",
+                                                                            "count"])
+  got = summary.set_index(["weighting.mode", "rule"])
+  assert len(got) == len(expected) == 2 * 4
+  for key, e in expected.iterrows():
+    assert got.loc[key, "mean"] == pytest.approx(e["mean"], rel=1e-12)
+    assert got.loc[key, "std"] == pytest.approx(e["std"], rel=1e-12)
+    assert got.loc[key, "n"] == e["count"] == 2
+  assert set(summary["metric"]) == {"reweighted_acc"} and set(summary["split"]) == {"test"}
+  text = report.format_summary(summary, "markdown")
+  e = expected.loc[("none", "evaluate:last")]
+  assert f"{e['mean']:.4f} ± {e['std']:.4f} (n=2)" in text
+  assert text.startswith("test reweighted_acc: mean ± std")
+  for rule in ("evaluate:last", "logged:best_val_reweighted_acc",
+               "logged:best_val_worst_group_acc"):
+    assert rule in text.splitlines()[2]
+  latex = report.format_summary(summary, "latex")
+  assert r"\begin{tabular}" in latex and "evaluate:last" in latex
+  long = pd.read_csv(pd.io.common.StringIO(report.format_summary(summary, "csv")))
+  assert list(long["mean"]) == pytest.approx(list(summary["mean"]))
+
+
+def test_paired_test_matches_scipy(table):
+  df = results.read(table)
+  test = report.paired(df, "weighting.mode", "none", "reweighted", metric="worst_group_acc")
+  row = test[test["rule"] == "evaluate:last"].iloc[0]
+  d = df[(df["split"] == "test") & (df["task"] == "evaluate")]
+  a = d[d["weighting.mode"] == "none"].set_index("seed")["worst_group_acc"]
+  b = d[d["weighting.mode"] == "reweighted"].set_index("seed")["worst_group_acc"]
+  assert row["n_pairs"] == 2
+  assert row["mean_diff"] == pytest.approx((b - a.loc[b.index]).mean())
+  d = b.values - a.loc[b.index].values
+  if not np.allclose(d, d[0]):
+    t, p = stats.ttest_rel(b.values, a.loc[b.index].values)
+    assert (row["t"], row["p"]) == (pytest.approx(t), pytest.approx(p))
+
+
+def test_paired_t_edge_cases():
+  df = pd.DataFrame({
+      "run": [f"/r{i}" for i in range(8)], "task": "evaluate", "checkpoint": "last",
+      "split": "test", "seed": [0, 1, 2, 3] * 2, "loss.name": ["ce"] * 4 + ["poly"] * 4,
+      "acc": [0.5, 0.6, 0.7, 0.8, 0.6, 0.7, 0.8, 0.9]})  # poly = ce + 0.1 on every seed
+  row = report.paired(df, "loss.name", "ce", "poly", metric="acc").iloc[0]
+  assert (row["t"], row["p"], row["n_pairs"]) == (math.inf, 0.0, 4)
+  df.loc[7, "acc"] = 0.95
+  row = report.paired(df, "loss.name", "ce", "poly", metric="acc").iloc[0]
+  t, p = stats.ttest_rel([0.6, 0.7, 0.8, 0.95], [0.5, 0.6, 0.7, 0.8])
+  assert (row["t"], row["p"]) == (pytest.approx(t), pytest.approx(p))
+  assert row["mean_diff"] == pytest.approx(0.1125)
+
+
+def test_plot_writes_valid_images(table, tmp_path):
+  from PIL import Image
+
+  df = results.read(table)
+  png = plots.plot(df, tmp_path / "fig.png")
+  with Image.open(png) as im:
+    assert im.format == "PNG" and im.size[0] > 200 and im.size[1] > 200
+    assert len(np.unique(np.asarray(im.convert("L")))) > 10  # Not a blank canvas.
+  pdf = plots.plot(df, tmp_path / "fig.pdf", metric="worst_group_acc")
+  assert pdf.read_bytes().startswith(b"%PDF")
+  with pytest.raises(ValueError, match=r"must end in \.png or \.pdf"):
+    plots.plot(df, tmp_path / "fig.svgz")
+
+
+def test_cli(table, tmp_path, capsys):
+  assert cli.FORMATS == report.FORMATS
+  assert cli.main(["report", "--results", str(table), "--compare",
+                   "weighting.mode=none,reweighted", "--format", "markdown"]) == 0
+  out = capsys.readouterr().out
+  assert "Paired t-test over seeds" in out and "evaluate:last" in out
+  assert cli.main(["plot", "--results", str(table), "--out", str(tmp_path / "f.png")]) == 0
+  assert (tmp_path / "f.png").stat().st_size > 0
+  assert cli.main(["report", "--results", str(table), "--metric", "nope"]) == 2
+  assert "--metric 'nope' is not a column" in capsys.readouterr().err
+  assert cli.main(["collect", "--runs", str(tmp_path), "--out", str(tmp_path / "x.csv"),
+                   "--where", "lossname=poly"]) == 2
+  assert cli.main(["report", "--results", str(tmp_path / "missing.csv")]) == 2
+  assert cli.main(["collect", "--runs", str(tmp_path), "--out", str(tmp_path / "x.csv"),
+                   "--split", "tset"]) == 2
+  assert "--split 'tset': task evaluate takes train, val, test" in capsys.readouterr().err
+  assert not (tmp_path / "x.csv").exists()
