@@ -1,28 +1,38 @@
 """Command line: `python -m polyjax.main --config=configs/<name>.py [--workdir=DIR]`.
 
 Any config field can be overridden, e.g. `--config.lr=0.01 --config.loss.alpha=2`.
-Without `--workdir`, a fresh directory `runs/<config name>-<time>` is made. Bad
-input exits with status 2 and one line naming the field, before anything is
-written; a diverged run exits with status 1.
+Without `--workdir`, a fresh directory `runs/<config name>-<time>` is made. The
+same command on an existing workdir resumes it from its latest checkpoint; a
+config that differs in a field that matters is refused (exit 2, naming the
+fields) unless `--allow_config_change` is given.
+
+Exit status: 0 completed; 2 bad input (a config field, a changed config on resume,
+an unwritable run directory), one line, before anything is written; 1 diverged;
+128 + the signal number (143 SIGTERM, 130 SIGINT) when a signal stopped the run
+after saving a checkpoint: rerun the command to resume.
 """
 
 from __future__ import annotations
 
 import datetime
 import pathlib
+import signal
 import sys
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from polyjax import checkpointing, train
 from polyjax import config as config_lib
-from polyjax import train
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Run directory; default: a fresh one under runs/.")
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False,
+    "Resume a workdir even if its config differs in fields that matter.")
 flags.mark_flags_as_required(["config"])
 
 
@@ -45,13 +55,23 @@ def main(argv) -> int:
   workdir = _WORKDIR.value or str(default_workdir(flags.FLAGS["config"].config_filename))
   print(f"polyjax: run directory {workdir}", flush=True)
   try:
-    summary = train.train_and_evaluate(config, workdir)
-  except config_lib.ConfigError as e:
+    summary = train.train_and_evaluate(config, workdir,
+                                       allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+  except (config_lib.ConfigError, checkpointing.CheckpointDirError) as e:
     print(f"polyjax: error: {e}", file=sys.stderr)
     return 2
   except train.Diverged as e:
     print(f"polyjax: diverged: {e}", file=sys.stderr)
     return 1
+  except KeyboardInterrupt:  # A second SIGINT: stopped at once, without a new checkpoint.
+    print("polyjax: interrupted; rerun the same command to resume from the last "
+          f"checkpoint; run directory: {workdir}", file=sys.stderr)
+    return 128 + signal.SIGINT.value
+  if summary["status"] == "interrupted":
+    print(f"polyjax: interrupted by {summary['signal']} after "
+          f"{summary['epochs_completed']} epochs (checkpoint saved); rerun the same "
+          f"command to resume; run directory: {workdir}", file=sys.stderr)
+    return 128 + signal.Signals[summary["signal"]].value
   final = summary["final"]
   print(f"polyjax: {summary['status']} {summary['epochs_completed']} epochs in "
         f"{summary['wall_seconds']:.1f}s; test/reweighted_acc "
