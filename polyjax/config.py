@@ -7,6 +7,8 @@ Experiment files in `configs/` call `base_config()` and change a few fields.
 
 from __future__ import annotations
 
+import json
+
 import ml_collections
 from ml_collections import config_dict
 
@@ -145,7 +147,7 @@ def _flatten(d, prefix=""):
     if isinstance(v, dict):
       out.update(_flatten(v, f"{prefix}{k}."))
     else:
-      out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+      out[f"{prefix}{k}"] = v
   return out
 
 
@@ -156,7 +158,8 @@ def resume_changes(saved: dict, current: dict) -> list[str]:
   Both are plain dicts (`ConfigDict.to_dict()`, or config.json); tuples and lists
   compare equal, as JSON has no tuples.
   """
-  old, new = _flatten(saved), _flatten(current)
+  # Compare as JSON sees them (tuples, nested ones included, become lists).
+  old, new = (_flatten(json.loads(json.dumps(d))) for d in (saved, current))
   free = {f for f in RESUMABLE_FIELDS if not f.endswith(".*")}
   free_prefixes = tuple(f[:-1] for f in RESUMABLE_FIELDS if f.endswith(".*"))
   if current.get("lr_schedule", "constant") == "cosine":
