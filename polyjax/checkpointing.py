@@ -90,19 +90,25 @@ class Checkpoints:
     if not read_only:
       check_writable(directory)
     ranking = _ranking(best_mode)
-    options = ocp.CheckpointManagerOptions(
-        save_decision_policy=save_policy.FixedIntervalPolicy(every_epochs),
-        preservation_policy=keep_policy.AnyPreservationPolicy([
-            keep_policy.LatestN(1),
-            keep_policy.BestN(get_metric_fn=ranking, n=1,
-                              keep_checkpoints_without_metrics=False),
-        ]),
-        # `best_fn` makes the manager write each checkpoint's metrics (which BestN
-        # reads back after a restart) and answer `best_step()`.
-        best_fn=ranking, best_mode="max",
-        create=not read_only, read_only=read_only)
-    self._manager = ocp.CheckpointManager(os.path.abspath(directory),
-                                          item_names=("state", "meta"), options=options)
+    if read_only:
+      options = ocp.CheckpointManagerOptions(best_fn=ranking, best_mode="max",
+                                             create=False, read_only=True,
+                                             save_interval_steps=0)
+    else:
+      options = ocp.CheckpointManagerOptions(
+          save_decision_policy=save_policy.FixedIntervalPolicy(every_epochs),
+          preservation_policy=keep_policy.AnyPreservationPolicy([
+              keep_policy.LatestN(1),
+              keep_policy.BestN(get_metric_fn=ranking, n=1,
+                                keep_checkpoints_without_metrics=False),
+          ]),
+          # `best_fn` makes the manager write each checkpoint's metrics (which BestN
+          # reads back after a restart) and answer `best_step()`.
+          best_fn=ranking, best_mode="max", create=True)
+    self._manager = ocp.CheckpointManager(
+        os.path.abspath(directory), options=options,
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "meta": ocp.JsonCheckpointHandler()})
 
   def save(self, epoch: int, state: TrainState, *, meta: dict[str, Any],
            best_value: float | None = None, force: bool = False) -> bool:
@@ -138,12 +144,28 @@ class Checkpoints:
   def all_epochs(self) -> list[int]:
     return list(self._manager.all_steps())
 
-  def restore(self, epoch: int, like: TrainState) -> tuple[TrainState, dict[str, Any]]:
-    """Restores epoch `epoch` with the structure, dtypes and shardings of `like`.
+  def restore(self, epoch: int, like: TrainState | None = None
+              ) -> tuple[Any, dict[str, Any]]:
+    """Restores epoch `epoch`.
+
+    Args:
+      epoch: a saved epoch (`latest_epoch()`, `best_epoch()`).
+      like: a TrainState whose structure, dtypes and shardings the restored state
+        takes; None restores the saved tree as it is (nested dicts of arrays, the
+        rng as raw key data), enough to read parameters without building a model.
 
     Returns:
       The train state and the JSON record saved with it.
     """
+    if like is None:
+      # On this process's first device, whatever mesh the run was saved from.
+      on_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      saved = self._manager.item_metadata(epoch)["state"]
+      abstract = jax.tree.map(
+          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=on_device), saved)
+      restored = self._manager.restore(epoch, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+      return restored["state"], dict(restored["meta"])
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _to_saved(like))
     restored = self._manager.restore(epoch, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))

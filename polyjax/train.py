@@ -167,6 +167,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     Diverged: the objective or the state became non-finite (after `summary.json`
       records it; the last checkpoint is the last finite state).
   """
+  run = run_dir.RunDir(workdir)
+  saved_config = run.read_config()
+  changed = _resume_check(config, saved_config, workdir, allow_config_change)
   exp = build(config, mesh=mesh)
   sh = exp.shardings
   train_data = jax.device_put(steps.split_arrays(exp.dataset.train), sh.replicated)
@@ -176,9 +179,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   }
   _check_best_metric(config, exp, exp.state, eval_data)
 
-  run = run_dir.RunDir(workdir)
-  saved_config = run.read_config()
-  changed = _resume_check(config, saved_config, workdir, allow_config_change)
   checkpointing.check_writable(run.path)
   checkpoints = checkpointing.Checkpoints(run.checkpoints,
                                           every_epochs=config.checkpoint_every_epochs,
