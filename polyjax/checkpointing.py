@@ -55,7 +55,7 @@ def _ranking(mode: str):
   return lambda m: (sign * m[BEST_KEY], -m[EPOCH_KEY])
 
 
-def check_writable(directory: str | os.PathLike) -> None:
+def check_writable(directory: str | os.PathLike, what: str = "checkpoint directory") -> None:
   """Raises CheckpointDirError unless a file can be created in `directory` (made if missing).
 
   A real write is tried because permission bits do not tell the whole story
@@ -69,7 +69,7 @@ def check_writable(directory: str | os.PathLike) -> None:
     probe.unlink()
   except OSError as e:
     raise CheckpointDirError(
-        f"checkpoint directory {path} is not writable: {e.strerror or e}") from e
+        f"{what} {path} is not writable: {e.strerror or e}") from e
 
 
 class Checkpoints:

@@ -179,7 +179,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   }
   _check_best_metric(config, exp, exp.state, eval_data)
 
-  checkpointing.check_writable(run.path)
+  checkpointing.check_writable(run.path, "run directory")
   checkpoints = checkpointing.Checkpoints(run.checkpoints,
                                           every_epochs=config.checkpoint_every_epochs,
                                           best_mode=config.best_mode)
