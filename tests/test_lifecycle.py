@@ -14,7 +14,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 
@@ -55,10 +54,13 @@ def _command(workdir, **changes):
 _CACHE = {}
 
 
-def _env():
+@pytest.fixture(scope="module", autouse=True)
+def _compilation_cache(tmp_path_factory):
   # A compilation cache shared by this module's processes: each compiles less.
-  if "dir" not in _CACHE:
-    _CACHE["dir"] = tempfile.mkdtemp(prefix="polyjax-test-jax-cache-")
+  _CACHE["dir"] = str(tmp_path_factory.mktemp("jax-cache"))
+
+
+def _env():
   return {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled",
           "JAX_COMPILATION_CACHE_DIR": _CACHE["dir"],
           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
