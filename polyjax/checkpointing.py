@@ -1,13 +1,30 @@
-"""Orbax checkpoints of the train state, one per saved epoch, under `<workdir>/checkpoints`.
+"""Orbax checkpoints of the train state under `<workdir>/checkpoints`: the latest and the best.
 
 The checkpoint step is the number of completed epochs, which is also the input
-pipeline's position: epoch order is a pure function of (order seed, epoch).
-Typed PRNG keys are stored as their raw key data.
+pipeline's position: epoch order is a pure function of (order seed, epoch), so a
+run restored at epoch E continues with the batches of epoch E + 1. A checkpoint
+holds two items: `state`, the whole `TrainState` (typed PRNG keys stored as their
+raw key data), and `meta`, a small JSON record (epoch, optimizer steps, the best
+epoch so far and its metric value).
+
+What is kept is decided by Orbax policy objects: the most recent checkpoint
+(`LatestN(1)`) and the one with the best validation metric (`BestN(1)` over the
+metrics saved with each checkpoint; ties go to the earlier epoch, like an argmax
+over `metrics.jsonl`). The caller decides when to save: every `every_epochs`
+epochs (the save decision policy), and with `force=True` for a new best, the last
+epoch and an interruption.
+
+Orbax writes each checkpoint into a temporary directory and renames it when the
+write is complete, so a crash during a save leaves no step that is later restored.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import pathlib
+import uuid
+from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
@@ -15,6 +32,13 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy as keep_pol
 from orbax.checkpoint.checkpoint_managers import save_decision_policy as save_policy
 
 from polyjax.train_state import TrainState
+
+BEST_KEY = "best_metric_value"  # Name of the ranking metric saved beside each checkpoint.
+EPOCH_KEY = "epoch"
+
+
+class CheckpointDirError(OSError):
+  """The checkpoint directory cannot be written; the message names it."""
 
 
 def _to_saved(state: TrainState) -> TrainState:
@@ -25,28 +49,131 @@ def _from_saved(state: TrainState) -> TrainState:
   return state.replace(rng=jax.random.wrap_key_data(state.rng))
 
 
+def _ranking(mode: str):
+  """Orbax `best_fn`: larger is better; among equal values the earlier epoch wins."""
+  sign = 1.0 if mode == "max" else -1.0
+  return lambda m: (sign * m[BEST_KEY], -m[EPOCH_KEY])
+
+
+def check_writable(directory: str | os.PathLike, what: str = "checkpoint directory") -> None:
+  """Raises CheckpointDirError unless a file can be created in `directory` (made if missing).
+
+  A real write is tried because permission bits do not tell the whole story
+  (read-only mounts, quotas, root).
+  """
+  path = pathlib.Path(directory)
+  probe = path / f".polyjax-write-test-{uuid.uuid4().hex}"
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    probe.write_bytes(b"")
+    probe.unlink()
+  except OSError as e:
+    raise CheckpointDirError(
+        f"{what} {path} is not writable: {e.strerror or e}") from e
+
+
 class Checkpoints:
-  """The run's checkpoint manager: saves every `every_epochs` epochs, keeps the latest."""
+  """The run's checkpoint manager: keeps the latest checkpoint and the best one."""
 
-  def __init__(self, directory: str | os.PathLike, *, every_epochs: int):
-    options = ocp.CheckpointManagerOptions(
-        save_decision_policy=save_policy.FixedIntervalPolicy(every_epochs),
-        preservation_policy=keep_policy.LatestN(1),
-        create=True)
-    self._manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)
+  def __init__(self, directory: str | os.PathLike, *, every_epochs: int = 1,
+               best_mode: str = "max", read_only: bool = False):
+    """Opens (or creates) the checkpoints of one run.
 
-  def save(self, epoch: int, state: TrainState, *, force: bool = False) -> bool:
-    return self._manager.save(epoch, args=ocp.args.StandardSave(_to_saved(state)),
-                              force=force)
+    Args:
+      directory: `<workdir>/checkpoints`.
+      every_epochs: the save interval of the latest checkpoint.
+      best_mode: 'max' or 'min': which way the ranking metric is better.
+      read_only: only restore (e.g. for analysis); nothing is written or deleted.
+    """
+    if best_mode not in ("max", "min"):
+      raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
+    if not read_only:
+      check_writable(directory)
+    ranking = _ranking(best_mode)
+    if read_only:
+      options = ocp.CheckpointManagerOptions(best_fn=ranking, best_mode="max",
+                                             create=False, read_only=True,
+                                             save_interval_steps=0)
+    else:
+      options = ocp.CheckpointManagerOptions(
+          save_decision_policy=save_policy.FixedIntervalPolicy(every_epochs),
+          preservation_policy=keep_policy.AnyPreservationPolicy([
+              keep_policy.LatestN(1),
+              keep_policy.BestN(get_metric_fn=ranking, n=1,
+                                keep_checkpoints_without_metrics=False),
+          ]),
+          # `best_fn` makes the manager write each checkpoint's metrics (which BestN
+          # reads back after a restart) and answer `best_step()`.
+          best_fn=ranking, best_mode="max", create=True)
+    self._manager = ocp.CheckpointManager(
+        os.path.abspath(directory), options=options,
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "meta": ocp.JsonCheckpointHandler()})
+
+  def save(self, epoch: int, state: TrainState, *, meta: dict[str, Any],
+           best_value: float | None = None, force: bool = False) -> bool:
+    """Saves `state` as epoch `epoch` if the policy (or `force`) says so.
+
+    Args:
+      epoch: completed epochs; the checkpoint's step.
+      state: the train state after `epoch` epochs (must be finite: callers check).
+      meta: JSON-serialisable record saved beside the state.
+      best_value: this epoch's value of the ranking metric; None when the epoch
+        was not evaluated (such a checkpoint is never kept as the best).
+      force: save even when the epoch is not on the save interval.
+
+    Returns:
+      Whether a save was started (it completes in the background).
+    """
+    if epoch in self._manager.all_steps():
+      return False  # Already saved (e.g. the last epoch was also a new best).
+    metrics = None
+    if best_value is not None and math.isfinite(best_value):
+      metrics = {BEST_KEY: float(best_value), EPOCH_KEY: int(epoch)}
+    args = ocp.args.Composite(state=ocp.args.StandardSave(_to_saved(state)),
+                              meta=ocp.args.JsonSave({**meta, EPOCH_KEY: int(epoch)}))
+    return self._manager.save(epoch, args=args, metrics=metrics, force=force)
 
   def latest_epoch(self) -> int | None:
     return self._manager.latest_step()
 
-  def restore(self, epoch: int, like: TrainState) -> TrainState:
-    """Restores epoch `epoch` with the structure, dtypes and shardings of `like`."""
+  def best_epoch(self) -> int | None:
+    """The epoch of the best checkpoint kept (None if no saved epoch was evaluated)."""
+    return self._manager.best_step()
+
+  def all_epochs(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def restore(self, epoch: int, like: TrainState | None = None
+              ) -> tuple[Any, dict[str, Any]]:
+    """Restores epoch `epoch`.
+
+    Args:
+      epoch: a saved epoch (`latest_epoch()`, `best_epoch()`).
+      like: a TrainState whose structure, dtypes and shardings the restored state
+        takes; None restores the saved tree as it is (nested dicts of arrays, the
+        rng as raw key data), enough to read parameters without building a model.
+
+    Returns:
+      The train state and the JSON record saved with it.
+    """
+    if like is None:
+      # On this process's first device, whatever mesh the run was saved from.
+      on_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      saved = self._manager.item_metadata(epoch)["state"]
+      abstract = jax.tree.map(
+          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=on_device), saved)
+      restored = self._manager.restore(epoch, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+      return restored["state"], dict(restored["meta"])
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _to_saved(like))
-    restored = self._manager.restore(epoch, args=ocp.args.StandardRestore(abstract))
-    return _from_saved(restored)
+    restored = self._manager.restore(epoch, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    return _from_saved(restored["state"]), dict(restored["meta"])
+
+  def wait(self) -> None:
+    """Blocks until every started save is committed."""
+    self._manager.wait_until_finished()
 
   def close(self) -> None:
     self._manager.wait_until_finished()

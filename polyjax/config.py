@@ -7,6 +7,8 @@ Experiment files in `configs/` call `base_config()` and change a few fields.
 
 from __future__ import annotations
 
+import json
+
 import ml_collections
 from ml_collections import config_dict
 
@@ -25,6 +27,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_epochs = 20  # Training epochs (>= 1); an epoch drops the last partial batch.
   c.eval_batch_size = 1000  # Global evaluation batch size; splits are padded and masked.
   c.eval_every_epochs = 1  # Evaluate train/val/test every this many epochs (and after the last).
+  c.lr_schedule = "constant"  # Multiplier of lr over training: 'constant', 'cosine' or 'step' (polyjax.schedules).
+  c.warmup_epochs = 0.0  # Linear lr warm-up from 0 over this many epochs, before the schedule (0: none).
+  c.lr_step_epochs = ()  # step: epochs after which the lr is multiplied by lr_step_factor, increasing.
+  c.lr_step_factor = 0.1  # step: the factor applied at each of lr_step_epochs.
+  c.lr_final_frac = 0.0  # cosine: the lr at the last step as a fraction of lr.
+  c.checkpoint_every_epochs = 1  # Save the latest state every this many epochs (also: new best, last epoch, SIGTERM/SIGINT).
+  c.best_metric = "val/reweighted_acc"  # Metric that picks the best checkpoint (early stopping, 'ES'); '<split>/<metric>'.
+  c.best_mode = "max"  # 'max' or 'min': which direction of best_metric is better.
+  c.test_on_best = True  # At the end, also evaluate the best checkpoint (summary.json 'best').
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "digits"  # Dataset: see polyjax.data.DATASETS.
@@ -59,7 +70,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.weighting.exponent = 1.0  # w_g proportional to (1/n_g)**exponent (>= 0); the paper's IW-Exp uses 1.5 to 3.
 
   c.wandb = ml_collections.ConfigDict()
-  c.wandb.mode = "disabled"  # 'online', 'offline' or 'disabled'.
+  c.wandb.mode = config_dict.placeholder(str)  # 'online', 'offline' or 'disabled'; None: $WANDB_MODE if set, else 'offline'.
+  c.wandb.init_timeout = 30.0  # Seconds wandb may take to start; then the run goes on without it, with a warning.
   c.wandb.project = "polyjax"  # wandb project.
   c.wandb.entity = config_dict.placeholder(str)  # wandb entity (None: the user's default).
   c.wandb.name = config_dict.placeholder(str)  # Run name (None: the workdir's name).
@@ -80,7 +92,7 @@ def _check(ok: bool, field: str, rule: str, value) -> None:
 def validate(config: ml_collections.ConfigDict, *, device_count: int) -> None:
   """Raises ConfigError naming the first field whose value cannot be trained."""
   # Registries are imported here so that loading a config file stays light.
-  from polyjax import data, losses, models, weighting
+  from polyjax import data, losses, models, schedules, weighting
 
   c = config
   _known("data.name", c.data.name, data.DATASETS)
@@ -88,7 +100,23 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int) -> None:
   _known("loss.name", c.loss.name, losses.LOSSES)
   _known("loss.kind", c.loss.kind, losses.POLY_KINDS)
   _known("weighting.mode", c.weighting.mode, weighting.WEIGHTING_MODES)
-  _known("wandb.mode", c.wandb.mode, ("online", "offline", "disabled"))
+  if c.wandb.mode is not None:
+    _known("wandb.mode", c.wandb.mode, ("online", "offline", "disabled"))
+  _check(c.wandb.init_timeout > 0, "wandb.init_timeout", "> 0", c.wandb.init_timeout)
+  _known("lr_schedule", c.lr_schedule, schedules.SCHEDULES)
+  _check(c.warmup_epochs >= 0, "warmup_epochs", ">= 0", c.warmup_epochs)
+  step_epochs = tuple(c.lr_step_epochs)
+  _check(all(int(e) == e and e > c.warmup_epochs for e in step_epochs)
+         and list(step_epochs) == sorted(set(step_epochs)), "lr_step_epochs",
+         "increasing whole epochs after warmup_epochs", step_epochs)
+  _check(c.lr_step_factor > 0, "lr_step_factor", "> 0", c.lr_step_factor)
+  _check(0 <= c.lr_final_frac <= 1, "lr_final_frac", "in [0, 1]", c.lr_final_frac)
+  _check(c.checkpoint_every_epochs >= 1, "checkpoint_every_epochs", ">= 1",
+         c.checkpoint_every_epochs)
+  split, _, name = c.best_metric.partition("/")
+  _check(split in ("train", "val", "test") and bool(name), "best_metric",
+         "'<split>/<metric>' with split train, val or test", c.best_metric)
+  _known("best_mode", c.best_mode, ("max", "min"))
   _check(c.lr > 0, "lr", "> 0", c.lr)
   _check(0 <= c.momentum < 1, "momentum", "in [0, 1)", c.momentum)
   _check(c.weight_decay >= 0, "weight_decay", ">= 0", c.weight_decay)
@@ -104,3 +132,42 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int) -> None:
     _check(value >= 1, field, ">= 1", value)
     _check(value % device_count == 0, field,
            f"divisible by the device count ({device_count})", value)
+
+
+# Fields that may differ when a run is resumed: they change neither the training
+# trajectory nor what the run's files mean. `num_epochs` may grow (or shrink to no
+# fewer than the epochs done) unless the lr schedule's shape depends on it.
+RESUMABLE_FIELDS = ("num_epochs", "checkpoint_every_epochs", "eval_batch_size",
+                    "test_on_best", "data.data_dir", "wandb.*")
+
+
+def _flatten(d, prefix=""):
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def resume_changes(saved: dict, current: dict) -> list[str]:
+  """Fields (dotted) whose values differ between a run's saved config and the current one
+  in a way that matters for resuming it (everything but RESUMABLE_FIELDS).
+
+  Both are plain dicts (`ConfigDict.to_dict()`, or config.json); tuples and lists
+  compare equal, as JSON has no tuples.
+  """
+  # Compare as JSON sees them (tuples, nested ones included, become lists).
+  old, new = (_flatten(json.loads(json.dumps(d))) for d in (saved, current))
+  free = {f for f in RESUMABLE_FIELDS if not f.endswith(".*")}
+  free_prefixes = tuple(f[:-1] for f in RESUMABLE_FIELDS if f.endswith(".*"))
+  if current.get("lr_schedule", "constant") == "cosine":
+    free.discard("num_epochs")  # The cosine decays over num_epochs.
+  changed = []
+  for field in sorted(set(old) | set(new)):
+    if field in free or field.startswith(free_prefixes):
+      continue
+    if old.get(field, "<missing>") != new.get(field, "<missing>"):
+      changed.append(field)
+  return changed

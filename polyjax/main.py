@@ -1,12 +1,18 @@
 """Command line: `python -m polyjax.main --config=configs/<name>.py [--workdir=DIR]`.
 
 Any config field can be overridden, e.g. `--config.lr=0.01 --config.loss.alpha=2`.
+Without `--workdir`, a fresh directory `runs/<config name>-<time>` is made. The
+same command on an existing workdir resumes it from its latest checkpoint; a
+config that differs in a field that matters is refused (exit 2, naming the
+fields) unless `--allow_config_change` is given.
+
+Exit status: 0 completed; 2 bad input (a config field, a changed config on resume,
+an unwritable run directory), one line, before anything is written; 1 diverged;
+128 + the signal number (143 SIGTERM, 130 SIGINT) when a signal stopped the run
+after saving a checkpoint: rerun the command to resume.
 Multi-process runs add `--coordinator_address=HOST:PORT --num_processes=N
 --process_id=I` (or rely on cluster detection, see `polyjax.distributed` and
 docs/multihost.md); every process runs the same command.
-Without `--workdir`, a fresh directory `runs/<config name>-<time>` is made. Bad
-input exits with status 2 and one line naming the field, before anything is
-written; a diverged run exits with status 1.
 """
 
 from __future__ import annotations
@@ -14,14 +20,16 @@ from __future__ import annotations
 import datetime
 import pathlib
 import re
+import signal
 import sys
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from polyjax import checkpointing, train
 from polyjax import config as config_lib
-from polyjax import distributed, train
+from polyjax import distributed
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/*.py).", lock_config=True)
@@ -36,6 +44,9 @@ _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "HOST:PORT of process 0's coordinator (multi-process).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in [0, N).")
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False,
+    "Resume a workdir even if its config differs in fields that matter.")
 flags.mark_flags_as_required(["config"])
 
 
@@ -71,13 +82,23 @@ def main(argv) -> int:
     print(f"polyjax: run directory {workdir} ({jax.process_count()} processes, "
           f"{jax.device_count()} devices)", flush=True)
   try:
-    summary = train.train_and_evaluate(config, workdir)
-  except config_lib.ConfigError as e:
+    summary = train.train_and_evaluate(config, workdir,
+                                       allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+  except (config_lib.ConfigError, checkpointing.CheckpointDirError) as e:
     print(f"polyjax: error: {e}", file=sys.stderr)
     return 2
   except train.Diverged as e:
     print(f"polyjax: diverged: {e}", file=sys.stderr)
     return 1
+  except KeyboardInterrupt:  # A second SIGINT: stopped at once, without a new checkpoint.
+    print("polyjax: interrupted; rerun the same command to resume from the last "
+          f"checkpoint; run directory: {workdir}", file=sys.stderr)
+    return 128 + signal.SIGINT.value
+  if summary["status"] == "interrupted":
+    print(f"polyjax: interrupted by {summary['signal']} after "
+          f"{summary['epochs_completed']} epochs (checkpoint saved); rerun the same "
+          f"command to resume; run directory: {workdir}", file=sys.stderr)
+    return 128 + signal.Signals[summary["signal"]].value
   final = summary["final"]
   if not distributed.is_writer():
     return 0

@@ -103,3 +103,47 @@ class RunDir:
     if not self.is_writer:
       return
     write_json(self.path / SUMMARY, summary)
+
+  def read_config(self) -> dict[str, Any] | None:
+    """The saved config.json, or None for a new run directory."""
+    path = self.path / CONFIG
+    return read_json(path) if path.exists() else None
+
+  def read_summary(self) -> dict[str, Any] | None:
+    path = self.path / SUMMARY
+    return read_json(path) if path.exists() else None
+
+  def read_metrics(self) -> list[dict[str, Any]]:
+    """The rows of metrics.jsonl; a last line cut short by a crash is skipped."""
+    path = self.path / METRICS
+    if not path.exists():
+      return []
+    rows = []
+    with open(path) as f:
+      for line in f:
+        try:
+          rows.append(json.loads(line))
+        except json.JSONDecodeError:
+          if line.endswith("\n"):
+            raise  # Not a torn last line: the file is damaged, say so.
+    return rows
+
+  def truncate_metrics(self, last_epoch: int) -> int:
+    """Drops rows after epoch `last_epoch` (written after the checkpoint a run resumes
+    from) and any torn last line; returns the number of rows dropped."""
+    path = self.path / METRICS
+    if not self.is_writer or not path.exists():
+      return 0
+    with open(path) as f:
+      lines = f.readlines()
+    keep = [line for line in lines if line.endswith("\n")
+            and json.loads(line)["epoch"] <= last_epoch]
+    if len(keep) == len(lines):
+      return 0
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+      f.writelines(keep)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return len(lines) - len(keep)

@@ -1,9 +1,17 @@
 """`train_and_evaluate(config, workdir)`: one experiment, start to finish.
 
 Fixed order: data -> model, optimizer, state -> jitted steps -> run directory ->
-epoch loop (train, NaN check, evaluate, write, checkpoint) -> summary. Names in
-the config are resolved here, once; the steps never branch on a string. Every
-check that can fail on the config and data runs before the run directory is made.
+restore (resume) -> wandb -> epoch loop (train, NaN check, evaluate, write,
+checkpoint) -> test the best checkpoint -> summary. Names in the config are
+resolved here, once; the steps never branch on a string. Every check that can
+fail on the config and data runs before the run directory is written.
+
+An existing run directory is resumed from its latest checkpoint, and ends exactly
+where an uninterrupted run ends: the checkpoint holds the whole train state, and
+the epoch it was taken at fixes the input order from there on. A resume whose
+config differs in a field that matters (`config.resume_changes`) is refused
+unless `allow_config_change` is set. SIGTERM/SIGINT stop the run after the
+current epoch with a checkpoint and status 'interrupted'.
 """
 
 from __future__ import annotations
@@ -17,7 +25,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from polyjax import checkpointing, data, losses, metrics, run_dir, steps, train_state
+from polyjax import (checkpointing, data, lifecycle, losses, metrics, run_dir, schedules,
+                     steps, train_state, wandb_logger)
+from polyjax import config as config_lib
 from polyjax.config import ConfigError
 
 SPLITS = ("train", "val", "test")
@@ -39,6 +49,7 @@ class Experiment:
   train_epoch: Any
   eval_counts: Any
   order_seed: int
+  lr_factor: Any  # step -> multiplier of config.lr (None: constant).
 
 
 def build(config: ml_collections.ConfigDict, *, mesh=None) -> Experiment:
@@ -55,8 +66,15 @@ def build(config: ml_collections.ConfigDict, *, mesh=None) -> Experiment:
   loss_cfg = config.loss.to_dict()
   loss_fn = losses.get_loss(loss_cfg.pop("name"), class_counts=dataset.train_class_counts,
                             group_counts=dataset.train_group_counts, **loss_cfg)
+  lr_factor = None
+  if config.lr_schedule != "constant" or config.warmup_epochs > 0:
+    lr_factor = schedules.lr_factor(
+        config.lr_schedule, steps_per_epoch=len(dataset.train) // config.batch_size,
+        num_epochs=config.num_epochs, warmup_epochs=config.warmup_epochs,
+        step_epochs=config.lr_step_epochs, step_factor=config.lr_step_factor,
+        final_frac=config.lr_final_frac)
   tx = train_state.make_optimizer(lr=config.lr, momentum=config.momentum,
-                                  weight_decay=config.weight_decay)
+                                  weight_decay=config.weight_decay, lr_factor=lr_factor)
   model_cfg = config.model.to_dict()
   model_def, state = train_state.create(
       model_name=model_cfg.pop("name"), model_kwargs=model_cfg, in_shape=dataset.in_shape,
@@ -72,7 +90,7 @@ def build(config: ml_collections.ConfigDict, *, mesh=None) -> Experiment:
       eval_counts=steps.make_eval_counts(model_def=model_def, loss_fn=loss_fn,
                                          num_groups=dataset.num_groups,
                                          shardings=shardings),
-      order_seed=order_seed)
+      order_seed=order_seed, lr_factor=lr_factor)
 
 
 def evaluate(exp: Experiment, state, eval_data: dict[str, Any]) -> dict[str, float]:
@@ -105,14 +123,53 @@ def run_record(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any
   }
 
 
+def _better(value: float, best: float | None, mode: str) -> bool:
+  """Strictly better, so that among equal values the earliest epoch stays the best."""
+  if not np.isfinite(value):
+    return False
+  return best is None or (value > best if mode == "max" else value < best)
+
+
+def _check_best_metric(config, exp: Experiment, state, eval_data) -> None:
+  """Raises ConfigError unless config.best_metric is a metric this run reports."""
+  split, _, name = config.best_metric.partition("/")
+  counts = jax.device_get(exp.eval_counts(state, eval_data[split]))
+  names = metrics.finalize(counts, train_group_counts=exp.dataset.train_group_counts)
+  if name not in names:
+    raise ConfigError(f"config.best_metric={config.best_metric!r} is not a metric of this "
+                      f"run; valid: {', '.join(f'{split}/{k}' for k in sorted(names))}")
+
+
+def _resume_check(config, saved: dict | None, workdir: str, allow_change: bool) -> list[str]:
+  """The fields that matter and differ from the run in `workdir`; raises unless allowed."""
+  if saved is None:
+    return []
+  current = config.to_dict()
+  # config.json also holds the run record (host, versions, ...): compare config fields only.
+  changed = config_lib.resume_changes({k: v for k, v in saved.items() if k in current}, current)
+  if changed and not allow_change:
+    raise ConfigError(
+        f"workdir {workdir} holds a run whose config differs in {', '.join(changed)}; "
+        f"resuming it would mix two experiments (use another --workdir, or pass "
+        f"--allow_config_change to resume anyway)")
+  return changed
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       mesh=None) -> dict[str, Any]:
-  """Trains and evaluates one experiment; writes its run directory; returns the summary.
+                       mesh=None, allow_config_change: bool = False) -> dict[str, Any]:
+  """Trains and evaluates one experiment (resuming `workdir` if it holds a run);
+  writes its run directory; returns the summary.
 
   Raises:
-    ConfigError: a value that cannot be trained (before anything is written).
-    Diverged: the objective became non-finite (after `summary.json` records it).
+    ConfigError: a value that cannot be trained, or a resume with a changed config
+      (before anything is written).
+    checkpointing.CheckpointDirError: the run or checkpoint directory is not writable.
+    Diverged: the objective or the state became non-finite (after `summary.json`
+      records it; the last checkpoint is the last finite state).
   """
+  run = run_dir.RunDir(workdir, is_writer=jax.process_index() == 0)
+  saved_config = run.read_config()
+  changed = _resume_check(config, saved_config, workdir, allow_config_change)
   exp = build(config, mesh=mesh)
   sh = exp.shardings
   train_data = steps.to_global(steps.split_arrays(exp.dataset.train), sh.replicated)
@@ -120,53 +177,116 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       split: steps.to_global(steps.pad_for_eval(s, config.eval_batch_size), sh.stacked_batches)
       for split, s in exp.dataset.splits().items()
   }
+  _check_best_metric(config, exp, exp.state, eval_data)
 
-  run = run_dir.RunDir(workdir, is_writer=jax.process_index() == 0)
-  run.create()
-  run.write_config(config.to_dict(), **run_record(config, workdir))
+  checkpointing.check_writable(run.path, "run directory")
   checkpoints = checkpointing.Checkpoints(run.checkpoints,
-                                          every_epochs=config.num_epochs)
+                                          every_epochs=config.checkpoint_every_epochs,
+                                          best_mode=config.best_mode)
   state = exp.state
-  # Resume from the latest checkpoint; every process restores (Orbax needs all).
-  done = checkpoints.latest_epoch() or 0
-  if done:
-    state = checkpoints.restore(done, like=state)
-  summary: dict[str, Any] = {"status": "running", "epochs_completed": done,
-                             "steps": int(jax.device_get(state.step)), "final": {}}
+  start_epoch, best_epoch, best_value, prior_seconds = 0, None, None, 0.0
+  resumes = list((saved_config or {}).get("resumes", []))
+  try:
+    latest = checkpoints.latest_epoch()
+    if latest is not None:
+      if latest > config.num_epochs:
+        raise ConfigError(f"config.num_epochs={config.num_epochs} is below the {latest} "
+                          f"epochs already done in {workdir}")
+      try:
+        state, meta = checkpoints.restore(latest, like=exp.state)
+      except Exception as e:
+        raise ConfigError(
+            f"the checkpoint of epoch {latest} in {run.checkpoints} does not fit the "
+            f"current config's model or optimizer ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''})") from e
+      start_epoch, best_epoch, best_value = latest, meta["best_epoch"], meta["best_value"]
+      prior_seconds = float((run.read_summary() or {}).get("wall_seconds", 0.0))
+      resumes.append({"epoch": latest, "changed_fields": changed, "time": time.time()})
+    dropped = run.truncate_metrics(start_epoch) if saved_config is not None else 0
+  except BaseException:
+    checkpoints.close()
+    raise
+  if saved_config is not None and run.is_writer:
+    print(f"polyjax: resuming {workdir} at epoch {start_epoch}"
+          + (f" (dropped {dropped} metrics rows written after that checkpoint)" if dropped
+             else "") + (f"; changed: {', '.join(changed)}" if changed else ""), flush=True)
+
+  record = run_record(config, workdir)
+  run.write_config(config.to_dict(), **record, resumes=resumes)
+  wandb = wandb_logger.WandbLogger(
+      workdir=workdir, mode=config.wandb.mode if run.is_writer else "disabled",
+      project=config.wandb.project,
+      entity=config.wandb.entity, name=config.wandb.name, tags=config.wandb.tags,
+      config={**config.to_dict(), **record}, init_timeout=config.wandb.init_timeout)
+
+  summary: dict[str, Any] = {
+      "status": "running", "epochs_completed": start_epoch, "final": {}, "best": {},
+      "best_metric": config.best_metric, "best_epoch": best_epoch}
   start = time.time()
   values: dict[str, float] = {}
-  if done >= config.num_epochs:  # Already trained: only re-evaluate for the summary.
-    values = evaluate(exp, state, eval_data)
+  steps_done = int(jax.device_get(state.step))
+  stop = lifecycle.StopSignals()
   try:
-    for epoch in range(done + 1, config.num_epochs + 1):
-      t0 = time.time()
-      idx_SxB = steps.epoch_indices(len(exp.dataset.train), config.batch_size,
-                                    seed=exp.order_seed, epoch=epoch)
-      state, objective_S = exp.train_epoch(state, train_data,
-                                           steps.to_global(idx_SxB, sh.stacked_batches))
-      objective_S = np.asarray(objective_S)
-      if not np.all(np.isfinite(objective_S)):
-        bad = int(np.flatnonzero(~np.isfinite(objective_S))[0])
-        step = (epoch - 1) * len(idx_SxB) + bad + 1
-        summary.update(status="diverged", diverged_at={"epoch": epoch, "step": step})
-        raise Diverged(f"training objective is {objective_S[bad]} at epoch {epoch}, "
-                       f"step {step}; stopping (no checkpoint of this state is kept)")
-      summary["epochs_completed"] = epoch
-      summary["steps"] = epoch * len(idx_SxB)
-      if epoch % config.eval_every_epochs == 0 or epoch == config.num_epochs:
+    with stop:
+      for epoch in range(start_epoch + 1, config.num_epochs + 1):
+        t0 = time.time()
+        idx_SxB = steps.epoch_indices(len(exp.dataset.train), config.batch_size,
+                                      seed=exp.order_seed, epoch=epoch)
+        state, objective_S = exp.train_epoch(state, train_data,
+                                             steps.to_global(idx_SxB, sh.stacked_batches))
+        objective_S = np.asarray(objective_S)
+        if not np.all(np.isfinite(objective_S)):
+          bad = int(np.flatnonzero(~np.isfinite(objective_S))[0])
+          step = (epoch - 1) * len(idx_SxB) + bad + 1
+          summary.update(status="diverged", diverged_at={"epoch": epoch, "step": step})
+          raise Diverged(f"training objective is {objective_S[bad]} at epoch {epoch}, "
+                         f"step {step}; stopping (no checkpoint of this state is kept)")
+        if not lifecycle.is_finite(state):
+          step = epoch * len(idx_SxB)
+          summary.update(status="diverged", diverged_at={"epoch": epoch, "step": step})
+          raise Diverged(f"the train state holds NaN or Inf after epoch {epoch}, step "
+                         f"{step}; stopping (no checkpoint of this state is kept)")
+        summary["epochs_completed"] = epoch
+        step = steps_done = int(state.step)
+        value = None
+        if epoch % config.eval_every_epochs == 0 or epoch == config.num_epochs:
+          values = evaluate(exp, state, eval_data)
+          values["train/objective"] = float(objective_S.mean())
+          values["train/lr"] = float(config.lr * (1.0 if exp.lr_factor is None
+                                                  else exp.lr_factor(step - 1)))
+          rows = []
+          for split in SPLITS:
+            prefix = f"{split}/"
+            row = {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix)}
+            rows.append({"epoch": epoch, "step": step, "split": split, **row})
+          run.append_metrics(rows)
+          wandb.log(step, {"epoch": epoch, **values})
+          if run.is_writer:
+            print(_progress(epoch, config.num_epochs, step, values, time.time() - t0), flush=True)
+          value = values[config.best_metric]
+          if _better(value, best_value, config.best_mode):
+            best_epoch, best_value = epoch, value
+            summary["best_epoch"] = best_epoch
+        stopping = stop.received is not None and epoch < config.num_epochs
+        checkpoints.save(epoch, state, best_value=value,
+                         meta={"step": step, "best_epoch": best_epoch, "best_value": best_value},
+                         force=epoch == config.num_epochs or best_epoch == epoch or stopping)
+        if stopping:
+          break
+    if summary["epochs_completed"] < config.num_epochs:
+      summary.update(status="interrupted", signal=stop.name)
+    else:
+      if not values:  # Resumed a run that had already finished training.
         values = evaluate(exp, state, eval_data)
-        values["train/objective"] = float(objective_S.mean())
-        step = int(state.step)
-        rows = []
-        for split in SPLITS:
-          prefix = f"{split}/"
-          row = {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix)}
-          rows.append({"epoch": epoch, "step": step, "split": split, **row})
-        run.append_metrics(rows)
-        if run.is_writer:
-          print(_progress(epoch, config.num_epochs, step, values, time.time() - t0), flush=True)
-      checkpoints.save(epoch, state, force=epoch == config.num_epochs)
-    summary.update(status="completed", final=values)
+      best = {}
+      if config.test_on_best and best_epoch is not None:
+        if best_epoch == summary["epochs_completed"]:
+          best = {k: v for k, v in values.items() if k not in ("train/objective", "train/lr")}
+        else:
+          checkpoints.wait()
+          best_state, _ = checkpoints.restore(best_epoch, like=state)
+          best = evaluate(exp, best_state, eval_data)
+      summary.update(status="completed", final=values, best=best)
   except KeyboardInterrupt:
     summary["status"] = "interrupted"
     raise
@@ -176,7 +296,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     summary["status"] = "failed"
     raise
   finally:
-    summary["wall_seconds"] = time.time() - start
-    checkpoints.close()
-    run.write_summary(summary)
+    summary["wall_seconds"] = prior_seconds + time.time() - start
+    summary["steps"] = steps_done
+    try:
+      checkpoints.close()
+    finally:
+      run.write_summary(summary)
+      wandb.finish(summary)
   return summary

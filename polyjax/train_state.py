@@ -43,14 +43,23 @@ class ModelDef:
     return logits, model_state
 
 
-def make_optimizer(*, lr: float, momentum: float, weight_decay: float
-                   ) -> optax.GradientTransformation:
+def make_optimizer(*, lr: float, momentum: float, weight_decay: float,
+                   lr_factor: optax.Schedule | None = None) -> optax.GradientTransformation:
   """SGD with momentum and L2 weight decay; hyperparameters live in the optimizer state
-  (`inject_hyperparams`) so that they can differ across stacked models."""
+  (`inject_hyperparams`) so that they can differ across stacked models.
+
+  `lr_factor` (polyjax.schedules) multiplies the learning rate at each step: the
+  update is `-lr * lr_factor(step) * momentum_buffer`, as with `optax.sgd` given
+  the schedule `lr * lr_factor`. It sits inside the injected optimizer, so the
+  state keeps the base lr as a plain number in `opt_state.hyperparams`.
+  """
 
   def sgd(learning_rate, momentum, weight_decay):
-    return optax.chain(optax.add_decayed_weights(weight_decay),
-                       optax.sgd(learning_rate, momentum=momentum))
+    parts = [optax.add_decayed_weights(weight_decay),
+             optax.sgd(learning_rate, momentum=momentum)]
+    if lr_factor is not None:
+      parts.append(optax.scale_by_schedule(lr_factor))
+    return optax.chain(*parts)
 
   return optax.inject_hyperparams(sgd)(learning_rate=lr, momentum=momentum,
                                        weight_decay=weight_decay)

@@ -1,0 +1,299 @@
+"""Run lifecycle: checkpoints (latest and best), exact resume, signals, divergence,
+refused resumes and unwritable checkpoint directories.
+
+The runs are short digits/MLP runs launched with the real command line
+(`python -m polyjax.main`) where the process itself matters (kill -9, SIGTERM,
+exit status), and in-process otherwise.
+"""
+
+import importlib.util
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from polyjax import checkpointing, config as config_lib, run_dir, train
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIG_FILE = ROOT / "configs" / "digits_poly.py"
+# Small enough to be quick, long enough to interrupt: every epoch is evaluated,
+# the latest is saved every 3 epochs, so a new best is often a forced save.
+OVERRIDES = {"num_epochs": 12, "checkpoint_every_epochs": 3, "eval_every_epochs": 1,
+             "model.hidden": 32}
+
+
+def _config(**changes):
+  spec = importlib.util.spec_from_file_location("digits_poly", CONFIG_FILE)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  for field, value in {**OVERRIDES, **changes}.items():
+    *parents, leaf = field.split(".")
+    node = config
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def _command(workdir, **changes):
+  flags = [f"--config.{k}={v}" for k, v in {**OVERRIDES, **changes}.items()]
+  return [sys.executable, "-m", "polyjax.main", f"--config={CONFIG_FILE}",
+          f"--workdir={workdir}", *flags]
+
+
+_CACHE = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _compilation_cache(tmp_path_factory):
+  # A compilation cache shared by this module's processes: each compiles less.
+  _CACHE["dir"] = str(tmp_path_factory.mktemp("jax-cache"))
+
+
+def _env():
+  return {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled",
+          "JAX_COMPILATION_CACHE_DIR": _CACHE["dir"],
+          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+          "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+
+
+def _popen(workdir, **changes):
+  return subprocess.Popen(_command(workdir, **changes), cwd=ROOT, env=_env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_epoch(proc, workdir, epoch, timeout=120.0):
+  """Polls metrics.jsonl until it has a row of `epoch` (the process still running)."""
+  path = pathlib.Path(workdir) / run_dir.METRICS
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    assert proc.poll() is None, proc.communicate()
+    if path.exists() and any(json.loads(line)["epoch"] >= epoch
+                             for line in path.read_text().splitlines() if line.endswith("}")):
+      return
+    time.sleep(0.005)
+  raise TimeoutError(f"no epoch {epoch} within {timeout}s")
+
+
+def _restore(workdir, epoch):
+  """The saved state tree (nested dicts of arrays) and its JSON record."""
+  ckpts = checkpointing.Checkpoints(pathlib.Path(workdir) / run_dir.CHECKPOINTS, read_only=True)
+  try:
+    return ckpts.restore(epoch)
+  finally:
+    ckpts.close()
+
+
+def _assert_bitwise_equal(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    x, y = np.asarray(x), np.asarray(y)
+    assert x.dtype == y.dtype and x.shape == y.shape
+    assert x.tobytes() == y.tobytes()
+
+
+def _files(workdir):
+  """Every file under a workdir with its bytes, to show that nothing changed."""
+  root = pathlib.Path(workdir)
+  return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+          if p.is_file()}
+
+
+def _run(workdir, *flags, **changes):
+  return subprocess.run(_command(workdir, **changes) + list(flags), cwd=ROOT, env=_env(),
+                        capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  """An uninterrupted run of the command: its workdir and summary."""
+  workdir = tmp_path_factory.mktemp("reference")
+  proc = _run(workdir)
+  assert proc.returncode == 0, proc.stderr
+  return workdir, run_dir.RunDir(workdir).read_summary()
+
+
+def test_kill9_mid_training_then_rerun_ends_bit_identical(reference, tmp_path):
+  ref_dir, ref_summary = reference
+  proc = _popen(tmp_path)
+  _wait_for_epoch(proc, tmp_path, 5)
+  proc.kill()
+  proc.wait()
+  assert proc.returncode == -signal.SIGKILL
+  assert not (tmp_path / run_dir.SUMMARY).exists()  # Killed before the end.
+
+  proc = _run(tmp_path)
+  assert proc.returncode == 0, proc.stderr
+  assert "resuming" in proc.stdout
+  state, meta = _restore(tmp_path, 12)
+  ref_state, ref_meta = _restore(ref_dir, 12)
+  _assert_bitwise_equal(state, ref_state)
+  assert meta == ref_meta
+  # The metrics file has the same rows: none lost, none duplicated.
+  assert run_dir.RunDir(tmp_path).read_metrics() == run_dir.RunDir(ref_dir).read_metrics()
+  summary = run_dir.RunDir(tmp_path).read_summary()
+  assert summary["status"] == "completed" and summary["final"] == ref_summary["final"]
+  assert summary["best"] == ref_summary["best"]
+  assert len(run_dir.RunDir(tmp_path).read_config()["resumes"]) == 1
+
+
+def test_sigterm_saves_exits_cleanly_and_resumes_exactly(reference, tmp_path):
+  ref_dir, ref_summary = reference
+  proc = _popen(tmp_path)
+  _wait_for_epoch(proc, tmp_path, 4)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 128 + signal.SIGTERM, err
+  assert "Traceback" not in err and "interrupted by SIGTERM" in err
+  summary = run_dir.RunDir(tmp_path).read_summary()
+  done = summary["epochs_completed"]
+  assert summary["status"] == "interrupted" and summary["signal"] == "SIGTERM"
+  assert 4 <= done < 12
+  ckpts = checkpointing.Checkpoints(tmp_path / run_dir.CHECKPOINTS, read_only=True)
+  assert ckpts.latest_epoch() == done  # Saved at the epoch it stopped, off the interval.
+  ckpts.close()
+  assert max(r["epoch"] for r in run_dir.RunDir(tmp_path).read_metrics()) == done
+
+  proc = _run(tmp_path)
+  assert proc.returncode == 0, proc.stderr
+  summary = run_dir.RunDir(tmp_path).read_summary()
+  assert summary["status"] == "completed" and summary["final"] == ref_summary["final"]
+  _assert_bitwise_equal(_restore(tmp_path, 12)[0], _restore(ref_dir, 12)[0])
+  assert run_dir.RunDir(tmp_path).read_metrics() == run_dir.RunDir(ref_dir).read_metrics()
+
+
+def test_best_checkpoint_is_the_argmax_of_the_val_metric(reference):
+  ref_dir, summary = reference
+  rows = [r for r in run_dir.RunDir(ref_dir).read_metrics() if r["split"] == "val"]
+  values = [r["reweighted_acc"] for r in rows]
+  best_epoch = rows[int(np.argmax(values))]["epoch"]  # argmax: the first of equal values.
+  assert summary["best_metric"] == "val/reweighted_acc"
+  assert summary["best_epoch"] == best_epoch
+  ckpts = checkpointing.Checkpoints(ref_dir / run_dir.CHECKPOINTS, read_only=True)
+  assert ckpts.best_epoch() == best_epoch
+  assert set(ckpts.all_epochs()) == {best_epoch, 12}  # Only the best and the latest are kept.
+  ckpts.close()
+  # `best` is the evaluation of the restored best checkpoint: it matches the rows
+  # written when that epoch was trained.
+  at_best = {f"{r['split']}/{k}": v for r in run_dir.RunDir(ref_dir).read_metrics()
+             if r["epoch"] == best_epoch for k, v in r.items()
+             if k not in ("epoch", "step", "split", "objective", "lr")}
+  assert summary["best"] == pytest.approx(at_best, rel=1e-6)
+  if best_epoch != 12:
+    assert summary["best"] != summary["final"]
+
+
+def test_resume_with_changed_model_width_is_refused(reference, tmp_path):
+  ref_dir, _ = reference
+  workdir = tmp_path / "run"
+  shutil.copytree(ref_dir, workdir)
+  before = _files(workdir)
+  with pytest.raises(config_lib.ConfigError, match=r"differs in model\.hidden;"):
+    train.train_and_evaluate(_config(**{"model.hidden": 48}), str(workdir))
+  assert _files(workdir) == before  # Refused before anything was written.
+  # Allowed anyway, the checkpoint cannot fit the wider model: a clear error too.
+  with pytest.raises(config_lib.ConfigError, match="does not fit the current config"):
+    train.train_and_evaluate(_config(**{"model.hidden": 48}), str(workdir),
+                             allow_config_change=True)
+  # Fields that do not change training may differ: here the run is extended by 2 epochs.
+  proc = _run(workdir, num_epochs=14, **{"wandb.project": "elsewhere"})
+  assert proc.returncode == 0, proc.stderr
+  summary = run_dir.RunDir(workdir).read_summary()
+  assert summary["status"] == "completed" and summary["epochs_completed"] == 14
+  epochs = [r["epoch"] for r in run_dir.RunDir(workdir).read_metrics() if r["split"] == "val"]
+  assert epochs == list(range(1, 15))
+
+
+def test_huge_lr_diverges_without_a_nonfinite_checkpoint(tmp_path):
+  # lr 0.05 for two epochs, then 5e10: the third epoch blows up. Every epoch is saved.
+  changes = {"lr_schedule": "step", "lr_step_epochs": "(2,)", "lr_step_factor": 1e12,
+             "checkpoint_every_epochs": 1}
+  proc = _run(tmp_path, **changes)
+  assert proc.returncode == 1, proc.stderr
+  assert "diverged" in proc.stderr and "epoch 3" in proc.stderr and "step" in proc.stderr
+  summary = run_dir.RunDir(tmp_path).read_summary()
+  assert summary["status"] == "diverged" and summary["diverged_at"]["epoch"] == 3
+  assert summary["epochs_completed"] == 2
+  ckpts = checkpointing.Checkpoints(tmp_path / run_dir.CHECKPOINTS, read_only=True)
+  epochs = ckpts.all_epochs()
+  ckpts.close()
+  assert epochs and max(epochs) == 2  # The last finite state.
+  for epoch in epochs:
+    state, _ = _restore(tmp_path, epoch)
+    for leaf in jax.tree.leaves(state):
+      assert np.all(np.isfinite(np.asarray(leaf, np.float64)))
+
+
+def test_read_only_checkpoint_dir_is_a_clear_error(tmp_path):
+  workdir = tmp_path / "run"
+  (workdir / run_dir.CHECKPOINTS).mkdir(parents=True)
+  os.chmod(workdir / run_dir.CHECKPOINTS, 0o555)
+  command = _command(workdir)
+  if os.geteuid() == 0:
+    # Root ignores permission bits unless it gives up the capability to.
+    if shutil.which("setpriv") is None:
+      pytest.skip("running as root without setpriv: permission bits cannot apply")
+    command = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--", *command]
+  proc = subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 2, proc.stderr
+  assert "Traceback" not in proc.stderr
+  lines = [line for line in proc.stderr.splitlines() if line.startswith("polyjax: error")]
+  assert lines == [f"polyjax: error: checkpoint directory {workdir / run_dir.CHECKPOINTS} "
+                   f"is not writable: Permission denied"]
+  assert not (workdir / run_dir.CONFIG).exists()  # Nothing written.
+
+
+_CRASH_DURING_SAVE = textwrap.dedent("""
+    import os, signal, sys
+    import jax, jax.numpy as jnp
+    from polyjax import checkpointing, train_state
+    from flax import nnx
+    import optax
+    tx = optax.sgd(0.1)
+    params = nnx.State({"w": jnp.full((4096, 4096), 1.0)})  # 64 MiB: a save takes a while.
+    state = train_state.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+        model_state=nnx.State({}), opt_state=tx.init(params), rng=jax.random.key(0),
+        adv_probs=jnp.ones((2,)) / 2)
+    ckpts = checkpointing.Checkpoints(sys.argv[1], every_epochs=1)
+    ckpts.save(1, state, meta={})
+    ckpts.wait()
+    ckpts.save(2, state.replace(params=jax.tree.map(lambda w: w * 2, params)), meta={})
+    os.kill(os.getpid(), signal.SIGKILL)  # Dies while the save of epoch 2 is being written.
+""")
+
+
+def test_crash_during_a_save_is_never_restored(tmp_path):
+  proc = subprocess.run([sys.executable, "-c", _CRASH_DURING_SAVE, str(tmp_path)], cwd=ROOT,
+                        env=_env(), capture_output=True, text=True, timeout=300)
+  assert proc.returncode == -signal.SIGKILL, proc.stderr
+  leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith("2")]
+  assert leftovers and all("tmp" in name for name in leftovers), leftovers  # Mid-save.
+  ckpts = checkpointing.Checkpoints(tmp_path, every_epochs=1)
+  assert ckpts.all_epochs() == [1] and ckpts.latest_epoch() == 1
+  ckpts.close()
+
+
+def test_resume_changes_names_the_fields_that_matter():
+  base = config_lib.base_config().to_dict()
+  same = json.loads(json.dumps(base))  # As read back from config.json: tuples are lists.
+  assert config_lib.resume_changes(same, base) == []
+  changed = config_lib.base_config()
+  changed.model.hidden = 100
+  changed.lr = 0.5
+  changed.num_epochs = 99
+  changed.wandb.mode = "online"
+  changed.data.data_dir = "/elsewhere"
+  assert config_lib.resume_changes(same, changed.to_dict()) == ["lr", "model.hidden"]
+  changed.lr_schedule = "cosine"  # The cosine decays over num_epochs: now it matters.
+  assert "num_epochs" in config_lib.resume_changes(same, changed.to_dict())
