@@ -1,0 +1,37 @@
+"""Executes every notebook in notebooks/ top to bottom at small settings.
+
+Each notebook runs in a fresh kernel of this interpreter with POLYJAX_SMOKE=1
+(its own switch to tiny settings), the repository root as working directory and
+on PYTHONPATH, so the notebooks cannot rot while the code changes.
+"""
+
+import os
+import pathlib
+import sys
+
+import nbclient
+import nbformat
+import pytest
+from jupyter_client.kernelspec import NATIVE_KERNEL_NAME
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+def test_there_are_notebooks():
+  assert {"quickstart.ipynb", "figure1.ipynb"} <= {p.name for p in NOTEBOOKS}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_runs(path, tmp_path):
+  nb = nbformat.read(path, as_version=4)
+  env = dict(os.environ, POLYJAX_SMOKE="1", MPLBACKEND="Agg", TMPDIR=str(tmp_path),
+             PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+  client = nbclient.NotebookClient(
+      nb, timeout=300, kernel_name=NATIVE_KERNEL_NAME,
+      resources={"metadata": {"path": str(ROOT)}})
+  client.execute(env=env)
+  errors = [out for cell in nb.cells if cell.cell_type == "code"
+            for out in cell.get("outputs", []) if out.get("output_type") == "error"]
+  assert not errors
+  assert all(cell.get("execution_count") for cell in nb.cells if cell.cell_type == "code")
