@@ -60,9 +60,9 @@ def load_checkpoint(run: Run, rule: str, *, mesh=None) -> Loaded:
     exp = train.build(config, mesh=mesh)
   except (ConfigError, ValueError, FileNotFoundError) as e:
     raise RunError(f"{run.path}: cannot rebuild the experiment from config.json ({e})") from None
-  ckpts = checkpointing.Checkpoints(run.checkpoint_dir, every_epochs=1)
+  ckpts = checkpointing.Checkpoints(run.checkpoint_dir, every_epochs=1, read_only=True)
   try:
-    state = ckpts.restore(epoch, like=exp.state)
+    state, _ = ckpts.restore(epoch, like=exp.state)
   except Exception as e:  # Orbax raises many types for a damaged checkpoint.
     raise RunError(f"{run.path}: cannot restore checkpoint {epoch} "
                    f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
