@@ -17,7 +17,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from polyjax import checkpointing, data, losses, metrics, run_dir, steps, train_state
+from polyjax import (checkpointing, data, losses, metrics, run_dir, steps, train_state,
+                     weighting)
 from polyjax.config import ConfigError
 
 SPLITS = ("train", "val", "test")
@@ -39,6 +40,7 @@ class Experiment:
   train_epoch: Any
   eval_counts: Any
   order_seed: int
+  sample_p: np.ndarray | None = None  # (N,) per-epoch sampling probabilities ('resampled').
 
 
 def build(config: ml_collections.ConfigDict, *, mesh=None) -> Experiment:
@@ -64,7 +66,10 @@ def build(config: ml_collections.ConfigDict, *, mesh=None) -> Experiment:
       seed=config.seed)
   shardings = steps.Shardings(mesh)
   state = jax.device_put(state, shardings.replicated)
-  train_step = steps.make_train_step(model_def=model_def, loss_fn=loss_fn, tx=tx)
+  reduction = weighting.make_reduction(config.weighting.mode, num_groups=dataset.num_groups,
+                                       adv_probs_lr=config.weighting.adv_probs_lr)
+  train_step = steps.make_train_step(model_def=model_def, loss_fn=loss_fn, tx=tx,
+                                     reduction=reduction)
   order_seed = config.seed if config.data.order_seed is None else config.data.order_seed
   return Experiment(
       dataset=dataset, model_def=model_def, state=state, shardings=shardings,
@@ -72,7 +77,10 @@ def build(config: ml_collections.ConfigDict, *, mesh=None) -> Experiment:
       eval_counts=steps.make_eval_counts(model_def=model_def, loss_fn=loss_fn,
                                          num_groups=dataset.num_groups,
                                          shardings=shardings),
-      order_seed=order_seed)
+      order_seed=order_seed,
+      sample_p=weighting.sampling_probs(dataset.train.group, dataset.train_group_counts,
+                                        mode=config.weighting.mode,
+                                        exponent=config.weighting.exponent))
 
 
 def evaluate(exp: Experiment, state, eval_data: dict[str, Any]) -> dict[str, float]:
@@ -134,7 +142,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     for epoch in range(1, config.num_epochs + 1):
       t0 = time.time()
       idx_SxB = steps.epoch_indices(len(exp.dataset.train), config.batch_size,
-                                    seed=exp.order_seed, epoch=epoch)
+                                    seed=exp.order_seed, epoch=epoch, p=exp.sample_p)
       state, objective_S = exp.train_epoch(state, train_data,
                                            jax.device_put(idx_SxB, sh.stacked_batches))
       objective_S = np.asarray(objective_S)
