@@ -1,6 +1,10 @@
 """Per-example classification losses (SPEC §2), unreduced.
 
-Every loss here maps `(logits_BxC, labels_B, groups_B) -> loss_B`. The weighted
+Every loss here maps `(logits_BxC, labels_B, groups_B) -> loss_B`: cross-entropy,
+the polynomially-tailed loss (logit/exp/linear kinds, switch point beta,
+multi-class margin) and the baselines LDAM, logit adjustment (LA), VS, CDT and
+group VS. Those that need class or group counts get them from the training split
+through their builders (`LOSSES`), never from the user. The weighted
 reduction over a batch lives in one place, `polyjax.weighting`. Names are resolved
 once, by `get_loss`, so the training step never branches on a string.
 

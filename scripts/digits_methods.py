@@ -32,11 +32,6 @@ METHODS: dict[str, dict[str, object]] = {
     "CE+DRO": {"loss.name": "ce", "weighting.mode": "dro", "weighting.adv_probs_lr": 0.05},
     "Poly": {"loss.name": "poly", "weighting.mode": "none"},
     "Poly+IW": {"loss.name": "poly", "weighting.mode": "reweighted"},
-    "Poly(a=2)+IW-Exp3": {"loss.name": "poly", "loss.alpha": 2.0,
-                          "weighting.mode": "reweighted", "weighting.exponent": 3.0},
-    "Poly-exp+IW": {"loss.name": "poly", "loss.kind": "exp", "weighting.mode": "reweighted"},
-    "Poly-linear(a=2)+IW": {"loss.name": "poly", "loss.kind": "linear", "loss.alpha": 2.0,
-                            "weighting.mode": "reweighted"},
     "Poly+DRO": {"loss.name": "poly", "weighting.mode": "dro", "weighting.adv_probs_lr": 0.05},
     "LDAM": {"loss.name": "ldam", "loss.max_margin": 0.5, "loss.inv_temperature": 1.0,
              "weighting.mode": "none"},
@@ -46,6 +41,11 @@ METHODS: dict[str, dict[str, object]] = {
     "VS-group": {"loss.name": "vs_group", "loss.gamma": 0.3, "weighting.mode": "none"},
     "VS-group+DRO": {"loss.name": "vs_group", "loss.gamma": 0.3, "weighting.mode": "dro",
                      "weighting.adv_probs_lr": 0.05},
+    "Poly(a=2)+IW-Exp3": {"loss.name": "poly", "loss.alpha": 2.0,
+                          "weighting.mode": "reweighted", "weighting.exponent": 3.0},
+    "Poly-exp+IW": {"loss.name": "poly", "loss.kind": "exp", "weighting.mode": "reweighted"},
+    "Poly-linear(a=2)+IW": {"loss.name": "poly", "loss.kind": "linear", "loss.alpha": 2.0,
+                            "weighting.mode": "reweighted"},
 }
 
 
