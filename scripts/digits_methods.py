@@ -6,7 +6,7 @@ Each method is `python -m polyjax.main --config=configs/digits_poly.py` with the
 overrides below (same data, MLP, lr 0.05, batch 64, 30 epochs), once per seed.
 Runs whose workdir already holds a completed summary.json are not run again. The
 table gives balanced test accuracy (`test/reweighted_acc` of the last epoch) as
-mean +- sample std over seeds, and the final group DRO probabilities where used.
+mean +- sample std over seeds.
 """
 
 from __future__ import annotations
