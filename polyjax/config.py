@@ -53,6 +53,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.n_majority = 200  # gaussians: training (and validation) points of class 1.
   c.data.radius = 5.0  # gaussians: noise norms are clipped to this radius (truncated Gaussians).
   c.data.n_test_per_class = 1000  # gaussians: balanced test points per class.
+  c.data.imb_type = "step"  # cifar10: 'step' or 'exp' imbalance of the training classes.
+  c.data.target = "Blond_Hair"  # celeba: attribute that is the label y.
+  c.data.confounder = "Male"  # celeba: attribute that with y makes the group 2*y + confounder.
+  c.data.train_frac = 1.0  # celeba: fraction of the official train split kept (paper: 0.02).
+  c.data.resolution = 224  # celeba: side of the (square) input images.
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "mlp"  # Model: see polyjax.models.MODELS.
@@ -64,10 +69,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.alpha = 1.0  # poly: tail exponent (> 0; > 1 for kind 'linear').
   c.loss.beta = 1.0  # poly: margin at which the polynomial tail starts.
   c.loss.kind = "logit"  # poly: head left of beta: 'logit', 'exp' or 'linear'.
+  c.loss.max_margin = 0.5  # ldam: margin of the rarest class (> 0); m_c proportional to n_c^(-1/4).
+  c.loss.inv_temperature = 30.0  # ldam: logits are scaled by this s (> 0) before CE (LDAM-DRW code: 30).
+  c.loss.tau = 1.0  # la, vs: weight of the additive log-prior iota_c = tau * log(pi_c) (>= 0).
+  c.loss.gamma = 0.3  # vs, cdt, vs_group: delta = (n / n_max)**gamma (>= 0).
 
   c.weighting = ml_collections.ConfigDict()
   c.weighting.mode = "reweighted"  # How importance weights are used: see polyjax.weighting.WEIGHTING_MODES.
   c.weighting.exponent = 1.0  # w_g proportional to (1/n_g)**exponent (>= 0); the paper's IW-Exp uses 1.5 to 3.
+  c.weighting.adv_probs_lr = 0.01  # dro: step size eta of the group probabilities (> 0 for mode 'dro').
 
   c.wandb = ml_collections.ConfigDict()
   c.wandb.mode = config_dict.placeholder(str)  # 'online', 'offline' or 'disabled'; None: $WANDB_MODE if set, else 'offline'.
@@ -126,6 +136,15 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int) -> None:
   if c.loss.name == "poly" and c.loss.kind == "linear":
     _check(c.loss.alpha > 1, "loss.alpha", "> 1 for loss.kind='linear'", c.loss.alpha)
   _check(c.weighting.exponent >= 0, "weighting.exponent", ">= 0", c.weighting.exponent)
+  _check(c.loss.max_margin > 0, "loss.max_margin", "> 0", c.loss.max_margin)
+  _check(c.loss.inv_temperature > 0, "loss.inv_temperature", "> 0", c.loss.inv_temperature)
+  _check(0 <= c.loss.tau < float("inf"), "loss.tau", ">= 0 and finite", c.loss.tau)
+  _check(0 <= c.loss.gamma < float("inf"), "loss.gamma", ">= 0 and finite", c.loss.gamma)
+  _check(c.weighting.adv_probs_lr >= 0, "weighting.adv_probs_lr", ">= 0",
+         c.weighting.adv_probs_lr)
+  if c.weighting.mode == "dro":
+    _check(c.weighting.adv_probs_lr > 0, "weighting.adv_probs_lr", "> 0 for weighting.mode='dro'",
+           c.weighting.adv_probs_lr)
   _check(0 <= c.data.val_frac < 1, "data.val_frac", "in [0, 1)", c.data.val_frac)
   for field in ("batch_size", "eval_batch_size"):
     value = c[field]

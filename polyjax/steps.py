@@ -80,13 +80,17 @@ def split_arrays(split: Split) -> dict[str, np.ndarray]:
   return {"x": split.x, "y": split.y, "group": split.group, "weight": split.weight}
 
 
-def epoch_indices(n: int, batch_size: int, *, seed: int, epoch: int) -> np.ndarray:
+def epoch_indices(n: int, batch_size: int, *, seed: int, epoch: int,
+                  p: np.ndarray | None = None) -> np.ndarray:
   """(steps, batch_size) example indices for one epoch; the last partial batch is dropped.
 
-  The order is a pure function of (seed, epoch), so a resumed run sees the same
-  batches as an uninterrupted one.
+  With `p` (the `resampled` weighting), the epoch is n draws with replacement with
+  probabilities `p`, drawn anew every epoch (like PyTorch's WeightedRandomSampler);
+  otherwise a permutation. Either way the order is a pure function of (seed,
+  epoch), so a resumed run sees the same batches as an uninterrupted one.
   """
-  perm = np.random.default_rng([seed, epoch]).permutation(n)
+  rng = np.random.default_rng([seed, epoch])
+  perm = rng.permutation(n) if p is None else rng.choice(n, size=n, replace=True, p=p)
   steps = n // batch_size
   return perm[: steps * batch_size].reshape(steps, batch_size).astype(np.int32)
 
@@ -106,8 +110,14 @@ def pad_for_eval(split: Split, batch_size: int) -> dict[str, np.ndarray]:
 
 
 def make_train_step(*, model_def: ModelDef, loss_fn: LossFn,
-                    tx: optax.GradientTransformation) -> Callable[[TrainState, Batch], tuple]:
-  """One SGD step on a batch; returns the new state and the batch objective."""
+                    tx: optax.GradientTransformation,
+                    reduction: weighting.Reduction = weighting.weighted_reduction,
+                    ) -> Callable[[TrainState, Batch], tuple]:
+  """One SGD step on a batch; returns the new state and the batch objective.
+
+  `reduction` (from `weighting.make_reduction`) turns per-example losses into the
+  objective and updates group DRO's probabilities; the default is the weighted mean.
+  """
 
   def train_step(state: TrainState, batch: Batch):
 
@@ -115,13 +125,15 @@ def make_train_step(*, model_def: ModelDef, loss_fn: LossFn,
       logits_BxC, model_state = model_def.apply(
           state.replace(params=params), batch["x"], train=True)
       loss_B = loss_fn(logits_BxC, batch["y"], batch["group"])
-      return weighting.weighted_mean(loss_B, batch["weight"]), model_state
+      obj, adv_probs = reduction(loss_B, batch["weight"], batch["group"], state.adv_probs)
+      return obj, (model_state, adv_probs)
 
-    (obj, model_state), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    (obj, (model_state, adv_probs)), grads = jax.value_and_grad(
+        objective, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    new_state = state.replace(step=state.step + 1, params=params,
-                              model_state=model_state, opt_state=opt_state)
+    new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
+                              opt_state=opt_state, adv_probs=adv_probs)
     return new_state, obj
 
   return train_step

@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 
 from polyjax import (checkpointing, data, lifecycle, losses, metrics, run_dir, schedules,
-                     steps, train_state, wandb_logger)
+                     steps, train_state, wandb_logger, weighting)
 from polyjax import config as config_lib
 from polyjax.config import ConfigError
 
@@ -50,6 +50,7 @@ class Experiment:
   eval_counts: Any
   order_seed: int
   lr_factor: Any  # step -> multiplier of config.lr (None: constant).
+  sample_p: np.ndarray | None = None  # (N,) per-epoch sampling probabilities ('resampled').
 
 
 def build(config: ml_collections.ConfigDict, *, mesh=None) -> Experiment:
@@ -82,7 +83,10 @@ def build(config: ml_collections.ConfigDict, *, mesh=None) -> Experiment:
       seed=config.seed)
   shardings = steps.Shardings(mesh)
   state = steps.to_global(state, shardings.replicated)
-  train_step = steps.make_train_step(model_def=model_def, loss_fn=loss_fn, tx=tx)
+  reduction = weighting.make_reduction(config.weighting.mode, num_groups=dataset.num_groups,
+                                       adv_probs_lr=config.weighting.adv_probs_lr)
+  train_step = steps.make_train_step(model_def=model_def, loss_fn=loss_fn, tx=tx,
+                                     reduction=reduction)
   order_seed = config.seed if config.data.order_seed is None else config.data.order_seed
   return Experiment(
       dataset=dataset, model_def=model_def, state=state, shardings=shardings,
@@ -90,7 +94,10 @@ def build(config: ml_collections.ConfigDict, *, mesh=None) -> Experiment:
       eval_counts=steps.make_eval_counts(model_def=model_def, loss_fn=loss_fn,
                                          num_groups=dataset.num_groups,
                                          shardings=shardings),
-      order_seed=order_seed, lr_factor=lr_factor)
+      order_seed=order_seed, lr_factor=lr_factor,
+      sample_p=weighting.sampling_probs(dataset.train.group, dataset.train_group_counts,
+                                        mode=config.weighting.mode,
+                                        exponent=config.weighting.exponent))
 
 
 def evaluate(exp: Experiment, state, eval_data: dict[str, Any]) -> dict[str, float]:
@@ -231,7 +238,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       for epoch in range(start_epoch + 1, config.num_epochs + 1):
         t0 = time.time()
         idx_SxB = steps.epoch_indices(len(exp.dataset.train), config.batch_size,
-                                      seed=exp.order_seed, epoch=epoch)
+                                      seed=exp.order_seed, epoch=epoch, p=exp.sample_p)
         state, objective_S = exp.train_epoch(state, train_data,
                                              steps.to_global(idx_SxB, sh.stacked_batches))
         objective_S = np.asarray(objective_S)

@@ -1,17 +1,39 @@
-"""Importance weights and the weighted reduction of per-example losses (SPEC §2).
+"""Importance weights and every way of using them (SPEC §2), in one place.
 
-Weights are a function of the *training* split's group counts; every split's
-examples carry the weight of their group so that a weighted validation loss means
-the same objective as training. The batch objective is `mean_i(w_i * loss_i)`.
+Weights are a function of the *training* split's group counts. How they are used
+is the weighting mode:
+- `none`: every loss weight 1 (ERM).
+- `reweighted`: loss weights `w_g`; the batch objective is `mean_i(w_i * loss_i)`.
+- `undersampled`: the training split keeps each example with probability
+  `w_i / max w` once, with a fixed seed (`undersample_indices`); weights 1 after.
+- `resampled`: every epoch draws n examples with replacement with probabilities
+  proportional to w (`sampling_probs`, used by `steps.epoch_indices`); weights 1.
+- `dro`: group DRO (Sagawa et al. 2020); adversarial group probabilities live in
+  the train state and are updated by the reduction of `make_reduction`.
+
+Every split's examples carry the *loss* weight of their group, so a weighted
+validation loss means the same objective as training. Names are resolved once, by
+`make_reduction`; the jitted step never branches on a string.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-WEIGHTING_MODES = ("none", "reweighted")
+WEIGHTING_MODES = ("none", "reweighted", "undersampled", "resampled", "dro")
+
+# (loss_B, weight_B, groups_B, adv_probs_G) -> (objective, new adv_probs_G).
+Reduction = Callable[[jax.Array, jax.Array, jax.Array, jax.Array],
+                     tuple[jax.Array, jax.Array]]
+
+
+def _check_mode(mode: str) -> None:
+  if mode not in WEIGHTING_MODES:
+    raise ValueError(f"weighting.mode must be one of {WEIGHTING_MODES}, got {mode!r}")
 
 
 def group_counts(groups: np.ndarray, num_groups: int) -> np.ndarray:
@@ -19,31 +41,109 @@ def group_counts(groups: np.ndarray, num_groups: int) -> np.ndarray:
   return np.bincount(np.asarray(groups), minlength=num_groups)[:num_groups]
 
 
-def group_weights(train_group_counts: np.ndarray, *, mode: str,
-                  exponent: float = 1.0) -> np.ndarray:
-  """Per-group importance weights, normalised to mean 1 over the training set.
+def importance_weights(train_group_counts: np.ndarray, *, exponent: float = 1.0
+                       ) -> np.ndarray:
+  """(G,) float64 w_g proportional to (1/n_g)**exponent, mean 1 over the training set.
 
-  Args:
-    train_group_counts: (G,) training examples per group.
-    mode: a weighting mode; "none" gives all ones.
-    exponent: w_g is proportional to (1 / n_g) ** exponent.
-
-  Returns:
-    (G,) float32 weights with `sum_g n_g w_g / sum_g n_g == 1`. Groups absent
-    from the training set get weight 0 (there is nothing to weight).
+  Groups absent from the training set get weight 0 (there is nothing to weight).
   """
   counts = np.asarray(train_group_counts, dtype=np.float64)
-  if mode == "none":
-    return np.ones_like(counts, dtype=np.float32)
-  if mode != "reweighted":
-    raise ValueError(f"weighting.mode must be one of {WEIGHTING_MODES}, got {mode!r}")
   present = counts > 0
   raw = np.zeros_like(counts)
   raw[present] = (1.0 / counts[present]) ** exponent
-  raw /= np.sum(counts * raw) / np.sum(counts)
-  return raw.astype(np.float32)
+  return raw / (np.sum(counts * raw) / np.sum(counts))
+
+
+def group_weights(train_group_counts: np.ndarray, *, mode: str,
+                  exponent: float = 1.0) -> np.ndarray:
+  """Per-group *loss* weights: the importance weights for `reweighted`, else ones.
+
+  Args:
+    train_group_counts: (G,) training examples per group.
+    mode: a weighting mode (WEIGHTING_MODES).
+    exponent: w_g is proportional to (1 / n_g) ** exponent.
+
+  Returns:
+    (G,) float32 weights; for `reweighted`, `sum_g n_g w_g / sum_g n_g == 1`.
+  """
+  _check_mode(mode)
+  if mode != "reweighted":
+    return np.ones(len(train_group_counts), np.float32)
+  return importance_weights(train_group_counts, exponent=exponent).astype(np.float32)
+
+
+def undersample_indices(groups: np.ndarray, train_group_counts: np.ndarray, *,
+                        exponent: float, seed: int) -> np.ndarray:
+  """Sorted indices of the examples kept by undersampling (SPEC §2).
+
+  Each example is kept once with probability `w_i / max w`, with its own seed, so
+  every group shrinks to about the smallest group's size (exactly so in
+  expectation for exponent 1) and the kept set does not depend on the run seed.
+  """
+  w_G = importance_weights(train_group_counts, exponent=exponent)
+  keep_p = w_G[np.asarray(groups)] / w_G.max()
+  u = np.random.default_rng([seed, 0x5D]).random(len(keep_p))
+  return np.flatnonzero(u < keep_p)
+
+
+def sampling_probs(groups: np.ndarray, train_group_counts: np.ndarray, *, mode: str,
+                   exponent: float) -> np.ndarray | None:
+  """(N,) per-example sampling probabilities for `resampled` (proportional to w), else None."""
+  _check_mode(mode)
+  if mode != "resampled":
+    return None
+  w_N = importance_weights(train_group_counts, exponent=exponent)[np.asarray(groups)]
+  return w_N / w_N.sum()
 
 
 def weighted_mean(loss_B: jax.Array, weight_B: jax.Array) -> jax.Array:
   """The batch objective `mean_i(w_i * loss_i)`."""
   return jnp.mean(weight_B * loss_B)
+
+
+def group_mean_losses(loss_B: jax.Array, groups_B: jax.Array, num_groups: int
+                      ) -> tuple[jax.Array, jax.Array]:
+  """(G,) mean loss of each group in the batch (0 where absent) and (G,) counts."""
+  onehot_BxG = jax.nn.one_hot(groups_B, num_groups, dtype=loss_B.dtype)
+  count_G = jnp.sum(onehot_BxG, axis=0)
+  loss_G = (loss_B @ onehot_BxG) / jnp.maximum(count_G, 1.0)
+  return loss_G, count_G
+
+
+def dro_update(adv_probs_G: jax.Array, loss_G: jax.Array, *, lr: float) -> jax.Array:
+  """Exponentiated-gradient ascent on the simplex: q_g <- q_g exp(lr * loss_g), renormalised.
+
+  Computed in log space (softmax) so that large `lr * loss` cannot overflow.
+  """
+  return jax.nn.softmax(jnp.log(adv_probs_G) + lr * loss_G)
+
+
+def weighted_reduction(loss_B, weight_B, groups_B, adv_probs_G):
+  """`mean_i(w_i * loss_i)`; the group probabilities pass through unchanged."""
+  del groups_B
+  return weighted_mean(loss_B, weight_B), adv_probs_G
+
+
+def make_reduction(mode: str, *, num_groups: int, adv_probs_lr: float = 0.0
+                   ) -> Reduction:
+  """The batch objective of weighting `mode`, resolved once at build time.
+
+  Every mode but `dro` returns `mean_i(w_i * loss_i)` (the loss weights are 1
+  unless `reweighted`) and leaves the group probabilities alone. `dro` follows the
+  reference implementation of Sagawa et al. (2020): the batch's mean loss per group
+  `l_g` (0 for a group absent from the batch) moves the probabilities,
+  `q <- normalise(q * exp(adv_probs_lr * l))` with no gradient through q, and the
+  objective is `sum_g q_g l_g` with the updated q.
+  """
+  _check_mode(mode)
+  if mode != "dro":
+    return weighted_reduction
+
+  def dro(loss_B, weight_B, groups_B, adv_probs_G):
+    del weight_B
+    loss_G, _ = group_mean_losses(loss_B, groups_B, num_groups)
+    q_G = jax.lax.stop_gradient(
+        dro_update(adv_probs_G, jax.lax.stop_gradient(loss_G), lr=adv_probs_lr))
+    return jnp.sum(q_G * loss_G), q_G
+
+  return dro

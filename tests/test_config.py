@@ -51,7 +51,7 @@ def test_validate_rejects_bad_values(field, value, message):
 def test_unknown_names_list_the_valid_ones():
   c = digits_poly.get_config()
   c.loss.name = "polyloss"
-  with pytest.raises(config_lib.ConfigError, match="valid: ce, poly"):
+  with pytest.raises(config_lib.ConfigError, match=r"valid: .*\bce\b.*\bpoly\b"):
     config_lib.validate(c, device_count=1)
 
 
@@ -81,7 +81,7 @@ def _cli(tmp_path, *overrides):
 @pytest.mark.parametrize("override,expected", [
     ("--config.lr=-1", "config.lr must be > 0"),
     ("--config.batch_size=63", "divisible by the device count (2)"),
-    ("--config.loss.name=polyloss", "valid: ce, poly"),
+    ("--config.loss.name=polyloss", "is not known; valid: cdt, ce, la"),
     ("--config.lrr=0.1", "--config.lrr: the config has no field 'lrr' (did you mean 'lr'?)"),
     ("--config.num_epochs=ten", "--config.num_epochs"),
     ("--config.batch_size=100000", "larger than the training split"),

@@ -1,7 +1,8 @@
 """Datasets by name. Each builder returns a `Dataset` of in-memory splits.
 
 `load(name=..., weighting_mode=..., exponent=..., **data_config)` is the one entry
-point: it builds the splits and attaches each example's importance weight.
+point: it builds the splits, undersamples the training split for the
+`undersampled` weighting, and attaches each example's loss weight.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from typing import Callable
 
 from polyjax.data.digits import digits
-from polyjax.data.splits import Dataset, Split, make_split, with_weights
+from polyjax.data.splits import Dataset, Split, make_split, undersample, with_weights
 from polyjax.data.synthetic import gaussians
 
 # name -> builder(**data_config) -> Dataset (unit weights).
@@ -24,6 +25,8 @@ def load(name: str, *, weighting_mode: str, exponent: float, **data_config) -> D
   if name not in DATASETS:
     raise ValueError(f"data.name must be one of {sorted(DATASETS)}, got {name!r}")
   ds = DATASETS[name](**data_config)
+  if weighting_mode == "undersampled":
+    ds = undersample(ds, exponent=exponent, seed=data_config.get("seed", 0))
   return with_weights(ds, mode=weighting_mode, exponent=exponent)
 
 

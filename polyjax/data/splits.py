@@ -69,6 +69,16 @@ def with_weights(ds: Dataset, *, mode: str, exponent: float) -> Dataset:
   return dataclasses.replace(ds, **out)
 
 
+def undersample(ds: Dataset, *, exponent: float, seed: int) -> Dataset:
+  """The dataset with its training split undersampled (SPEC §2); val and test untouched.
+
+  Uses the data seed, so the kept examples are the same for every run seed.
+  """
+  keep = weighting.undersample_indices(ds.train.group, ds.train_group_counts,
+                                       exponent=exponent, seed=seed)
+  return dataclasses.replace(ds, train=ds.train.take(keep))
+
+
 def train_val_split(split: Split, *, val_frac: float, seed: int) -> tuple[Split, Split]:
   """Random train/val split of `split` with its own fixed seed (SPEC §3: 80/20)."""
   perm = np.random.default_rng(seed).permutation(len(split))
