@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from polyjax import losses
+from polyjax.config import base_config
 
 SP1 = np.log1p(np.exp(-1.0))  # softplus(-1)
 
@@ -132,9 +133,10 @@ def test_cross_entropy_matches_reference_and_is_finite_at_extremes():
 
 def test_registry_builds_per_example_losses_and_rejects_unknown_names():
   counts = np.array([10, 1])
+  params = base_config().loss.to_dict()  # every loss's parameters, as train.build passes them
+  del params["name"]
   for name in losses.LOSSES:
-    fn = losses.get_loss(name, alpha=1.0, beta=1.0, kind="logit", class_counts=counts,
-                         group_counts=counts)
+    fn = losses.get_loss(name, class_counts=counts, group_counts=counts, **params)
     out = fn(jnp.zeros((4, 2)), jnp.array([0, 1, 0, 1]), jnp.array([0, 1, 0, 1]))
     assert out.shape == (4,)
   with pytest.raises(ValueError, match="loss.name must be one of"):
