@@ -49,44 +49,54 @@ def assert_same_run(member_dir: pathlib.Path, single_dir: pathlib.Path, *, tol=1
       sorted(p.name for p in (single_dir / "checkpoints").iterdir())
 
 
-def test_members_equal_single_runs(tmp_path):
-  # 2 lrs x 2 seeds, plus one member changing every other stackable field.
-  grid = [{"lr": [0.01, 0.1], "seed": [0, 1]},
-          {"loss.alpha": [2.0], "loss.beta": [0.5], "momentum": [0.5],
-           "weight_decay": [1e-3], "weighting.exponent": [2.0], "data.order_seed": [7]}]
-  members = sweep.expand(small_config(), grid)
-  assert len(sweep.groups(members)) == 1
-  summaries = sweep.run_sweep(members, str(tmp_path / "sweep"))
-  assert len(summaries) == 5
-  assert all(s["status"] == "completed" for s in summaries.values())
+# 2 lrs x 2 seeds; one member changing every other stackable field; one diverging.
+GRID = [{"lr": [0.01, 0.1], "seed": [0, 1]},
+        {"loss.alpha": [2.0], "loss.beta": [0.5], "momentum": [0.5], "weight_decay": [1e-3],
+         "weighting.exponent": [2.0], "data.order_seed": [7]},
+        {"lr": [1e30]}]
+BAD = "lr=1e+30"
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+  """One sweep of GRID, shared by the tests below: (members, directory, summaries)."""
+  members = sweep.expand(small_config(), GRID)
+  assert len(sweep.groups(members)) == 1  # All six members in one program.
+  workdir = tmp_path_factory.mktemp("sweep")
+  return members, workdir, sweep.run_sweep(members, str(workdir))
+
+
+def test_members_equal_single_runs(swept, tmp_path):
+  members, workdir, summaries = swept
+  assert len(summaries) == 6
   for name, cfg in members:
-    single = tmp_path / "single" / name
+    if name == BAD:
+      continue
+    assert summaries[name]["status"] == "completed"
+    single = tmp_path / name
     train.train_and_evaluate(cfg, str(single))
-    assert_same_run(tmp_path / "sweep" / name, single)
+    assert_same_run(workdir / name, single)
   # The members really differ (the stack did not collapse them).
-  finals = {s["final"]["train/loss"] for s in summaries.values()}
+  finals = {s["final"]["train/loss"] for n, s in summaries.items() if n != BAD}
   assert len(finals) == 5
 
 
-def test_diverged_member_does_not_stop_others(tmp_path):
-  members = sweep.expand(small_config(), {"lr": [1e30, 0.05]})
-  summaries = sweep.run_sweep(members, str(tmp_path / "sweep"))
-  bad, good = summaries["lr=1e+30"], summaries["lr=0.05"]
+def test_diverged_member_does_not_stop_others(swept, tmp_path):
+  members, workdir, summaries = swept
+  bad = summaries[BAD]
   with pytest.raises(train.Diverged):
-    train.train_and_evaluate(members[0][1], str(tmp_path / "single_bad"))
+    train.train_and_evaluate(dict(members)[BAD], str(tmp_path / "single_bad"))
   single_bad = run_dir.read_json(tmp_path / "single_bad" / run_dir.SUMMARY)
   assert bad["status"] == single_bad["status"] == "diverged"
   assert bad["diverged_at"] == single_bad["diverged_at"]
-  assert bad["epochs_completed"] == single_bad["epochs_completed"]
-  assert good["status"] == "completed" and good["epochs_completed"] == 2
-  train.train_and_evaluate(members[1][1], str(tmp_path / "single_good"))
-  assert_same_run(tmp_path / "sweep" / "lr=0.05", tmp_path / "single_good")
+  assert bad["epochs_completed"] == single_bad["epochs_completed"] == 0
+  assert not (workdir / BAD / run_dir.METRICS).exists()
+  assert all(s["status"] == "completed" and s["epochs_completed"] == 2
+             for n, s in summaries.items() if n != BAD)
 
 
-def test_interrupted_sweep_resumes(tmp_path, monkeypatch):
-  members = sweep.expand(small_config(num_epochs=3), {"seed": [0, 1]})
-  sweep.run_sweep(members, str(tmp_path / "whole"), checkpoint_every_epochs=1)
-
+def test_interrupted_sweep_resumes(swept, tmp_path, monkeypatch):
+  members, workdir, summaries = swept
   real_append = run_dir.RunDir.append_metrics
 
   def append_then_stop(self, rows_):
@@ -96,32 +106,38 @@ def test_interrupted_sweep_resumes(tmp_path, monkeypatch):
 
   monkeypatch.setattr(run_dir.RunDir, "append_metrics", append_then_stop)
   with pytest.raises(KeyboardInterrupt):
-    sweep.run_sweep(members, str(tmp_path / "cut"), checkpoint_every_epochs=1)
+    sweep.run_sweep(members, str(tmp_path), checkpoint_every_epochs=1)
   monkeypatch.setattr(run_dir.RunDir, "append_metrics", real_append)
-  cut = tmp_path / "cut"
-  assert run_dir.read_json(cut / "seed=0" / run_dir.SUMMARY)["status"] == "interrupted"
-  assert max(r["epoch"] for r in rows(cut / "seed=0")) == 2
+  name = members[0][0]  # The first member's epoch-2 rows were written before the stop.
+  assert run_dir.read_json(tmp_path / name / run_dir.SUMMARY)["status"] == "interrupted"
+  assert max(r["epoch"] for r in rows(tmp_path / name)) == 2
+  bad_before = run_dir.read_json(tmp_path / BAD / run_dir.SUMMARY)
+  assert bad_before["status"] == "diverged"
 
-  summaries = sweep.run_sweep(members, str(cut), checkpoint_every_epochs=1)
-  assert all(s["status"] == "completed" for s in summaries.values())
-  for name, _ in members:
-    a, b = rows(cut / name), rows(tmp_path / "whole" / name)
-    assert [r["epoch"] for r in a] == [1, 1, 1, 2, 2, 2, 3, 3, 3]
-    assert a == b  # Same batches, same state: bit-identical after resume.
+  resumed = sweep.run_sweep(members, str(tmp_path), checkpoint_every_epochs=1)
+  assert resumed[BAD] == bad_before  # Diverged members are not trained again.
+  for n, _ in members:
+    if n == BAD:
+      continue
+    assert resumed[n]["status"] == "completed"
+    a, b = rows(tmp_path / n), rows(workdir / n)
+    assert [r["epoch"] for r in a] == [1, 1, 1, 2, 2, 2]  # Epoch 2 rows not doubled.
+    for ra, rb in zip(a, b):
+      for k, v in rb.items():
+        assert ra[k] == (pytest.approx(v, abs=1e-5) if isinstance(v, float) else v), k
   # A finished sweep is not trained again.
-  again = sweep.run_sweep(members, str(cut), checkpoint_every_epochs=1)
-  assert again == summaries
+  assert sweep.run_sweep(members, str(tmp_path), checkpoint_every_epochs=1) == resumed
 
 
-def test_directory_of_another_run_is_refused(tmp_path):
-  members = sweep.expand(small_config(num_epochs=1), {"seed": [0]})
-  sweep.run_sweep(members, str(tmp_path))
-  other = sweep.expand(small_config(num_epochs=1), {"seed": [0]})
-  other[0][1].lr = 0.5
-  before = (tmp_path / "seed=0" / run_dir.METRICS).read_text()
-  with pytest.raises(config_lib.ConfigError, match="config.lr"):
-    sweep.run_sweep(other, str(tmp_path))
-  assert (tmp_path / "seed=0" / run_dir.METRICS).read_text() == before
+def test_directory_of_another_run_is_refused(swept):
+  members, workdir, _ = swept
+  name = "lr=0.1,seed=0"
+  other = sweep.expand(small_config(), GRID)
+  dict(other)[name].loss.beta = 3.0
+  before = (workdir / name / run_dir.METRICS).read_text()
+  with pytest.raises(config_lib.ConfigError, match="config.loss"):
+    sweep.run_sweep(other, str(workdir))
+  assert (workdir / name / run_dir.METRICS).read_text() == before
 
 
 def test_grid_parsing_names_and_groups():
