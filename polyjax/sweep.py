@@ -165,6 +165,14 @@ def expand(config: ml_collections.ConfigDict, grid: Grid | Mapping[str, Sequence
   return out
 
 
+def _get(config: ml_collections.ConfigDict, field: str) -> Any:
+  """The value of a dotted field, e.g. 'loss.alpha'."""
+  node = config
+  for p in field.split("."):
+    node = node[p]
+  return node
+
+
 def group_key(config: ml_collections.ConfigDict) -> str:
   """Members with equal keys can be stacked into one program."""
   c = config.to_dict()
@@ -546,7 +554,7 @@ def _last_values(run: run_dir.RunDir) -> dict[str, float]:
 
 
 def main(argv) -> int:
-  from absl import flags, logging
+  from absl import app, flags, logging
 
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -577,7 +585,13 @@ def main(argv) -> int:
   return 0
 
 
-if __name__ == "__main__":
+_CONFIG = _WORKDIR = _GRID = _CHECKPOINT_EVERY = None
+
+
+def run() -> None:
+  """Defines the flags (here, so importing this module next to polyjax.main is safe)
+  and runs `main`."""
+  global _CONFIG, _WORKDIR, _GRID, _CHECKPOINT_EVERY
   from absl import app, flags
   from ml_collections import config_flags
 
@@ -593,3 +607,7 @@ if __name__ == "__main__":
       "the config's checkpoint_every_epochs if it has one, else after the last epoch).")
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(lambda argv: sys.exit(main(argv)))
+
+
+if __name__ == "__main__":
+  run()
