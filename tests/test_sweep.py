@@ -167,3 +167,16 @@ def test_config_sweep_of_digits_poly():
   assert len(members) > 1
   for _, cfg in members:
     config_lib.validate(cfg, device_count=1)
+
+
+def test_command_line_rejects_a_bad_grid_before_writing(tmp_path):
+  import subprocess
+  import sys
+  proc = subprocess.run(
+      [sys.executable, "-m", "polyjax.sweep", "--config=configs/digits_poly.py",
+       f"--workdir={tmp_path / 'w'}", "--grid=lr=0.1", "--grid=loss.alpha=-1"],
+      cwd=REPO, capture_output=True, text=True, env={**__import__("os").environ,
+                                                      "PYTHONPATH": str(REPO)})
+  assert proc.returncode == 2, proc.stderr
+  assert "config.loss.alpha" in proc.stderr
+  assert not (tmp_path / "w").exists()
