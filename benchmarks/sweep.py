@@ -63,7 +63,6 @@ def compare(sweep_dir: pathlib.Path, single_dirs: dict[str, pathlib.Path]) -> di
 def bench(name: str, entry: list[str], common: list[str], grid: dict[str, list],
           env: dict[str, str], root: pathlib.Path) -> dict:
   from polyjax import sweep
-  import ml_collections
   points = sweep.expand(_dummy_config(), grid)  # Names only; the grid is int/float.
   sweep_dir = root / f"{name}-sweep"
   grid_flags = [f"--grid={f}={','.join(map(str, v))}" for f, v in grid.items()]
