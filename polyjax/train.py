@@ -53,14 +53,20 @@ class Experiment:
   sample_p: np.ndarray | None = None  # (N,) per-epoch sampling probabilities ('resampled').
 
 
-def build(config: ml_collections.ConfigDict, *, mesh=None) -> Experiment:
-  """Loads data and builds model, optimizer, state and the jitted steps."""
+def build(config: ml_collections.ConfigDict, *, mesh=None,
+          dataset: data.Dataset | None = None) -> Experiment:
+  """Loads data and builds model, optimizer, state and the jitted steps.
+
+  `dataset`, if given, is `config.data` already loaded and weighted with
+  `config.weighting` (a sweep loads it once for many members).
+  """
   mesh = steps.make_mesh() if mesh is None else mesh
   data_cfg = config.data.to_dict()
   name = data_cfg.pop("name")
   data_cfg.pop("order_seed")
-  dataset = data.load(name, weighting_mode=config.weighting.mode,
-                      exponent=config.weighting.exponent, **data_cfg)
+  if dataset is None:
+    dataset = data.load(name, weighting_mode=config.weighting.mode,
+                        exponent=config.weighting.exponent, **data_cfg)
   if len(dataset.train) < config.batch_size:
     raise ConfigError(f"config.batch_size={config.batch_size} is larger than the training "
                       f"split of data.name={name!r} ({len(dataset.train)} examples)")

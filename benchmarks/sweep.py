@@ -1,0 +1,134 @@
+"""Benchmark: a grid trained by `polyjax.sweep` against one `polyjax.main` process per point.
+
+    PYTHONPATH=$PWD python benchmarks/sweep.py [--parts=digits,convnet] [--out=FILE.json]
+
+digits: 16 members (4 lrs x 4 seeds) of configs/digits_poly.py (MLP 3x200, 30 epochs).
+convnet: 10 seeds of the ConvNet on CIFAR-shaped random images (benchmarks/cifar_shaped.py;
+  4400 training images of 32x32x3 unless --cnn_train_scale shrinks it).
+Each side is timed as whole processes (start-up, compilation, training, evaluation and
+files), one after another, so the ratio is what a user waits. Peak memory is the
+largest maxrss (os.wait4) of the processes of a side. The final metrics of the two
+sides are compared, member by member. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
+  """Runs `cmd`; returns (wall seconds, maxrss in MiB). Raises if it fails (exit 1, a
+  diverged polyjax.main run, is a result)."""
+  t0 = time.perf_counter()
+  with tempfile.TemporaryFile() as log:
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status) not in (0, 1):
+      log.seek(0)
+      raise RuntimeError(f"{' '.join(cmd)} failed:\n{log.read().decode()[-3000:]}")
+  return wall, usage.ru_maxrss / 1024
+
+
+def summary(run: pathlib.Path) -> dict:
+  return json.loads((run / "summary.json").read_text())
+
+
+def compare(sweep_dir: pathlib.Path, single_dirs: dict[str, pathlib.Path]) -> dict:
+  """Largest difference of final metrics of members completed on both sides; members
+  whose outcome (status, divergence step) differs are listed."""
+  worst, statuses, differ = 0.0, {}, {}
+  for name, single in single_dirs.items():
+    a, b = summary(sweep_dir / name), summary(single)
+    statuses[b["status"]] = statuses.get(b["status"], 0) + 1
+    if a["status"] != b["status"] or a.get("diverged_at") != b.get("diverged_at"):
+      differ[name] = {"sweep": [a["status"], a.get("diverged_at")],
+                      "single": [b["status"], b.get("diverged_at")]}
+    elif b["status"] == "completed":
+      worst = max([worst] + [abs(a["final"][k] - b["final"][k]) for k in b["final"]])
+  return {"max_final_metric_diff": worst, "single_statuses": statuses,
+          "outcome_differs": differ}
+
+
+def bench(name: str, entry: list[str], common: list[str], grid: dict[str, list],
+          env: dict[str, str], root: pathlib.Path) -> dict:
+  from polyjax import sweep
+  points = sweep.expand(_dummy_config(), grid)  # Names only; the grid is int/float.
+  sweep_dir = root / f"{name}-sweep"
+  grid_flags = [f"--grid={f}={','.join(map(str, v))}" for f, v in grid.items()]
+  sweep_wall, sweep_rss = timed(entry("sweep") + common + grid_flags +
+                                [f"--workdir={sweep_dir}"], env)
+  singles, seq_wall, seq_rss = {}, 0.0, 0.0
+  for member, cfg in points:
+    overrides = [f"--config.{f}={_get(cfg, f)}" for f in grid]
+    singles[member] = root / f"{name}-single" / member
+    wall, rss = timed(entry("main") + common + overrides +
+                      [f"--workdir={singles[member]}"], env)
+    seq_wall += wall
+    seq_rss = max(seq_rss, rss)
+  print(f"{name}: sweep {sweep_wall:.1f}s, sequential {seq_wall:.1f}s", flush=True)
+  return {"members": len(points), "sweep_s": round(sweep_wall, 1),
+          "sequential_s": round(seq_wall, 1), "ratio": round(seq_wall / sweep_wall, 2),
+          "sweep_maxrss_mib": round(sweep_rss), "single_maxrss_mib": round(seq_rss),
+          **compare(sweep_dir, singles)}
+
+
+def _get(cfg, field):
+  node = cfg
+  for p in field.split("."):
+    node = node[p]
+  return node
+
+
+def _dummy_config():
+  from polyjax.config import base_config
+  return base_config()
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--parts", default="digits,convnet")
+  parser.add_argument("--cnn_epochs", type=int, default=1)
+  parser.add_argument("--cnn_train_scale", type=float, default=1.0,
+                      help="fraction of the 4000 + 400 CIFAR-shaped training images")
+  parser.add_argument("--out", default=None)
+  args = parser.parse_args()
+  env = {**os.environ, "PYTHONPATH": str(REPO)}
+  env.pop("XLA_FLAGS", None)  # One real device, as a user's CPU run.
+  cfg = "--config=configs/digits_poly.py"
+  out = {"host_cpus": os.cpu_count(), "load_before": os.getloadavg()}
+  with tempfile.TemporaryDirectory() as tmp:
+    root = pathlib.Path(tmp)
+    if "digits" in args.parts:
+      out["digits_mlp_4lr_x_4seed"] = bench(
+          "digits", lambda cmd: [PY, "-m", f"polyjax.{cmd}"], [cfg],
+          {"lr": [0.01, 0.03, 0.1, 0.3], "seed": [0, 1, 2, 3]}, env, root)
+      print(json.dumps(out), flush=True)
+    if "convnet" in args.parts:
+      scale_env = {**env, "CIFAR_SHAPED_SCALE": str(args.cnn_train_scale)}
+      out["convnet_cifar_shaped_10_seeds"] = bench(
+          "convnet", lambda cmd: [PY, "benchmarks/cifar_shaped.py", cmd],
+          [cfg, "--config.data.name=cifar_shaped", "--config.model.name=convnet",
+           f"--config.num_epochs={args.cnn_epochs}", "--config.eval_batch_size=200"],
+          {"seed": list(range(10))}, scale_env, root)
+      out["convnet_cifar_shaped_10_seeds"].update(
+          epochs=args.cnn_epochs, train_images=int(4400 * args.cnn_train_scale))
+  out["load_after"] = os.getloadavg()
+  text = json.dumps(out, indent=1)
+  print(text)
+  if args.out:
+    pathlib.Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+  main()

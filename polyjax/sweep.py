@@ -1,0 +1,613 @@
+"""Sweeps: every point of a hyperparameter grid, trained as few compiled programs as possible.
+
+    python -m polyjax.sweep --config=configs/digits_poly.py --workdir=DIR \\
+        --grid=lr=0.01,0.1 --grid=seed=0,1,2 [--config.<field>=<value> ...]
+
+Each point of the grid (a *member*) is the base config with some fields changed.
+Members that differ only in the fields of `STACKABLE` share array shapes and
+program, so they are trained together: their train states are stacked along a
+leading member axis and one `vmap`ped, jitted epoch updates all of them, on the
+same device mesh and batch sharding as a single run. Any other field (model,
+dataset, batch size, loss name, epochs, ...) splits the grid into groups that run
+one after another.
+
+Every member writes an ordinary run directory, `DIR/<field>=<value>,...`, with the
+same files `polyjax.main` writes for that member's config (config.json,
+metrics.jsonl, summary.json, checkpoints/), so analysis treats members as
+ordinary runs. A member whose objective becomes NaN/Inf is marked diverged (its
+summary says so, as a single run's would); from that step on its updates are
+masked, so it keeps its last good state and the others go on. Running the same
+command again resumes: finished and diverged members are skipped, the others
+restore their latest checkpoint (step = completed epochs) and are re-stacked.
+
+A config file may define `sweep()` returning its grid: a dict field -> list of
+values (the product of the lists), or a list of such dicts (their union).
+`--grid` flags replace it.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib.util
+import itertools
+import json
+import pathlib
+import sys
+import time
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from polyjax import checkpointing, data, losses, metrics, run_dir, steps, train
+from polyjax import config as config_lib
+from polyjax.data.splits import with_weights
+
+# Fields whose members can share one compiled program, and where each member's
+# value lives in it. Anything not listed here splits the grid into groups.
+STACKABLE: dict[str, str] = {
+    "seed": "the stacked train state (initial parameters, step rng); data order too "
+            "unless data.order_seed is set",
+    "data.order_seed": "per-member (steps, batch) index arrays",
+    "lr": "the stacked optimizer state (optax.inject_hyperparams)",
+    "momentum": "the stacked optimizer state (optax.inject_hyperparams)",
+    "weight_decay": "the stacked optimizer state (optax.inject_hyperparams)",
+    "loss.alpha": "a per-member traced loss parameter (loss.name 'poly' or 'ce')",
+    "loss.beta": "a per-member traced loss parameter (loss.name 'poly' or 'ce')",
+    "weighting.exponent": "per-member example weights (weighting.mode 'none' or "
+                          "'reweighted')",
+}
+# Loss fields are traced only for losses that use them as plain jnp values.
+_TRACED_LOSS_FIELDS = ("alpha", "beta")
+_LOSSES_WITH_TRACED_FIELDS = ("poly", "ce")
+# The exponent only rescales weights in these modes; elsewhere it changes the data.
+_WEIGHT_ONLY_MODES = ("none", "reweighted")
+
+Grid = list[dict[str, list[Any]]]
+
+
+# ----------------------------------------------------------------------------
+# Grids and members.
+
+
+def _field_type(config: ml_collections.ConfigDict, field: str) -> type:
+  *parents, leaf = field.split(".")
+  node = config
+  for p in parents:
+    if not isinstance(node, ml_collections.ConfigDict) or p not in node:
+      raise config_lib.ConfigError(f"grid field {field!r} is not a config field")
+    node = node[p]
+  if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+    raise config_lib.ConfigError(f"grid field {field!r} is not a config field")
+  kind = node.get_type(leaf)
+  if kind not in (int, float, str, bool):
+    raise config_lib.ConfigError(
+        f"grid field {field!r} has type {kind.__name__}; grids take int, float, str or bool")
+  return kind
+
+
+def _coerce(config, field: str, value: Any) -> Any:
+  kind = _field_type(config, field)
+  try:
+    if kind is bool and isinstance(value, str):
+      if value.lower() not in ("true", "false"):
+        raise ValueError(value)
+      return value.lower() == "true"
+    if kind is int and isinstance(value, float) and not value.is_integer():
+      raise ValueError(value)
+    return kind(value)
+  except ValueError:
+    raise config_lib.ConfigError(
+        f"grid value {value!r} of config.{field} is not a {kind.__name__}") from None
+
+
+def parse_grid_flags(flags: Sequence[str]) -> dict[str, list[str]]:
+  """`["lr=0.01,0.1", "seed=0,1"]` -> `{"lr": ["0.01", "0.1"], "seed": ["0", "1"]}`."""
+  grid: dict[str, list[str]] = {}
+  for flag in flags:
+    field, sep, values = flag.partition("=")
+    field = field.strip().removeprefix("config.")
+    if not sep or not field or not values.strip():
+      raise config_lib.ConfigError(f"--grid={flag!r} must look like field=v1,v2,...")
+    if field in grid:
+      raise config_lib.ConfigError(f"--grid names config.{field} twice")
+    grid[field] = [v.strip() for v in values.split(",")]
+  return grid
+
+
+def config_sweep(config_path: str) -> Grid | None:
+  """The grid the config file's `sweep()` returns, as a list of dicts (None: no `sweep`)."""
+  spec = importlib.util.spec_from_file_location("_polyjax_sweep_config", config_path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "sweep"):
+    return None
+  grid = module.sweep()
+  return [grid] if isinstance(grid, Mapping) else list(grid)
+
+
+def expand(config: ml_collections.ConfigDict, grid: Grid | Mapping[str, Sequence[Any]]
+           ) -> list[tuple[str, ml_collections.ConfigDict]]:
+  """Every member of `grid` as (name, config); names are unique, in grid order.
+
+  The name lists the fields that vary across the whole grid, e.g. 'lr=0.1,seed=2'.
+  Every member config is validated; a bad one raises ConfigError before any work.
+  """
+  grids = [grid] if isinstance(grid, Mapping) else list(grid)
+  points: list[dict[str, Any]] = []
+  for g in grids:
+    fields = list(g)
+    values = [[_coerce(config, f, v) for v in g[f]] for f in fields]
+    for combo in itertools.product(*values):
+      points.append(dict(zip(fields, combo)))
+  if not points:
+    raise config_lib.ConfigError("the sweep grid is empty")
+  varying = [f for f in dict.fromkeys(f for p in points for f in p)
+             if len({repr(p.get(f)) for p in points}) > 1 or len(points) == 1]
+  out, seen = [], set()
+  for point in points:
+    member = copy.deepcopy(config)
+    for field, value in point.items():
+      *parents, leaf = field.split(".")
+      node = member
+      for p in parents:
+        node = node[p]
+      node[leaf] = value
+    name = ",".join(f"{f}={point[f]}" for f in varying if f in point) or "member"
+    if name in seen:
+      continue  # The union of several grids may name a point twice.
+    seen.add(name)
+    out.append((name, member))
+  return out
+
+
+def _get(config: ml_collections.ConfigDict, field: str) -> Any:
+  """The value of a dotted field, e.g. 'loss.alpha'."""
+  node = config
+  for p in field.split("."):
+    node = node[p]
+  return node
+
+
+def group_key(config: ml_collections.ConfigDict) -> str:
+  """Members with equal keys can be stacked into one program."""
+  c = config.to_dict()
+  stackable = set(STACKABLE)
+  if config.loss.name not in _LOSSES_WITH_TRACED_FIELDS:
+    stackable -= {f"loss.{f}" for f in _TRACED_LOSS_FIELDS}
+  if config.weighting.mode not in _WEIGHT_ONLY_MODES:
+    stackable.discard("weighting.exponent")
+  for field in stackable:
+    *parents, leaf = field.split(".")
+    node = c
+    for p in parents:
+      node = node[p]
+    node.pop(leaf)
+  return json.dumps(run_dir._jsonable(c), sort_keys=True)
+
+
+def groups(members: list[tuple[str, ml_collections.ConfigDict]]
+           ) -> list[list[tuple[str, ml_collections.ConfigDict]]]:
+  """Members split into stackable groups, in order of first appearance."""
+  out: dict[str, list] = {}
+  for name, cfg in members:
+    out.setdefault(group_key(cfg), []).append((name, cfg))
+  return list(out.values())
+
+
+# ----------------------------------------------------------------------------
+# The stacked program.
+
+
+def _tree_stack(trees: Sequence[Any]) -> Any:
+  return jax.tree.map(lambda *a: jnp.stack(a), *trees)
+
+
+def _tree_take(tree: Any, m: int) -> Any:
+  return jax.tree.map(lambda a: a[m], tree)
+
+
+def _is_key(a) -> bool:
+  return jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)
+
+
+def make_sweep_epoch(exp: train.Experiment, *, loss_config: Mapping[str, Any]):
+  """Jitted `(state_M, data, weight_MxN, idx_SxMxB, loss_params_M, alive_M)
+  -> (state_M, alive_M, objective_MxS)`: one epoch of every member in one call.
+
+  Each member's step is `steps.make_train_step` with its own traced loss
+  parameters; a step whose objective is not finite, and every step after it,
+  leaves that member's state unchanged (`alive_M` turns False).
+  """
+  sh = exp.shardings
+  loss_config = dict(loss_config)
+  name = loss_config.pop("name")
+  counts = dict(class_counts=exp.dataset.train_class_counts,
+                group_counts=exp.dataset.train_group_counts)
+  tx = _member_tx(exp)
+
+  def member_step(state, batch, loss_params, alive):
+    loss_fn = losses.get_loss(name, **{**loss_config, **loss_params}, **counts)
+    new, obj = steps.make_train_step(model_def=exp.model_def, loss_fn=loss_fn, tx=tx)(
+        state, batch)
+    ok = alive & jnp.isfinite(obj)
+    new = jax.tree.map(lambda n, o: n if _is_key(n) else jnp.where(ok, n, o), new, state)
+    return new, obj, ok
+
+  def train_epoch(state_M, data, weight_MxN, idx_SxMxB, loss_params_M, alive_M):
+
+    def one(state, weight_N, idx_B, loss_params, alive):
+      batch = {k: a[idx_B] for k, a in data.items()}
+      batch["weight"] = weight_N[idx_B]
+      batch = jax.lax.with_sharding_constraint(batch, sh.batch)
+      return member_step(state, batch, loss_params, alive)
+
+    def body(carry, idx_MxB):
+      state_M, alive_M = carry
+      state_M, obj_M, alive_M = jax.vmap(one)(state_M, weight_MxN, idx_MxB, loss_params_M,
+                                              alive_M)
+      return (state_M, alive_M), obj_M
+
+    (state_M, alive_M), obj_SxM = jax.lax.scan(body, (state_M, alive_M), idx_SxMxB)
+    return state_M, alive_M, obj_SxM.T
+
+  members_batches = NamedSharding(sh.mesh, P(None, None, steps.DATA_AXIS))
+  rep = sh.replicated
+  return jax.jit(train_epoch, in_shardings=(rep, rep, rep, members_batches, rep, rep),
+                 out_shardings=(rep, rep, rep), donate_argnums=(0,))
+
+
+def make_sweep_eval(exp: train.Experiment, *, loss_config: Mapping[str, Any]):
+  """Jitted `(state_M, padded, weight_Mx..., loss_params_M) -> counts_M` for one split.
+
+  Each member runs `steps.make_eval_counts` with its own loss parameters and
+  example weights; the counts come back with a leading member axis.
+  """
+  loss_config = dict(loss_config)
+  name = loss_config.pop("name")
+  counts = dict(class_counts=exp.dataset.train_class_counts,
+                group_counts=exp.dataset.train_group_counts)
+
+  def eval_member(state, padded, weight, loss_params):
+    loss_fn = losses.get_loss(name, **{**loss_config, **loss_params}, **counts)
+    eval_counts = steps.make_eval_counts(model_def=exp.model_def, loss_fn=loss_fn,
+                                         num_groups=exp.dataset.num_groups,
+                                         shardings=exp.shardings)
+    return eval_counts(state, {**padded, "weight": weight})
+
+  return jax.jit(jax.vmap(eval_member, in_axes=(0, None, 0, 0)))
+
+
+def _member_tx(exp: train.Experiment):
+  """An optimizer with the members' structure; its hyperparameters are read from
+  each member's (stacked) optimizer state, never from this object."""
+  from polyjax import train_state
+  return train_state.make_optimizer(lr=1.0, momentum=0.0, weight_decay=0.0)
+
+
+# ----------------------------------------------------------------------------
+# The loop.
+
+
+@dataclasses.dataclass
+class Member:
+  name: str
+  config: ml_collections.ConfigDict
+  run: run_dir.RunDir
+  exp: train.Experiment | None = None
+  state: Any = None  # Its own train state until stacked with the group's.
+  checkpoints: checkpointing.Checkpoints | None = None
+  start_epoch: int = 0
+  summary: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def _config_record(config: ml_collections.ConfigDict) -> Any:
+  return json.loads(json.dumps(run_dir._jsonable(config.to_dict()), sort_keys=True))
+
+
+def _prepare(member: Member) -> bool:
+  """Opens a member's run directory; returns False if the member is already finished.
+
+  Raises ConfigError if the directory holds a run of a different config.
+  """
+  path = member.run.path
+  summary_path = path / run_dir.SUMMARY
+  config_path = path / run_dir.CONFIG
+  if config_path.exists():
+    saved = run_dir.read_json(config_path)
+    want = _config_record(member.config)
+    differs = [k for k in want if saved.get(k) != want[k]]
+    if differs:
+      raise config_lib.ConfigError(
+          f"{config_path} holds a run with different config.{differs[0]}; "
+          f"use another --workdir")
+  if summary_path.exists():
+    summary = run_dir.read_json(summary_path)
+    if summary.get("status") in ("completed", "diverged"):
+      member.summary = summary
+      return False
+  return True
+
+
+def _truncate_metrics(run: run_dir.RunDir, epoch: int) -> None:
+  """Drops metrics rows past `epoch` (written after the checkpoint a resume starts from)."""
+  path = run.path / run_dir.METRICS
+  if not path.exists():
+    return
+  lines = path.read_text().splitlines(keepends=True)
+  keep = [l for l in lines if l.strip() and json.loads(l)["epoch"] <= epoch]
+  if len(keep) != len(lines):
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(keep))
+    tmp.replace(path)
+
+
+def _train_group(members: list[Member], *, every_epochs: int) -> None:
+  """Trains members that share a program and a start epoch, together."""
+  exp0 = members[0].exp
+  cfg0 = members[0].config
+  sh = exp0.shardings
+  num_epochs, eval_every = cfg0.num_epochs, cfg0.eval_every_epochs
+  ds = exp0.dataset
+  n_train = len(ds.train)
+  loss_config = cfg0.loss.to_dict()
+  traced = (_TRACED_LOSS_FIELDS if cfg0.loss.name in _LOSSES_WITH_TRACED_FIELDS else ())
+  loss_params_M = {f: jnp.asarray([m.config.loss[f] for m in members], jnp.float32)
+                   for f in traced}
+  for f in traced:
+    loss_config.pop(f)
+
+  state_M = jax.device_put(_tree_stack([m.state for m in members]), sh.replicated)
+  for m in members:
+    m.state = None  # The stack is the only copy from here on.
+  train_arrays = steps.split_arrays(ds.train)
+  train_weight_MxN = np.stack([m.exp.dataset.train.weight for m in members])
+  train_data = jax.device_put({k: v for k, v in train_arrays.items() if k != "weight"},
+                              sh.replicated)
+  train_weight_MxN = jax.device_put(train_weight_MxN, sh.replicated)
+  eval_data, eval_weight = {}, {}
+  for split in ("train", "val", "test"):
+    padded = [steps.pad_for_eval(m.exp.dataset.splits()[split], cfg0.eval_batch_size)
+              for m in members]
+    shared = {k: v for k, v in padded[0].items() if k != "weight"}
+    eval_data[split] = jax.device_put(shared, sh.stacked_batches)
+    eval_weight[split] = jax.device_put(
+        np.stack([p["weight"] for p in padded]),
+        NamedSharding(sh.mesh, P(None, None, steps.DATA_AXIS)))
+
+  epoch_fn = make_sweep_epoch(exp0, loss_config={**loss_config, "name": cfg0.loss.name})
+  eval_fn = make_sweep_eval(exp0, loss_config={**loss_config, "name": cfg0.loss.name})
+  order_seeds = [m.exp.order_seed for m in members]
+  active = [True] * len(members)
+  alive_M = jax.device_put(np.ones(len(members), bool), sh.replicated)
+  idx_sharding = NamedSharding(sh.mesh, P(None, None, steps.DATA_AXIS))
+  start = time.time()
+  values: list[dict[str, float]] = [{} for _ in members]
+  status = "completed"
+  try:
+    for epoch in range(members[0].start_epoch + 1, num_epochs + 1):
+      t0 = time.time()
+      idx_MxSxB = np.stack([steps.epoch_indices(n_train, cfg0.batch_size, seed=s, epoch=epoch)
+                            for s in order_seeds])
+      state_M, alive_M, obj_MxS = epoch_fn(
+          state_M, train_data, train_weight_MxN,
+          jax.device_put(idx_MxSxB.transpose(1, 0, 2), idx_sharding), loss_params_M, alive_M)
+      obj_MxS = np.asarray(obj_MxS)
+      for i, m in enumerate(members):
+        if active[i] and not np.all(np.isfinite(obj_MxS[i])):
+          bad = int(np.flatnonzero(~np.isfinite(obj_MxS[i]))[0])
+          step = (epoch - 1) * obj_MxS.shape[1] + bad + 1
+          active[i] = False
+          m.summary.update(status="diverged", diverged_at={"epoch": epoch, "step": step},
+                           wall_seconds=time.time() - start,
+                           steps=int(jax.device_get(state_M.step[i])))
+          m.checkpoints.close()
+          m.run.write_summary(m.summary)
+          print(f"polyjax.sweep: {m.name} diverged: training objective is "
+                f"{obj_MxS[i, bad]} at epoch {epoch}, step {step}", flush=True)
+      if not any(active):
+        break
+      for i, m in enumerate(members):
+        if active[i]:
+          m.summary["epochs_completed"] = epoch
+      if epoch % eval_every == 0 or epoch == num_epochs:
+        counts = jax.device_get({s: eval_fn(state_M, eval_data[s], eval_weight[s],
+                                            loss_params_M) for s in eval_data})
+        step = int(jax.device_get(state_M.step[active.index(True)]))
+        for i, m in enumerate(members):
+          if not active[i]:
+            continue
+          vals = {}
+          for split, c in counts.items():
+            for k, v in metrics.finalize(_tree_take(c, i),
+                                         train_group_counts=ds.train_group_counts).items():
+              vals[f"{split}/{k}"] = v
+          vals["train/objective"] = float(obj_MxS[i].mean())
+          values[i] = vals
+          rows = []
+          for split in train.SPLITS:
+            prefix = f"{split}/"
+            row = {k[len(prefix):]: v for k, v in vals.items() if k.startswith(prefix)}
+            rows.append({"epoch": epoch, "step": step, "split": split, **row})
+          m.run.append_metrics(rows)
+        accs = [values[i]["test/reweighted_acc"] for i in range(len(members)) if active[i]]
+        print(f"epoch {epoch}/{num_epochs}  {sum(active)}/{len(members)} members  "
+              f"test/reweighted_acc min {min(accs):.4f} median {np.median(accs):.4f} "
+              f"max {max(accs):.4f}  ({time.time() - t0:.2f}s)", flush=True)
+      if epoch % every_epochs == 0 or epoch == num_epochs:
+        for i, m in enumerate(members):
+          if active[i]:
+            m.checkpoints.save(epoch, _tree_take(state_M, i), force=True)
+  except KeyboardInterrupt:
+    status = "interrupted"
+    raise
+  except BaseException:
+    status = "failed"
+    raise
+  finally:
+    steps_M = np.asarray(jax.device_get(state_M.step))
+    for i, m in enumerate(members):
+      if not active[i]:
+        continue
+      m.summary.update(status=status, final=values[i] if status == "completed" else {},
+                       wall_seconds=time.time() - start, steps=int(steps_M[i]))
+      m.checkpoints.close()
+      m.run.write_summary(m.summary)
+
+
+def run_sweep(members: list[tuple[str, ml_collections.ConfigDict]], workdir: str, *,
+              mesh=None, checkpoint_every_epochs: int | None = None
+              ) -> dict[str, dict[str, Any]]:
+  """Trains every member (name, config) under `workdir/<name>`; returns name -> summary.
+
+  Args:
+    members: from `expand`; configs are validated here before anything is written.
+    workdir: the sweep directory; an existing one is resumed.
+    mesh: device mesh shared by all members (default: every device).
+    checkpoint_every_epochs: save each member every this many epochs (and after the
+      last); default: the config's `checkpoint_every_epochs` if it has one, else only
+      at the end, as `polyjax.main` does.
+
+  Raises:
+    ConfigError: a member config that cannot be trained, or a member directory holding
+      a different run (before any training).
+  """
+  mesh = steps.make_mesh() if mesh is None else mesh
+  for _, cfg in members:
+    config_lib.validate(cfg, device_count=mesh.size)
+  workdir_path = pathlib.Path(workdir)
+  out: dict[str, dict[str, Any]] = {}
+  for group in groups(members):
+    todo: list[Member] = []
+    for name, cfg in group:
+      m = Member(name=name, config=cfg, run=run_dir.RunDir(workdir_path / name))
+      if _prepare(m):
+        todo.append(m)
+      else:
+        print(f"polyjax.sweep: {name} already {m.summary['status']}; skipped", flush=True)
+        out[name] = m.summary
+    if not todo:
+      continue
+    cfg0 = todo[0].config
+    every = checkpoint_every_epochs or cfg0.get("checkpoint_every_epochs") or cfg0.num_epochs
+    # One load of the data; each member reweights it with its own exponent.
+    data_cfg = cfg0.data.to_dict()
+    data_name = data_cfg.pop("name")
+    data_cfg.pop("order_seed")
+    base = data.load(data_name, weighting_mode=cfg0.weighting.mode,
+                     exponent=cfg0.weighting.exponent, **data_cfg)
+    for m in todo:
+      dataset = with_weights(base, mode=m.config.weighting.mode,
+                             exponent=m.config.weighting.exponent)
+      m.exp = train.build(m.config, mesh=mesh, dataset=dataset)
+    for m in todo:
+      m.run.create()
+      m.run.write_config(m.config.to_dict(), **train.run_record(m.config, m.run.path))
+      m.checkpoints = checkpointing.Checkpoints(m.run.checkpoints, every_epochs=every)
+      m.state = m.exp.state
+      latest = m.checkpoints.latest_epoch()
+      if latest is not None:
+        m.state = m.checkpoints.restore(latest, like=m.exp.state)
+        m.start_epoch = latest
+        _truncate_metrics(m.run, latest)
+        print(f"polyjax.sweep: {m.name} resumes after epoch {latest}", flush=True)
+      m.summary = {"status": "running", "epochs_completed": m.start_epoch, "final": {}}
+    by_start: dict[int, list[Member]] = {}
+    for m in todo:
+      by_start.setdefault(m.start_epoch, []).append(m)
+    for start_epoch, sub in sorted(by_start.items()):
+      print(f"polyjax.sweep: training {len(sub)} members together "
+            f"({', '.join(m.name for m in sub)}) from epoch {start_epoch}", flush=True)
+      if start_epoch >= cfg0.num_epochs:
+        for m in sub:  # Checkpointed after the last epoch, summary not yet written.
+          m.summary.update(status="completed", final=_last_values(m.run),
+                           steps=int(m.state.step), wall_seconds=0.0)
+          m.checkpoints.close()
+          m.run.write_summary(m.summary)
+        continue
+      _train_group(sub, every_epochs=every)
+    for m in todo:
+      out[m.name] = m.summary
+  return out
+
+
+def _last_values(run: run_dir.RunDir) -> dict[str, float]:
+  path = run.path / run_dir.METRICS
+  last: dict[str, float] = {}
+  if path.exists():
+    rows = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+    if rows:
+      epoch = max(r["epoch"] for r in rows)
+      for r in rows:
+        if r["epoch"] == epoch:
+          last.update({f"{r['split']}/{k}": v for k, v in r.items()
+                       if k not in ("epoch", "step", "split")})
+  return last
+
+
+# ----------------------------------------------------------------------------
+# Command line.
+
+
+def main(argv) -> int:
+  from absl import app, flags, logging
+
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
+  config = _CONFIG.value
+  try:
+    if _GRID.value:
+      grid: Grid = [parse_grid_flags(_GRID.value)]
+    else:
+      grid = config_sweep(flags.FLAGS["config"].config_filename)
+      if grid is None:
+        raise config_lib.ConfigError(
+            "no grid: pass --grid=field=v1,v2 or define sweep() in the config file")
+    members = expand(config, grid)
+    summaries = run_sweep(members, _WORKDIR.value,
+                          checkpoint_every_epochs=_CHECKPOINT_EVERY.value)
+  except config_lib.ConfigError as e:
+    print(f"polyjax.sweep: error: {e}", file=sys.stderr)
+    return 2
+  by_status: dict[str, list[str]] = {}
+  for name, s in summaries.items():
+    by_status.setdefault(s["status"], []).append(name)
+  print("polyjax.sweep: " + "; ".join(f"{len(v)} {k}" for k, v in by_status.items()) +
+        f"; run directories under {_WORKDIR.value}")
+  for name in by_status.get("diverged", []):
+    print(f"polyjax.sweep: diverged: {name}")
+  return 0
+
+
+_CONFIG = _WORKDIR = _GRID = _CHECKPOINT_EVERY = None
+
+
+def run() -> None:
+  """Defines the flags (here, so importing this module next to polyjax.main is safe)
+  and runs `main`."""
+  global _CONFIG, _WORKDIR, _GRID, _CHECKPOINT_EVERY
+  from absl import app, flags
+  from ml_collections import config_flags
+
+  _CONFIG = config_flags.DEFINE_config_file(
+      "config", None, "Experiment config file (configs/*.py).", lock_config=True)
+  _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory: one run directory "
+                                 "per member under it; an existing one is resumed.")
+  _GRID = flags.DEFINE_multi_string(
+      "grid", [], "field=v1,v2,... (repeatable); the grid is their product. Default: "
+      "the config file's sweep().")
+  _CHECKPOINT_EVERY = flags.DEFINE_integer(
+      "checkpoint_every_epochs", None, "Checkpoint every member this often (default: "
+      "the config's checkpoint_every_epochs if it has one, else after the last epoch).")
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(lambda argv: sys.exit(main(argv)))
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,182 @@
+"""polyjax.sweep: stacked members equal single runs; divergence, resume, grids."""
+
+import json
+import pathlib
+
+import pytest
+
+from polyjax import config as config_lib
+from polyjax import run_dir, sweep, train
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# Run-record fields that name the run's place, not its content.
+PLACE = ("workdir",)
+
+
+def small_config(num_epochs=2):
+  from configs import digits_poly
+  c = digits_poly.get_config()
+  c.model.hidden = 32
+  c.num_epochs = num_epochs
+  return c
+
+
+def rows(path):
+  return [json.loads(l) for l in (path / run_dir.METRICS).read_text().splitlines()]
+
+
+def assert_same_run(member_dir: pathlib.Path, single_dir: pathlib.Path, *, tol=1e-5):
+  a, b = rows(member_dir), rows(single_dir)
+  assert len(a) == len(b) > 0
+  for ra, rb in zip(a, b):
+    assert ra.keys() == rb.keys()
+    for k in ra:
+      if isinstance(ra[k], float):
+        assert ra[k] == pytest.approx(rb[k], abs=tol), (member_dir.name, ra["epoch"], k)
+      else:
+        assert ra[k] == rb[k], (member_dir.name, k)
+  sa = run_dir.read_json(member_dir / run_dir.SUMMARY)
+  sb = run_dir.read_json(single_dir / run_dir.SUMMARY)
+  assert sa.keys() == sb.keys()
+  for k in ("status", "epochs_completed", "steps"):
+    assert sa[k] == sb[k], k
+  for k, v in sb["final"].items():
+    assert sa["final"][k] == pytest.approx(v, abs=tol), k
+  ca = run_dir.read_json(member_dir / run_dir.CONFIG)
+  cb = run_dir.read_json(single_dir / run_dir.CONFIG)
+  assert {k for k in ca if ca[k] != cb.get(k)} == set(PLACE)
+  assert sorted(p.name for p in (member_dir / "checkpoints").iterdir()) == \
+      sorted(p.name for p in (single_dir / "checkpoints").iterdir())
+
+
+# 2 lrs x 2 seeds; one member changing every other stackable field; one diverging.
+GRID = [{"lr": [0.01, 0.1], "seed": [0, 1]},
+        {"loss.alpha": [2.0], "loss.beta": [0.5], "momentum": [0.5], "weight_decay": [1e-3],
+         "weighting.exponent": [2.0], "data.order_seed": [7]},
+        {"lr": [1e30]}]
+BAD = "lr=1e+30"
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+  """One sweep of GRID, shared by the tests below: (members, directory, summaries)."""
+  members = sweep.expand(small_config(), GRID)
+  assert len(sweep.groups(members)) == 1  # All six members in one program.
+  workdir = tmp_path_factory.mktemp("sweep")
+  return members, workdir, sweep.run_sweep(members, str(workdir))
+
+
+def test_members_equal_single_runs(swept, tmp_path):
+  members, workdir, summaries = swept
+  assert len(summaries) == 6
+  for name, cfg in members:
+    if name == BAD:
+      continue
+    assert summaries[name]["status"] == "completed"
+    single = tmp_path / name
+    train.train_and_evaluate(cfg, str(single))
+    assert_same_run(workdir / name, single)
+  # The members really differ (the stack did not collapse them).
+  finals = {s["final"]["train/loss"] for n, s in summaries.items() if n != BAD}
+  assert len(finals) == 5
+
+
+def test_diverged_member_does_not_stop_others(swept, tmp_path):
+  members, workdir, summaries = swept
+  bad = summaries[BAD]
+  with pytest.raises(train.Diverged):
+    train.train_and_evaluate(dict(members)[BAD], str(tmp_path / "single_bad"))
+  single_bad = run_dir.read_json(tmp_path / "single_bad" / run_dir.SUMMARY)
+  assert bad["status"] == single_bad["status"] == "diverged"
+  assert bad["diverged_at"] == single_bad["diverged_at"]
+  assert bad["epochs_completed"] == single_bad["epochs_completed"] == 0
+  assert not (workdir / BAD / run_dir.METRICS).exists()
+  assert all(s["status"] == "completed" and s["epochs_completed"] == 2
+             for n, s in summaries.items() if n != BAD)
+
+
+def test_interrupted_sweep_resumes(swept, tmp_path, monkeypatch):
+  members, workdir, summaries = swept
+  real_append = run_dir.RunDir.append_metrics
+
+  def append_then_stop(self, rows_):
+    real_append(self, rows_)
+    if rows_[0]["epoch"] == 2:
+      raise KeyboardInterrupt  # After epoch 2's metrics, before its checkpoint.
+
+  monkeypatch.setattr(run_dir.RunDir, "append_metrics", append_then_stop)
+  with pytest.raises(KeyboardInterrupt):
+    sweep.run_sweep(members, str(tmp_path), checkpoint_every_epochs=1)
+  monkeypatch.setattr(run_dir.RunDir, "append_metrics", real_append)
+  name = members[0][0]  # The first member's epoch-2 rows were written before the stop.
+  assert run_dir.read_json(tmp_path / name / run_dir.SUMMARY)["status"] == "interrupted"
+  assert max(r["epoch"] for r in rows(tmp_path / name)) == 2
+  bad_before = run_dir.read_json(tmp_path / BAD / run_dir.SUMMARY)
+  assert bad_before["status"] == "diverged"
+
+  resumed = sweep.run_sweep(members, str(tmp_path), checkpoint_every_epochs=1)
+  assert resumed[BAD] == bad_before  # Diverged members are not trained again.
+  for n, _ in members:
+    if n == BAD:
+      continue
+    assert resumed[n]["status"] == "completed"
+    a, b = rows(tmp_path / n), rows(workdir / n)
+    assert [r["epoch"] for r in a] == [1, 1, 1, 2, 2, 2]  # Epoch 2 rows not doubled.
+    for ra, rb in zip(a, b):
+      for k, v in rb.items():
+        assert ra[k] == (pytest.approx(v, abs=1e-5) if isinstance(v, float) else v), k
+  # A finished sweep is not trained again.
+  assert sweep.run_sweep(members, str(tmp_path), checkpoint_every_epochs=1) == resumed
+
+
+def test_directory_of_another_run_is_refused(swept):
+  members, workdir, _ = swept
+  name = "lr=0.1,seed=0"
+  other = sweep.expand(small_config(), GRID)
+  dict(other)[name].loss.beta = 3.0
+  before = (workdir / name / run_dir.METRICS).read_text()
+  with pytest.raises(config_lib.ConfigError, match="config.loss"):
+    sweep.run_sweep(other, str(workdir))
+  assert (workdir / name / run_dir.METRICS).read_text() == before
+
+
+def test_grid_parsing_names_and_groups():
+  c = small_config()
+  grid = sweep.parse_grid_flags(["lr=0.01,0.1", "config.seed=0,1,2", "batch_size=64,128"])
+  members = sweep.expand(c, [grid])
+  assert len(members) == 12
+  assert members[0][0] == "lr=0.01,seed=0,batch_size=64"
+  assert members[0][1].seed == 0 and isinstance(members[0][1].lr, float)
+  groups = sweep.groups(members)
+  assert [len(g) for g in groups] == [6, 6]  # batch_size changes shapes: two programs.
+  assert {g[0][1].batch_size for g in groups} == {64, 128}
+  # Loss parameters stack for the losses that trace them.
+  ce = sweep.expand(c, {"loss.name": ["ce"], "loss.alpha": [1.0, 2.0]})
+  assert len(sweep.groups(ce)) == 1
+  with pytest.raises(config_lib.ConfigError, match="nope"):
+    sweep.expand(c, {"nope": [1]})
+  with pytest.raises(config_lib.ConfigError, match="config.seed"):
+    sweep.expand(c, {"seed": ["x"]})
+  with pytest.raises(config_lib.ConfigError, match="--grid"):
+    sweep.parse_grid_flags(["lr"])
+
+
+def test_config_sweep_of_digits_poly():
+  grid = sweep.config_sweep(str(REPO / "configs" / "digits_poly.py"))
+  members = sweep.expand(small_config(), grid)
+  assert len(members) > 1
+  for _, cfg in members:
+    config_lib.validate(cfg, device_count=1)
+
+
+def test_command_line_rejects_a_bad_grid_before_writing(tmp_path):
+  import subprocess
+  import sys
+  proc = subprocess.run(
+      [sys.executable, "-m", "polyjax.sweep", "--config=configs/digits_poly.py",
+       f"--workdir={tmp_path / 'w'}", "--grid=lr=0.1", "--grid=loss.alpha=-1"],
+      cwd=REPO, capture_output=True, text=True, env={**__import__("os").environ,
+                                                      "PYTHONPATH": str(REPO)})
+  assert proc.returncode == 2, proc.stderr
+  assert "config.loss.alpha" in proc.stderr
+  assert not (tmp_path / "w").exists()
