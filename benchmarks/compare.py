@@ -24,6 +24,10 @@ import subprocess
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+# The reference runs twice per round: with torch's default thread count and with
+# one thread (on a loaded machine torch's two spinning threads can be 10x slower
+# than one). Ratios are taken against the faster of the two.
+SIDES = ("polyjax", "torch", "torch_1thread")
 SECTION = "## polyjax vs PyTorch reference"
 
 # (name, workload, batch size, polyjax steps, reference steps). Throughputs are
@@ -49,28 +53,40 @@ def _rate(result: dict) -> float:
   return result["steps_per_s"] if "steps_per_s" in result else result["examples_per_s"]
 
 
-def measure(args) -> tuple[list[dict], dict]:
+def measure(args, on_round=None) -> tuple[list[dict], dict]:
+  """Runs every case `args.rounds` times per side; `on_round(results, info, done)` after each round."""
   env = {**os.environ, "PYTHONPATH": str(ROOT)}
-  rows = {name: {"polyjax": [], "torch": [], "first_call": []} for name, *_ in CASES}
-  info: dict = {}
   cases = [c for c in CASES if not args.only or c[0] in args.only]
+  rows = {c[0]: {side: [] for side in SIDES + ("first_call",)} for c in cases}
+  info: dict = {}
+
+  def results():
+    return [{"name": c[0], "unit": "steps/s" if c[1] == "fig1" else "examples/s",
+             "steps": (c[3], c[4]), **rows[c[0]]} for c in cases]
+
   for r in range(args.rounds):
     for name, workload, batch, jax_steps, ref_steps in cases:
       size = [] if batch is None else ["--batch-size", str(batch)]
-      jax_cmd = [sys.executable, "benchmarks/run.py", workload, "--steps", str(jax_steps)] + size
-      ref_cmd = [args.torch_python, args.reference, workload, "--steps", str(ref_steps)] + size
-      order = [("polyjax", jax_cmd), ("torch", ref_cmd)]
-      for side, cmd in (order if r % 2 == 0 else order[::-1]):
-        res = _run_json(cmd, env=env)
+      ref = [args.torch_python, args.reference, workload, "--steps", str(ref_steps)] + size
+      cmds = {
+          "polyjax": [sys.executable, "benchmarks/run.py", workload,
+                      "--steps", str(jax_steps)] + size,
+          "torch": ref,
+          "torch_1thread": ref + ["--threads", "1"],
+      }
+      order = SIDES if r % 2 == 0 else SIDES[::-1]
+      for side in order:
+        res = _run_json(cmds[side], env=env)
         rows[name][side].append(_rate(res))
         if side == "polyjax":
           rows[name]["first_call"].append(res["first_call_seconds"])
           info.update(jax=res["jax"], device=res["device"], xla_flags=res["xla_flags"])
-        else:
+        elif side == "torch":
           info.update(torch=res["torch"], torch_threads=res["threads"])
         print(f"round {r + 1} {name} {side}: {_rate(res):.4g}", flush=True)
-  return [{"name": c[0], "unit": "steps/s" if c[1] == "fig1" else "examples/s",
-           "steps": (c[3], c[4]), **rows[c[0]]} for c in cases], info
+    if on_round is not None:
+      on_round(results(), info, r + 1)
+  return results(), info
 
 
 def _cpu_model() -> str:
@@ -95,19 +111,25 @@ def render(results: list[dict], info: dict, *, rounds: int, load: tuple[float, f
       f"{rounds} rounds, polyjax and the reference alternating, each run a fresh process "
       f"(`benchmarks/compare.py`). The machine was shared with other jobs (load average "
       f"{load[0]:.1f} at the start, {load[1]:.1f} at the end on {os.cpu_count()} cores), "
-      "so absolute figures are low and noisy; the ratio of medians is the figure to read, "
-      "and the range shows the spread over rounds.",
+      "so absolute figures are low and noisy; the ratio (polyjax median over the faster "
+      "reference median) is the figure to read, and the ranges show the spread over rounds.",
       "",
-      "| workload | unit | polyjax median (range) | reference median (range) | ratio | "
-      "polyjax first call s | steps (polyjax/ref) |",
-      "|---|---|---|---|---|---|---|",
+      "| workload | unit | polyjax median (range) | reference, default threads | "
+      "reference, 1 thread | ratio to the faster reference | polyjax first call s | "
+      "steps (polyjax/ref) |",
+      "|---|---|---|---|---|---|---|---|",
   ]
   for r in results:
-    pj, pt = r["polyjax"], r["torch"]
-    ratio = statistics.median(pj) / statistics.median(pt)
+    pj = r["polyjax"]
+    best = max(("torch", "torch_1thread"), key=lambda k: statistics.median(r[k]))
+    ratio = statistics.median(pj) / statistics.median(r[best])
+
+    def cell(v):
+      return f"{statistics.median(v):.4g} ({min(v):.4g}-{max(v):.4g})"
+
     lines.append(
-        f"| {r['name']} | {r['unit']} | {statistics.median(pj):.4g} ({min(pj):.4g}-{max(pj):.4g}) "
-        f"| {statistics.median(pt):.4g} ({min(pt):.4g}-{max(pt):.4g}) | **{ratio:.2f}x** "
+        f"| {r['name']} | {r['unit']} | {cell(pj)} | {cell(r['torch'])} "
+        f"| {cell(r['torch_1thread'])} | **{ratio:.2f}x** "
         f"| {statistics.median(r['first_call']):.1f} | {r['steps'][0]}/{r['steps'][1]} |")
   lines += ["", _NOTES.strip(), ""]
   return "\n".join(lines)
@@ -183,12 +205,16 @@ def main(argv=None) -> None:
   if args.rounds < 1:
     parser.error("--rounds must be >= 1")
   load0 = os.getloadavg()[0]
-  results, info = measure(args)
-  section = render(results, info, rounds=args.rounds, load=(load0, os.getloadavg()[0]))
   path = pathlib.Path(args.output)
   path.parent.mkdir(parents=True, exist_ok=True)
-  write_section(path, section)
-  print(section)
+
+  def write(results, info, rounds):  # After every round, so a cut-short run still reports.
+    section = render(results, info, rounds=rounds, load=(load0, os.getloadavg()[0]))
+    write_section(path, section)
+    return section
+
+  results, info = measure(args, on_round=write)
+  print(write(results, info, args.rounds))
 
 
 if __name__ == "__main__":
