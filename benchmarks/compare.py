@@ -149,26 +149,35 @@ the reference) against the reference's Python loop.
 
 | change | effect (batch 64, epoch loop) |
 |---|---|
-| baseline: `nnx.Conv` + `nnx.max_pool` inside the epoch `lax.scan` | ~0.6 examples/s: a convolution inside an XLA:CPU while loop runs about 15-25x slower than the same convolution outside one (jax-ml/jax#12868); the same step jitted alone ran 15.6 examples/s |
+| baseline: `nnx.Conv` + `nnx.max_pool` inside the epoch `lax.scan` | 0.63 examples/s (`run.py convnet --steps 2`): a convolution inside an XLA:CPU while loop runs 15-50x slower than the same convolution outside one (jax-ml/jax#12868); the same step jitted alone (`--mode step`) ran 15.6 examples/s, the reference about 17 at that moment |
 | `--xla_cpu_use_thunk_runtime=false` | no change (7.4 s vs 7.3 s per step, batch 16 conv stack in a scan) |
 | `--xla_cpu_multi_thread_eigen=false` | slower (8.0 s) |
 | `--xla_cpu_use_xnnpack=true` | slower (9.0 s) |
 | `--xla_cpu_enable_fast_math=true` | slower (10.6 s), and changes numerics: not used |
 | `lax.scan(..., unroll=True)` | fixes the loop (0.38 s per step) but compiles one copy of the step per batch: not usable for real epochs |
-| convolution as im2col matmul (`models.conv_valid`, shifted slices + one `einsum`), max pool by reshape + max (`models.max_pool_2x2`) | 0.43 s per step in the scan (from 7.3 s), same speed as the stand-alone step: **kept**, on CPU only (`lax.platform_dependent`; GPUs keep XLA's convolution) |
+| convolution as im2col matmul (`models.conv_valid`, shifted slices + one `einsum`), max pool by reshape + max (`models.max_pool_2x2`) | 0.43 s per step in the scan (from 7.3 s), same speed as the stand-alone step; the full ConvNet epoch went from 0.63 to 32.6 examples/s (reference 25.8 right after): **kept**, on CPU only (`lax.platform_dependent`; GPUs keep XLA's convolution) |
+| im2col for a stand-alone step (no loop) | slower than XLA's convolution there (4.4 s vs 3.1 s, batch-64 gradient of the conv stack); polyjax's CPU training step always runs inside the epoch loop, so the loop case decides |
+
+No XLA flag helped, so none is set by default. Other observations: on this loaded
+machine torch's default two threads ran the small workloads 10-20x slower than
+one thread (fig1: 22 vs 228 steps/s; mlp b64: 455 vs 9,881 examples/s), hence
+the second reference column. Compile time (first call) is not in the ratios; it
+is listed separately.
 
 ### GPU (to be measured)
 
 No GPU was available when these figures were taken. On a GPU machine, take:
 
 ```
-# ConvNet epoch time on binary-CIFAR-sized data (10,000 32x32x3 training images):
-PYTHONPATH=$PWD python benchmarks/run.py convnet --batch-size 128 --steps 78
-# a 400-epoch run (wall_seconds in summary.json):
-PYTHONPATH=$PWD python -m polyjax.main --config=configs/cifar_poly.py --workdir=/tmp/bench400 --config.num_epochs=400
-# 10 seeds in one sweep:
-PYTHONPATH=$PWD python -m polyjax.sweep --config=configs/cifar_poly.py --workdir=/tmp/bench_sweep \\
-    --grid=seed=0,1,2,3,4,5,6,7,8,9 --config.num_epochs=400
+# ConvNet epoch time on binary-CIFAR-sized data (configs/cifar_poly.py trains on
+# 4,400 32x32x3 images at batch 64: 68 steps per epoch):
+PYTHONPATH=$PWD python benchmarks/run.py convnet --batch-size 64 --steps 68
+# a 400-epoch run (configs/cifar_poly.py has num_epochs 400; wall_seconds in summary.json):
+PYTHONPATH=$PWD python -m polyjax.main --config=configs/cifar_poly.py \\
+    --config.data.data_dir=DIR --workdir=/tmp/bench400
+# 10 seeds in one sweep (400 epochs each; compare with 10x the single run):
+PYTHONPATH=$PWD python -m polyjax.sweep --config=configs/cifar_poly.py \\
+    --config.data.data_dir=DIR --workdir=/tmp/bench_sweep --grid=seed=0,1,2,3,4,5,6,7,8,9
 ```
 """
 
