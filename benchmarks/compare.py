@@ -158,7 +158,9 @@ the reference) against the reference's Python loop.
 | convolution as im2col matmul (`models.conv_valid`, shifted slices + one `einsum`), max pool by reshape + max (`models.max_pool_2x2`) | 0.43 s per step in the scan (from 7.3 s), same speed as the stand-alone step; the full ConvNet epoch went from 0.63 to 32.6 examples/s (reference 25.8 right after): **kept**, on CPU only (`lax.platform_dependent`; GPUs keep XLA's convolution) |
 | im2col for a stand-alone step (no loop) | slower than XLA's convolution there (4.4 s vs 3.1 s, batch-64 gradient of the conv stack); polyjax's CPU training step always runs inside the epoch loop, so the loop case decides |
 
-No XLA flag helped, so none is set by default. Other observations: on this loaded
+On the whole workloads, `--xla_cpu_multi_thread_eigen=false` (one sample each,
+under load) gave mlp b512 77.6k vs 59.8k examples/s but convnet b64 31.1 vs 40.1:
+mixed, so not set. No XLA flag helped consistently, so none is set by default. Other observations: on this loaded
 machine torch's default two threads ran the small workloads 10-20x slower than
 one thread (fig1: 22 vs 228 steps/s; mlp b64: 455 vs 9,881 examples/s), hence
 the second reference column. Compile time (first call) is not in the ratios; it
