@@ -1,0 +1,50 @@
+"""benchmarks/: the comparison rewrites only its own section of docs/BENCHMARKS.md;
+the runner times polyjax's epoch loop and prints one JSON line."""
+
+import importlib.util
+import json
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _load(name):
+  spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_write_section_replaces_only_its_own(tmp_path):
+  compare = _load("compare")
+  path = tmp_path / "BENCHMARKS.md"
+  compare.write_section(path, f"{compare.SECTION}\n\nfirst\n")
+  assert path.read_text().startswith("# Benchmarks\n")
+  with path.open("a") as f:
+    f.write("\n## Input pipeline\n\nkept\n")
+  compare.write_section(path, f"{compare.SECTION}\n\nsecond\n")
+  text = path.read_text()
+  assert "first" not in text and "second" in text
+  assert text.index(compare.SECTION) < text.index("## Input pipeline")
+  assert "kept" in text and text.count(compare.SECTION) == 1
+
+
+def test_render_ratio_uses_faster_reference():
+  compare = _load("compare")
+  results = [{"name": "mlp b512", "unit": "examples/s", "steps": (200, 200),
+              "polyjax": [300.0, 200.0, 400.0], "torch": [10.0, 20.0, 30.0],
+              "torch_1thread": [100.0, 90.0, 110.0], "first_call": [1.0]}]
+  text = compare.render(results, {"jax": "x"}, rounds=3, load=(1.0, 2.0))
+  assert "**3.00x**" in text  # 300 / max(20, 100)
+
+
+def test_run_prints_one_json_line():
+  out = subprocess.run(
+      [sys.executable, "benchmarks/run.py", "mlp", "--batch-size", "8", "--steps", "3"],
+      cwd=ROOT, capture_output=True, text=True, check=True,
+      env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+  result = json.loads(out.stdout.strip())
+  assert result["workload"] == "mlp" and result["steps"] == 3
+  assert result["examples_per_s"] > 0 and result["seconds"] > 0
