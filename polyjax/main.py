@@ -18,6 +18,7 @@ from ml_collections import config_flags
 
 from polyjax import config as config_lib
 from polyjax import train
+from polyjax.data import DataMissing
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/*.py).", lock_config=True)
@@ -46,7 +47,7 @@ def main(argv) -> int:
   print(f"polyjax: run directory {workdir}", flush=True)
   try:
     summary = train.train_and_evaluate(config, workdir)
-  except config_lib.ConfigError as e:
+  except (config_lib.ConfigError, DataMissing) as e:
     print(f"polyjax: error: {e}", file=sys.stderr)
     return 2
   except train.Diverged as e:

@@ -56,10 +56,25 @@ def make_optimizer(*, lr: float, momentum: float, weight_decay: float
                                        weight_decay=weight_decay)
 
 
+def head_only(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+  """`tx` on the classifier (`head`, the last layer of every model), zero updates elsewhere."""
+
+  def labels(params):
+    def label(path, _):
+      return "head" if getattr(path[0], "key", None) == "head" else "frozen"
+    return jax.tree_util.tree_map_with_path(label, params)
+
+  return optax.multi_transform({"head": tx, "frozen": optax.set_to_zero()}, labels)
+
+
 def create(*, model_name: str, model_kwargs: dict, in_shape: tuple[int, ...],
            num_classes: int, num_groups: int, tx: optax.GradientTransformation,
-           seed: int) -> tuple[ModelDef, TrainState]:
-  """Initialises model, optimizer and randomness from the run seed."""
+           seed: int, freeze_features: bool = False) -> tuple[ModelDef, TrainState]:
+  """Initialises model, optimizer and randomness from the run seed.
+
+  With `freeze_features` the model also trains in evaluation mode, so BatchNorm
+  uses and keeps its running statistics (pair it with `head_only(tx)`).
+  """
   init_key, step_key = jax.random.split(jax.random.key(seed))
   model = models.get_model(model_name, in_shape=in_shape, num_classes=num_classes,
                            rngs=nnx.Rngs(params=init_key), **model_kwargs)
@@ -75,4 +90,4 @@ def create(*, model_name: str, model_kwargs: dict, in_shape: tuple[int, ...],
       rng=step_key,
       adv_probs=jnp.full((num_groups,), 1.0 / num_groups, jnp.float32),
   )
-  return ModelDef(train=train_def, eval=eval_def), state
+  return ModelDef(train=eval_def if freeze_features else train_def, eval=eval_def), state

@@ -8,14 +8,21 @@ from __future__ import annotations
 
 from typing import Callable
 
+from polyjax.data.celeba import celeba
+from polyjax.data.cifar import cifar10
 from polyjax.data.digits import digits
+from polyjax.data.sources import DataMissing
 from polyjax.data.splits import Dataset, Split, make_split, with_weights
 from polyjax.data.synthetic import gaussians
+from polyjax.data.waterbirds import waterbirds
 
 # name -> builder(**data_config) -> Dataset (unit weights).
 DATASETS: dict[str, Callable[..., Dataset]] = {
     "digits": digits,
     "gaussians": gaussians,
+    "cifar10": cifar10,
+    "celeba": celeba,
+    "waterbirds": waterbirds,
 }
 
 
@@ -27,4 +34,4 @@ def load(name: str, *, weighting_mode: str, exponent: float, **data_config) -> D
   return with_weights(ds, mode=weighting_mode, exponent=exponent)
 
 
-__all__ = ["DATASETS", "Dataset", "Split", "load", "make_split"]
+__all__ = ["DATASETS", "DataMissing", "Dataset", "Split", "load", "make_split"]
