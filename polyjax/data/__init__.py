@@ -8,21 +8,19 @@ from __future__ import annotations
 
 from typing import Callable
 
-from polyjax.data.celeba import celeba
-from polyjax.data.cifar import cifar10
+from polyjax.data import celeba, cifar, waterbirds
 from polyjax.data.digits import digits
 from polyjax.data.sources import DataMissing
 from polyjax.data.splits import Dataset, Split, make_split, with_weights
 from polyjax.data.synthetic import gaussians
-from polyjax.data.waterbirds import waterbirds
 
 # name -> builder(**data_config) -> Dataset (unit weights).
 DATASETS: dict[str, Callable[..., Dataset]] = {
     "digits": digits,
     "gaussians": gaussians,
-    "cifar10": cifar10,
-    "celeba": celeba,
-    "waterbirds": waterbirds,
+    "cifar10": cifar.cifar10,
+    "celeba": celeba.celeba,
+    "waterbirds": waterbirds.waterbirds,
 }
 
 
