@@ -160,12 +160,12 @@ def load_torchvision_weights(model: ResNet, path: str) -> None:
     if key not in arrays:
       raise ValueError(f"model.pretrained={path}: missing array {key!r}")
     value = transform(arrays[key])
-    if value.shape != var.value.shape:
+    if value.shape != var.get_value().shape:
       raise ValueError(f"model.pretrained={path}: {key!r} has shape {arrays[key].shape}, "
-                       f"which gives {value.shape}; the model needs {var.value.shape}")
-    new[key] = jnp.asarray(value, var.value.dtype)
+                       f"which gives {value.shape}; the model needs {var.get_value().shape}")
+    new[key] = jnp.asarray(value, var.get_value().dtype)
   for key, (var, _) in targets.items():
-    var.value = new[key]
+    var.set_value(new[key])
 
 
 def cifar_resnet(depth: int):

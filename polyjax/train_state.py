@@ -37,7 +37,10 @@ class ModelDef:
 
   def apply(self, state: TrainState, x: jax.Array, *, train: bool):
     """Logits for `x`, and the model state after the call (updated BatchNorm stats)."""
-    model = nnx.merge(self.train if train else self.eval, state.params, state.model_state)
+    # copy=True: fresh Variables at the current trace level, so that BatchNorm may
+    # update its statistics inside jax.grad (the state came in at the jit level).
+    model = nnx.merge(self.train if train else self.eval, state.params, state.model_state,
+                      copy=True)
     logits = model(x)
     _, _, model_state = nnx.split(model, nnx.Param, ...)
     return logits, model_state
