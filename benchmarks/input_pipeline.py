@@ -74,6 +74,7 @@ def main():
     assert out["x"].shape == x.shape
 
   results["decode"] = n / timed(decode, args.epochs)
+  print(f"decode  {results['decode']:12,.0f} images/s", flush=True)
 
   def stream(epoch=[0]):
     epoch[0] += 1
@@ -85,6 +86,7 @@ def main():
     assert count == (n // b) * b
 
   results["stream"] = (n // b) * b / timed(stream, args.epochs)
+  print(f"stream  {results['stream']:12,.0f} images/s", flush=True)
 
   mesh = steps.make_mesh()
   sh = steps.Shardings(mesh)
@@ -105,6 +107,7 @@ def main():
     feed_epoch(data, jax.device_put(idx, sh.stacked_batches), jax.random.key(0)).block_until_ready()
 
   results["feed"] = (n // b) * b / timed(feed, args.epochs)
+  print(f"feed    {results['feed']:12,.0f} images/s", flush=True)
 
   tx = train_state.make_optimizer(lr=0.01, momentum=0.9, weight_decay=0.0)
   model_def, state = train_state.create(model_name="convnet", model_kwargs={},
@@ -122,13 +125,12 @@ def main():
     obj.block_until_ready()
 
   results["train"] = (n // b) * b / timed(train, args.epochs)
+  print(f"train   {results['train']:12,.0f} images/s", flush=True)
 
   print(f"# {jax.devices()[0].device_kind} x{jax.device_count()}, {os.cpu_count()} host cores, "
         f"load average {os.getloadavg()[0]:.1f}, jax {jax.__version__}, {platform.node()}")
   print(f"# n={n} images 32x32x3 uint8, batch {b}, grain threads {args.threads}, "
         f"median of {args.epochs} passes")
-  for k, v in results.items():
-    print(f"{k:7s} {v:12,.0f} images/s")
   print(f"input pipeline / ConvNet consumption: decode {results['decode'] / results['train']:.1f}x, "
         f"stream {results['stream'] / results['train']:.1f}x, "
         f"feed {results['feed'] / results['train']:.1f}x")

@@ -74,3 +74,16 @@ def test_missing_folder_and_bad_metadata(tmp_path):
     f.write("img_filename,y,split\na.jpg,0,0\n")
   with pytest.raises(ValueError, match="lacks column"):
     data.load("waterbirds", weighting_mode="none", exponent=1.0, data_dir=str(tmp_path))
+
+
+def test_verify_prints_counts_and_weights(tmp_path, capsys):
+  from polyjax.config import base_config
+  from polyjax.data.__main__ import verify
+  write_folder(tmp_path)
+  c = base_config()
+  c.data.name, c.data.data_dir, c.data.resolution = "waterbirds", str(tmp_path), 32
+  assert verify(c) == 0
+  out = capsys.readouterr().out
+  assert "train  n=    16  classes=[11, 5]  groups=[9, 2, 1, 4]" in out
+  assert "test   n=    12  classes=[6, 6]  groups=[3, 3, 3, 3]" in out
+  assert "0: 0.4444, 1: 2.0000, 2: 4.0000, 3: 1.0000" in out

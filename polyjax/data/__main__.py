@@ -23,11 +23,16 @@ from ml_collections import config_flags
 from polyjax import data
 from polyjax.data import sources, waterbirds
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config (verify).",
-                                          lock_config=True)
-_DATA_DIR = flags.DEFINE_string("data_dir", None,
-                                "Where datasets are prepared (prepare); default: "
-                                "$TFDS_DATA_DIR or ~/tensorflow_datasets.")
+
+
+def _define_flags():
+  """Defined only when run as a program, so importing this module defines no flags."""
+  config = config_flags.DEFINE_config_file("config", None, "Experiment config (verify).",
+                                           lock_config=True)
+  data_dir = flags.DEFINE_string("data_dir", None,
+                                 "Where datasets are prepared (prepare); default: "
+                                 "$TFDS_DATA_DIR or ~/tensorflow_datasets.")
+  return config, data_dir
 
 
 def prepare(name: str, data_dir: str) -> int:
@@ -79,7 +84,7 @@ def verify(config) -> int:
   return 0
 
 
-def main(argv) -> int:
+def main(argv, config_flag, data_dir_flag) -> int:
   if len(argv) < 2 or argv[1] not in ("prepare", "verify"):
     raise app.UsageError("usage: python -m polyjax.data prepare NAME --data_dir=DIR | "
                          "verify --config=FILE")
@@ -87,14 +92,15 @@ def main(argv) -> int:
     if argv[1] == "prepare":
       if len(argv) != 3:
         raise app.UsageError("usage: python -m polyjax.data prepare NAME --data_dir=DIR")
-      return prepare(argv[2], _DATA_DIR.value or sources.default_data_dir())
-    if _CONFIG.value is None:
+      return prepare(argv[2], data_dir_flag.value or sources.default_data_dir())
+    if config_flag.value is None:
       raise app.UsageError("verify needs --config=FILE")
-    return verify(_CONFIG.value)
+    return verify(config_flag.value)
   except (sources.DataMissing, ValueError) as e:
     print(f"polyjax.data: error: {e}", file=sys.stderr)
     return 2
 
 
 if __name__ == "__main__":
-  app.run(lambda argv: sys.exit(main(argv)))
+  _flags = _define_flags()
+  app.run(lambda argv: sys.exit(main(argv, *_flags)))
