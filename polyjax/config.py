@@ -8,6 +8,7 @@ Experiment files in `configs/` call `base_config()` and change a few fields.
 from __future__ import annotations
 
 import json
+import os
 
 import ml_collections
 from ml_collections import config_dict
@@ -43,8 +44,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.order_seed = config_dict.placeholder(int)  # Seed of the per-epoch example order (None: the run seed).
   c.data.data_dir = config_dict.placeholder(str)  # Where prepared datasets live (None: the dataset's default).
   c.data.val_frac = 0.2  # Fraction of the (subsampled) training set held out for validation.
-  c.data.class_subset = ((0, 1, 2, 3, 4), (5, 6, 7, 8, 9))  # digits: the digits making up class 0 and class 1.
-  c.data.imb_factor = 10.0  # digits: the minority class keeps 1/imb_factor of the majority's size.
+  c.data.class_subset = ((0, 1, 2, 3, 4), (5, 6, 7, 8, 9))  # digits, cifar10: the original labels making up each class (cifar configs: ((3,), (5,)), cat vs dog).
+  c.data.imb_factor = 10.0  # digits, cifar10: the smallest class keeps 1/imb_factor of the largest's size.
+  c.data.imb_type = "step"  # cifar10: per-class subsampling, 'step', 'exp' or 'none'.
+  c.data.augment = False  # cifar10: random crop 32 (zero padding 4) and horizontal flip, on device.
+  c.data.target = "Blond_Hair"  # celeba: attribute used as the label y.
+  c.data.confounder = "Male"  # celeba: spurious attribute c; group = 2*y + c.
+  c.data.train_frac = 1.0  # celeba: fraction of the official training split kept (paper: 0.02).
+  c.data.test_per_group = 180  # celeba: test images kept per group (seed 1234), a balanced test set.
+  c.data.resolution = 224  # celeba, waterbirds: image side after crop and resize.
   c.data.minority_class = 1  # digits: which class is subsampled.
   c.data.test_per_class = 150  # digits: balanced test examples per class, held out first.
   c.data.mean0 = (0.0, 5.0)  # gaussians: mean of class 0 (the minority); its length is the dimension.
@@ -63,6 +71,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.name = "mlp"  # Model: see polyjax.models.MODELS.
   c.model.hidden = 200  # mlp: width of each hidden layer.
   c.model.depth = 3  # mlp: number of hidden layers.
+  c.model.init_channels = 64  # cifar_resnet*: width of the stem and first stage.
+  c.model.pretrained = config_dict.placeholder(str)  # resnet50: .npz of torchvision ImageNet weights (scripts/convert_torchvision_resnet50.py).
+  c.model.freeze_features = False  # Train only the last layer ('head'); BatchNorm statistics frozen too.
 
   c.loss = ml_collections.ConfigDict()
   c.loss.name = "poly"  # Per-example loss: see polyjax.losses.LOSSES.
@@ -146,6 +157,19 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int) -> None:
     _check(c.weighting.adv_probs_lr > 0, "weighting.adv_probs_lr", "> 0 for weighting.mode='dro'",
            c.weighting.adv_probs_lr)
   _check(0 <= c.data.val_frac < 1, "data.val_frac", "in [0, 1)", c.data.val_frac)
+  _known("data.imb_type", c.data.imb_type, ("step", "exp", "none"))
+  _check(c.data.imb_factor >= 1, "data.imb_factor", ">= 1", c.data.imb_factor)
+  _check(not c.data.augment or c.data.name == "cifar10", "data.augment",
+         "False unless data.name='cifar10'", c.data.augment)
+  _check(0 < c.data.train_frac <= 1, "data.train_frac", "in (0, 1]", c.data.train_frac)
+  _check(c.data.test_per_group >= 1, "data.test_per_group", ">= 1", c.data.test_per_group)
+  _check(c.data.resolution >= 32, "data.resolution", ">= 32", c.data.resolution)
+  _check(c.model.init_channels >= 1, "model.init_channels", ">= 1", c.model.init_channels)
+  if c.model.pretrained is not None:
+    _check(c.model.name == "resnet50", "model.pretrained",
+           "None unless model.name='resnet50'", c.model.pretrained)
+    _check(os.path.isfile(os.path.expanduser(c.model.pretrained)), "model.pretrained",
+           "an existing .npz file", c.model.pretrained)
   for field in ("batch_size", "eval_batch_size"):
     value = c[field]
     _check(value >= 1, field, ">= 1", value)

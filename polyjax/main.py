@@ -30,6 +30,7 @@ from ml_collections import config_flags
 from polyjax import checkpointing, train
 from polyjax import config as config_lib
 from polyjax import distributed
+from polyjax.data import DataMissing
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/*.py).", lock_config=True)
@@ -84,7 +85,8 @@ def main(argv) -> int:
   try:
     summary = train.train_and_evaluate(config, workdir,
                                        allow_config_change=_ALLOW_CONFIG_CHANGE.value)
-  except (config_lib.ConfigError, checkpointing.CheckpointDirError) as e:
+  except (config_lib.ConfigError, checkpointing.CheckpointDirError,
+          DataMissing) as e:
     print(f"polyjax: error: {e}", file=sys.stderr)
     return 2
   except train.Diverged as e:

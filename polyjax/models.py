@@ -137,11 +137,17 @@ def _convnet(*, in_shape, num_classes, rngs, **_):
   return ConvNet(in_shape=in_shape, num_classes=num_classes, rngs=rngs)
 
 
+from polyjax import resnet  # noqa: E402  (ResNets live in their own module)
+
 # name -> builder(in_shape=(...), num_classes=K, rngs=..., **model_config) -> nnx.Module.
 MODELS: dict[str, Callable[..., nnx.Module]] = {
     "linear": _linear,
     "mlp": _mlp,
     "convnet": _convnet,
+    "cifar_resnet18": resnet.cifar_resnet(18),
+    "cifar_resnet34": resnet.cifar_resnet(34),
+    "cifar_resnet50": resnet.cifar_resnet(50),
+    "resnet50": resnet.imagenet_resnet50,
 }
 
 

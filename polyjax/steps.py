@@ -112,18 +112,23 @@ def pad_for_eval(split: Split, batch_size: int) -> dict[str, np.ndarray]:
 def make_train_step(*, model_def: ModelDef, loss_fn: LossFn,
                     tx: optax.GradientTransformation,
                     reduction: weighting.Reduction = weighting.weighted_reduction,
-                    ) -> Callable[[TrainState, Batch], tuple]:
+                    preprocess: Callable | None = None) -> Callable[[TrainState, Batch], tuple]:
   """One SGD step on a batch; returns the new state and the batch objective.
 
   `reduction` (from `weighting.make_reduction`) turns per-example losses into the
   objective and updates group DRO's probabilities; the default is the weighted mean.
+  `preprocess(x, rng=)` (the dataset's, e.g. uint8 -> normalised and augmented
+  float32) runs on device with a key derived from the step.
   """
 
   def train_step(state: TrainState, batch: Batch):
+    x = batch["x"]
+    if preprocess is not None:
+      x = preprocess(x, rng=jax.random.fold_in(state.rng, state.step))
 
     def objective(params):
       logits_BxC, model_state = model_def.apply(
-          state.replace(params=params), batch["x"], train=True)
+          state.replace(params=params), x, train=True)
       loss_B = loss_fn(logits_BxC, batch["y"], batch["group"])
       obj, adv_probs = reduction(loss_B, batch["weight"], batch["group"], state.adv_probs)
       return obj, (model_state, adv_probs)
@@ -163,13 +168,14 @@ def make_train_epoch(train_step, shardings: Shardings):
 
 
 def make_eval_counts(*, model_def: ModelDef, loss_fn: LossFn, num_groups: int,
-                     shardings: Shardings):
+                     shardings: Shardings, preprocess: Callable | None = None):
   """Jitted `(state, padded) -> counts` summed over all batches of a padded split."""
 
   def eval_counts(state, padded):
 
     def body(total, batch):
-      logits_BxC, _ = model_def.apply(state, batch["x"], train=False)
+      x = batch["x"] if preprocess is None else preprocess(batch["x"])
+      logits_BxC, _ = model_def.apply(state, x, train=False)
       loss_B = loss_fn(logits_BxC, batch["y"], batch["group"])
       counts = metrics.batch_counts(
           logits_BxC=logits_BxC, labels_B=batch["y"], groups_B=batch["group"],

@@ -83,23 +83,26 @@ def build(config: ml_collections.ConfigDict, *, mesh=None,
   tx = train_state.make_optimizer(lr=config.lr, momentum=config.momentum,
                                   weight_decay=config.weight_decay, lr_factor=lr_factor)
   model_cfg = config.model.to_dict()
+  freeze = model_cfg.pop("freeze_features")
+  tx = train_state.head_only(tx) if freeze else tx
   model_def, state = train_state.create(
       model_name=model_cfg.pop("name"), model_kwargs=model_cfg, in_shape=dataset.in_shape,
       num_classes=dataset.num_classes, num_groups=dataset.num_groups, tx=tx,
-      seed=config.seed)
+      seed=config.seed, freeze_features=freeze)
   shardings = steps.Shardings(mesh)
   state = steps.to_global(state, shardings.replicated)
   reduction = weighting.make_reduction(config.weighting.mode, num_groups=dataset.num_groups,
                                        adv_probs_lr=config.weighting.adv_probs_lr)
   train_step = steps.make_train_step(model_def=model_def, loss_fn=loss_fn, tx=tx,
-                                     reduction=reduction)
+                                     reduction=reduction, preprocess=dataset.preprocess)
   order_seed = config.seed if config.data.order_seed is None else config.data.order_seed
   return Experiment(
       dataset=dataset, model_def=model_def, state=state, shardings=shardings,
       train_epoch=steps.make_train_epoch(train_step, shardings),
       eval_counts=steps.make_eval_counts(model_def=model_def, loss_fn=loss_fn,
                                          num_groups=dataset.num_groups,
-                                         shardings=shardings),
+                                         shardings=shardings,
+                                         preprocess=dataset.preprocess),
       order_seed=order_seed, lr_factor=lr_factor,
       sample_p=weighting.sampling_probs(dataset.train.group, dataset.train_group_counts,
                                         mode=config.weighting.mode,

@@ -37,7 +37,10 @@ class ModelDef:
 
   def apply(self, state: TrainState, x: jax.Array, *, train: bool):
     """Logits for `x`, and the model state after the call (updated BatchNorm stats)."""
-    model = nnx.merge(self.train if train else self.eval, state.params, state.model_state)
+    # copy=True: fresh Variables at the current trace level, so that BatchNorm may
+    # update its statistics inside jax.grad (the state came in at the jit level).
+    model = nnx.merge(self.train if train else self.eval, state.params, state.model_state,
+                      copy=True)
     logits = model(x)
     _, _, model_state = nnx.split(model, nnx.Param, ...)
     return logits, model_state
@@ -65,10 +68,25 @@ def make_optimizer(*, lr: float, momentum: float, weight_decay: float,
                                        weight_decay=weight_decay)
 
 
+def head_only(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+  """`tx` on the classifier (`head`, the last layer of every model), zero updates elsewhere."""
+
+  def labels(params):
+    def label(path, _):
+      return "head" if getattr(path[0], "key", None) == "head" else "frozen"
+    return jax.tree_util.tree_map_with_path(label, params)
+
+  return optax.multi_transform({"head": tx, "frozen": optax.set_to_zero()}, labels)
+
+
 def create(*, model_name: str, model_kwargs: dict, in_shape: tuple[int, ...],
            num_classes: int, num_groups: int, tx: optax.GradientTransformation,
-           seed: int) -> tuple[ModelDef, TrainState]:
-  """Initialises model, optimizer and randomness from the run seed."""
+           seed: int, freeze_features: bool = False) -> tuple[ModelDef, TrainState]:
+  """Initialises model, optimizer and randomness from the run seed.
+
+  With `freeze_features` the model also trains in evaluation mode, so BatchNorm
+  uses and keeps its running statistics (pair it with `head_only(tx)`).
+  """
   init_key, step_key = jax.random.split(jax.random.key(seed))
   model = models.get_model(model_name, in_shape=in_shape, num_classes=num_classes,
                            rngs=nnx.Rngs(params=init_key), **model_kwargs)
@@ -84,4 +102,4 @@ def create(*, model_name: str, model_kwargs: dict, in_shape: tuple[int, ...],
       rng=step_key,
       adv_probs=jnp.full((num_groups,), 1.0 / num_groups, jnp.float32),
   )
-  return ModelDef(train=train_def, eval=eval_def), state
+  return ModelDef(train=eval_def if freeze_features else train_def, eval=eval_def), state

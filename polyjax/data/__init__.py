@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Callable
 
+from polyjax.data import celeba, cifar, waterbirds
 from polyjax.data.digits import digits
+from polyjax.data.sources import DataMissing
 from polyjax.data.splits import Dataset, Split, make_split, undersample, with_weights
 from polyjax.data.synthetic import gaussians
 
@@ -17,6 +19,9 @@ from polyjax.data.synthetic import gaussians
 DATASETS: dict[str, Callable[..., Dataset]] = {
     "digits": digits,
     "gaussians": gaussians,
+    "cifar10": cifar.cifar10,
+    "celeba": celeba.celeba,
+    "waterbirds": waterbirds.waterbirds,
 }
 
 
@@ -30,4 +35,4 @@ def load(name: str, *, weighting_mode: str, exponent: float, **data_config) -> D
   return with_weights(ds, mode=weighting_mode, exponent=exponent)
 
 
-__all__ = ["DATASETS", "Dataset", "Split", "load", "make_split"]
+__all__ = ["DATASETS", "DataMissing", "Dataset", "Split", "load", "make_split"]

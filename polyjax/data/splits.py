@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import numpy as np
 
@@ -11,7 +12,8 @@ from polyjax import weighting
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-  """One split held in host memory. `x` is float32, the rest are (N,) arrays."""
+  """One split held in host memory. `x` is float32, or uint8 images (N, H, W, C) that
+  the dataset's `preprocess` normalises on device; the rest are (N,) arrays."""
   x: np.ndarray
   y: np.ndarray
   group: np.ndarray
@@ -38,6 +40,9 @@ class Dataset:
   test: Split
   num_classes: int
   num_groups: int
+  # Device-side input transform (uint8 images -> normalised float32, optional
+  # augmentation), resolved once when the dataset is built; None: x is used as is.
+  preprocess: Callable | None = None
 
   @property
   def in_shape(self) -> tuple[int, ...]:
@@ -56,10 +61,16 @@ class Dataset:
 
 
 def make_split(x, y, group=None) -> Split:
-  """A split with unit weights; `group` defaults to the class."""
+  """A split with unit weights; `group` defaults to the class.
+
+  uint8 images stay uint8 (a quarter of the memory; normalised on device), any
+  other `x` becomes float32.
+  """
   y = np.asarray(y, np.int32)
   group = y if group is None else np.asarray(group, np.int32)
-  return Split(np.asarray(x, np.float32), y, group, np.ones(len(y), np.float32))
+  x = np.asarray(x)
+  x = x if x.dtype == np.uint8 else x.astype(np.float32)
+  return Split(x, y, group, np.ones(len(y), np.float32))
 
 
 def with_weights(ds: Dataset, *, mode: str, exponent: float) -> Dataset:

@@ -1,0 +1,33 @@
+"""Subsampled CelebA: cross-entropy, importance weights, early-stopped (IW-ES: test the best-validation checkpoint).
+
+    python -m polyjax.main --config=configs/celeba_ce_iw_es.py --config.data.data_dir=DIR
+
+Data: subsampled CelebA (Blond_Hair, confounder Male, 2% of the training split: groups [1446, 1308, 468, 33]; balanced test of 180 per group).
+Model: ResNet-50 at 224x224, trained from scratch (the repository sets pretrained: False).
+Paper (released results, mean of 10 seeds): test/reweighted_acc 0.849.
+Hyperparameters from the paper's repository (github.com/KeAWang/importance-weighting-interpolating-classifiers, configs/experiment/celeba_{erm,reweighted}.yaml and poly_celeba_reweighted.yaml):
+SGD lr 0.0001, momentum 0.9, weight decay 0.0001, batch 64. Epochs: 50 as in the repository's files.
+"""
+
+from polyjax.config import base_config
+
+
+def get_config():
+  c = base_config()
+  c.data.name = "celeba"
+  c.data.target = "Blond_Hair"
+  c.data.confounder = "Male"
+  c.data.train_frac = 0.02
+  c.data.resolution = 224
+  c.model.name = "resnet50"
+  c.loss.name = "ce"
+  c.weighting.mode = "reweighted"
+  c.weighting.exponent = 1.0
+  c.lr = 0.0001
+  c.momentum = 0.9
+  c.weight_decay = 0.0001
+  c.batch_size = 64
+  c.eval_batch_size = 256
+  c.num_epochs = 50
+  c.test_on_best = True
+  return c

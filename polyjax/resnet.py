@@ -1,0 +1,184 @@
+"""ResNets in Flax NNX (SPEC §4) and loading of torchvision ImageNet weights.
+
+- CIFAR ResNet-18/34/50: 3x3 stride-1 stem of `init_channels`, no initial pooling,
+  four stages of widths (1, 2, 4, 8) x init_channels, global average pool.
+- ImageNet ResNet-50: 7x7 stride-2 stem, 3x3 stride-2 max pool, bottleneck stages
+  [3, 4, 6, 3] (stride on the 3x3 conv, "v1.5", as torchvision).
+
+Modules are named as in torchvision (conv1, bn1, layer1..4, downsample) so that
+a converted torchvision state dict maps onto them by name; the classifier is
+`head` (torchvision's `fc`), the one layer `model.freeze_features` trains.
+BatchNorm follows PyTorch (momentum 0.1 there = 0.9 here, epsilon 1e-5) and
+keeps its statistics in `nnx.BatchStat` variables.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3)}
+
+
+def _conv(cin, cout, k, stride, rngs):
+  pad = (k - 1) // 2
+  return nnx.Conv(cin, cout, (k, k), strides=(stride, stride),
+                  padding=((pad, pad), (pad, pad)), use_bias=False, rngs=rngs)
+
+
+def _bn(c, rngs):
+  return nnx.BatchNorm(c, momentum=0.9, epsilon=1e-5, rngs=rngs)
+
+
+class BasicBlock(nnx.Module):
+  expansion = 1
+
+  def __init__(self, cin: int, planes: int, stride: int, *, rngs: nnx.Rngs):
+    self.conv1, self.bn1 = _conv(cin, planes, 3, stride, rngs), _bn(planes, rngs)
+    self.conv2, self.bn2 = _conv(planes, planes, 3, 1, rngs), _bn(planes, rngs)
+    self.downsample = (nnx.List([_conv(cin, planes, 1, stride, rngs), _bn(planes, rngs)])
+                       if stride != 1 or cin != planes else None)
+
+  def __call__(self, x):
+    out = nnx.relu(self.bn1(self.conv1(x)))
+    out = self.bn2(self.conv2(out))
+    short = x if self.downsample is None else self.downsample[1](self.downsample[0](x))
+    return nnx.relu(out + short)
+
+
+class Bottleneck(nnx.Module):
+  expansion = 4
+
+  def __init__(self, cin: int, planes: int, stride: int, *, rngs: nnx.Rngs):
+    cout = planes * self.expansion
+    self.conv1, self.bn1 = _conv(cin, planes, 1, 1, rngs), _bn(planes, rngs)
+    self.conv2, self.bn2 = _conv(planes, planes, 3, stride, rngs), _bn(planes, rngs)
+    self.conv3, self.bn3 = _conv(planes, cout, 1, 1, rngs), _bn(cout, rngs)
+    self.downsample = (nnx.List([_conv(cin, cout, 1, stride, rngs), _bn(cout, rngs)])
+                       if stride != 1 or cin != cout else None)
+
+  def __call__(self, x):
+    out = nnx.relu(self.bn1(self.conv1(x)))
+    out = nnx.relu(self.bn2(self.conv2(out)))
+    out = self.bn3(self.conv3(out))
+    short = x if self.downsample is None else self.downsample[1](self.downsample[0](x))
+    return nnx.relu(out + short)
+
+
+class ResNet(nnx.Module):
+  """ResNet-{18,34,50}; `imagenet_stem` picks the 7x7 stem with max pool."""
+
+  def __init__(self, *, depth: int, in_channels: int, num_classes: int,
+               init_channels: int = 64, imagenet_stem: bool = False, rngs: nnx.Rngs):
+    if depth not in STAGE_BLOCKS:
+      raise ValueError(f"ResNet depth must be one of {sorted(STAGE_BLOCKS)}, got {depth}")
+    block = Bottleneck if depth >= 50 else BasicBlock
+    self.imagenet_stem = imagenet_stem
+    k, stride = (7, 2) if imagenet_stem else (3, 1)
+    self.conv1 = _conv(in_channels, init_channels, k, stride, rngs)
+    self.bn1 = _bn(init_channels, rngs)
+    cin = init_channels
+    for i, n in enumerate(STAGE_BLOCKS[depth]):
+      planes = init_channels * 2 ** i
+      blocks = []
+      for b in range(n):
+        blocks.append(block(cin, planes, (1 if i == 0 or b > 0 else 2), rngs=rngs))
+        cin = planes * block.expansion
+      setattr(self, f"layer{i + 1}", nnx.List(blocks))
+    self.head = nnx.Linear(cin, num_classes, rngs=rngs)
+
+  def __call__(self, x_BxHxWxC):
+    x = nnx.relu(self.bn1(self.conv1(x_BxHxWxC)))
+    if self.imagenet_stem:
+      x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    for i in range(1, 5):
+      for blk in getattr(self, f"layer{i}"):
+        x = blk(x)
+    return self.head(jnp.mean(x, axis=(1, 2)))
+
+
+# ---------------------------------------------------------------------------
+# Pretrained weights.
+#
+# The file is a NumPy .npz whose keys are torchvision's ResNet-50 state-dict names
+# and whose arrays keep PyTorch layouts: conv weights (O, I, kh, kw); BatchNorm
+# weight, bias, running_mean, running_var (C,). `fc.*` (the ImageNet classifier) and
+# `*.num_batches_tracked` are ignored; every other key must be present with
+# exactly the expected shape. scripts/convert_torchvision_resnet50.py writes it.
+
+
+def _named_layers(model: ResNet) -> Iterator[tuple[str, nnx.Module]]:
+  yield "conv1", model.conv1
+  yield "bn1", model.bn1
+  for i in range(1, 5):
+    for b, blk in enumerate(getattr(model, f"layer{i}")):
+      prefix = f"layer{i}.{b}"
+      for j in (1, 2, 3):
+        if hasattr(blk, f"conv{j}"):
+          yield f"{prefix}.conv{j}", getattr(blk, f"conv{j}")
+          yield f"{prefix}.bn{j}", getattr(blk, f"bn{j}")
+      if blk.downsample is not None:
+        yield f"{prefix}.downsample.0", blk.downsample[0]
+        yield f"{prefix}.downsample.1", blk.downsample[1]
+
+
+def _targets(model: ResNet) -> dict[str, tuple[nnx.Variable, callable]]:
+  """torchvision key -> (variable to fill, array transform from the PyTorch layout)."""
+  out = {}
+  for name, layer in _named_layers(model):
+    if isinstance(layer, nnx.Conv):
+      out[f"{name}.weight"] = (layer.kernel, lambda a: np.transpose(a, (2, 3, 1, 0)))
+    else:
+      ident = lambda a: a  # noqa: E731
+      out[f"{name}.weight"] = (layer.scale, ident)
+      out[f"{name}.bias"] = (layer.bias, ident)
+      out[f"{name}.running_mean"] = (layer.mean, ident)
+      out[f"{name}.running_var"] = (layer.var, ident)
+  return out
+
+
+def load_torchvision_weights(model: ResNet, path: str) -> None:
+  """Fills every layer but `head` from a converted torchvision ResNet-50 .npz.
+
+  Raises ValueError naming the file and the first missing, unexpected or
+  mis-shaped array, before any variable is changed.
+  """
+  with np.load(path) as f:
+    arrays = {k: f[k] for k in f.files}
+  targets = _targets(model)
+  ignored = [k for k in arrays if k.startswith("fc.") or k.endswith("num_batches_tracked")]
+  unexpected = sorted(set(arrays) - set(targets) - set(ignored))
+  if unexpected:
+    raise ValueError(f"model.pretrained={path}: unexpected array {unexpected[0]!r} "
+                     f"({len(unexpected)} in all); is it a torchvision ResNet-50 state dict?")
+  new = {}
+  for key, (var, transform) in targets.items():
+    if key not in arrays:
+      raise ValueError(f"model.pretrained={path}: missing array {key!r}")
+    value = transform(arrays[key])
+    if value.shape != var.get_value().shape:
+      raise ValueError(f"model.pretrained={path}: {key!r} has shape {arrays[key].shape}, "
+                       f"which gives {value.shape}; the model needs {var.get_value().shape}")
+    new[key] = jnp.asarray(value, var.get_value().dtype)
+  for key, (var, _) in targets.items():
+    var.set_value(new[key])
+
+
+def cifar_resnet(depth: int):
+  def build(*, in_shape, num_classes, rngs, init_channels=64, **_):
+    return ResNet(depth=depth, in_channels=in_shape[-1], num_classes=num_classes,
+                  init_channels=init_channels, rngs=rngs)
+  return build
+
+
+def imagenet_resnet50(*, in_shape, num_classes, rngs, pretrained=None, **_):
+  model = ResNet(depth=50, in_channels=in_shape[-1], num_classes=num_classes,
+                 imagenet_stem=True, rngs=rngs)
+  if pretrained is not None:
+    load_torchvision_weights(model, pretrained)
+  return model
+

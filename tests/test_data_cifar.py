@@ -1,0 +1,173 @@
+"""Imbalanced CIFAR-10 through tfds.data_source + grain, on controlled mock data."""
+
+import dataclasses
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import mock_tfds
+from polyjax import config as config_lib
+from polyjax import data, steps, train
+from polyjax.data import cifar
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load(**kw):
+  kw.setdefault("weighting_mode", "reweighted")
+  kw.setdefault("exponent", 1.0)
+  with mock_tfds.mock():
+    return data.load("cifar10", data_dir="/nonexistent", **kw)
+
+
+def original(split):
+  """(original CIFAR label, source index) of every example, from its pixels."""
+  px = split.x[:, 0, 0].astype(np.int64)
+  return px[:, 0], px[:, 1] + 251 * px[:, 2]
+
+
+def test_step_imbalance_exact_counts_and_8020_split():
+  ds = load(class_subset=((3,), (5,)), imb_type="step", imb_factor=10.0)
+  n = mock_tfds.CIFAR_PER_CLASS["train"]  # 60 cats, 60 dogs available
+  total = ds.train_class_counts + np.bincount(ds.val.y, minlength=2)
+  assert total.tolist() == [n, n // 10]
+  assert len(ds.val) == round(0.2 * (n + n // 10)) and len(ds.train) == n + n // 10 - len(ds.val)
+  np.testing.assert_array_equal(ds.train.group, ds.train.y)
+  for split in (ds.train, ds.val, ds.test):
+    labels, _ = original(split)
+    np.testing.assert_array_equal(labels, np.where(split.y == 0, 3, 5))  # images follow labels
+  _, train_ids = original(ds.train)
+  _, val_ids = original(ds.val)
+  assert len(set(train_ids) | set(val_ids)) == len(ds.train) + len(ds.val)  # disjoint, no repeats
+  assert ds.train.x.dtype == np.uint8 and ds.in_shape == (32, 32, 3)
+
+
+def test_test_split_is_every_official_test_image_and_balanced():
+  ds = load(class_subset=((3,), (5,)))
+  per = mock_tfds.CIFAR_PER_CLASS["test"]
+  assert np.bincount(ds.test.y).tolist() == [per, per]
+  _, ids = original(ds.test)
+  expected = [i for i in range(10 * per) if mock_tfds.cifar_label(i) in (3, 5)]
+  assert sorted(ids.tolist()) == expected
+
+
+@pytest.mark.parametrize("imb_type,expected", [("step", [60, 15, 15]), ("exp", [60, 30, 15]),
+                                               ("none", [60, 60, 60])])
+def test_imbalance_types_three_classes(imb_type, expected):
+  ds = load(class_subset=((0,), (1,), (2,)), imb_type=imb_type, imb_factor=4.0)
+  total = ds.train_class_counts + np.bincount(ds.val.y, minlength=3)
+  assert total.tolist() == expected
+  assert ds.num_classes == 3 and ds.num_groups == 3
+
+
+def test_merged_classes_and_flat_class_subset():
+  ds = load(class_subset=((0, 1), (2,)), imb_type="none")
+  assert (ds.train_class_counts + np.bincount(ds.val.y, minlength=2)).tolist() == [60, 60]
+  assert cifar.class_sets((3, 5)) == [(3,), (5,)]
+  with pytest.raises(ValueError, match="data.class_subset"):
+    cifar.class_sets(((3,), (3,)))
+
+
+def test_importance_weights_normalised():
+  ds = load(class_subset=((3,), (5,)))
+  n_G = ds.train_group_counts
+  np.testing.assert_allclose(ds.train.weight.mean(), 1.0, rtol=1e-6)
+  w_G = (1.0 / n_G) / np.mean((1.0 / n_G)[ds.train.group])
+  np.testing.assert_allclose(ds.train.weight, w_G[ds.train.group], rtol=1e-6)
+  np.testing.assert_allclose(ds.test.weight, w_G[ds.test.group], rtol=1e-6)
+
+
+def _config(**over):
+  c = config_lib.base_config()
+  c.data.name = "cifar10"
+  c.data.data_dir = "/nonexistent"
+  c.data.class_subset = ((3,), (5,))
+  c.model.name = "linear"
+  c.batch_size = 16
+  c.eval_batch_size = 16  # does not divide the 40 test or 13 val examples: padding is exercised
+  for k, v in over.items():
+    c[k] = v
+  return c
+
+
+def test_same_data_seed_same_split_whatever_the_run_seed():
+  with mock_tfds.mock():
+    a = train.build(_config(seed=0)).dataset
+    b = train.build(_config(seed=7)).dataset
+    c = load(class_subset=((3,), (5,)), seed=1)
+  for name in ("train", "val", "test"):
+    for field in ("x", "y", "group", "weight"):
+      np.testing.assert_array_equal(getattr(getattr(a, name), field),
+                                    getattr(getattr(b, name), field))
+  assert not np.array_equal(original(a.val)[1], original(c.val)[1])  # the data seed matters
+
+
+def test_every_eval_example_counted_once():
+  with mock_tfds.mock():
+    exp = train.build(_config())
+  for split in (exp.dataset.val, exp.dataset.test):
+    padded = jax.device_put(steps.pad_for_eval(split, 16), exp.shardings.stacked_batches)
+    counts = jax.device_get(exp.eval_counts(exp.state, padded))
+    assert counts["n"] == len(split)
+    np.testing.assert_array_equal(counts["group_n"], np.bincount(split.group, minlength=2))
+    x = exp.dataset.preprocess(jax.numpy.asarray(split.x))
+    logits, _ = exp.model_def.apply(exp.state, x, train=False)
+    correct = np.sum(np.argmax(np.asarray(logits), -1) == split.y)
+    assert counts["correct"] == correct
+
+
+def test_missing_data_names_dataset_path_and_command(tmp_path):
+  with pytest.raises(data.DataMissing) as e:
+    data.load("cifar10", weighting_mode="none", exponent=1.0, data_dir=str(tmp_path))
+  msg = str(e.value)
+  assert "\n" not in msg and "data.name='cifar10'" in msg and str(tmp_path) in msg
+  assert f"python -m polyjax.data prepare cifar10 --data_dir={tmp_path}" in msg
+
+
+def test_validate_rejects_bad_data_fields():
+  c = _config()
+  c.data.imb_type = "linear"
+  with pytest.raises(config_lib.ConfigError, match="data.imb_type"):
+    config_lib.validate(c, device_count=8)
+  c = _config()
+  c.data.name = "digits"
+  c.data.augment = True
+  with pytest.raises(config_lib.ConfigError, match="data.augment"):
+    config_lib.validate(c, device_count=8)
+
+
+RUN_MAIN = """
+import runpy, sys
+sys.path.insert(0, {tests!r})
+import mock_tfds
+sys.argv = ["polyjax.main"] + {args!r}
+with mock_tfds.mock():
+  runpy.run_module("polyjax.main", run_name="__main__")
+"""
+
+
+def test_main_runs_cifar_poly_config_on_mock_data(tmp_path):
+  workdir = tmp_path / "run"
+  args = ["--config=configs/cifar_poly.py", f"--workdir={workdir}",
+          "--config.data.data_dir=/nonexistent", "--config.num_epochs=2",
+          "--config.batch_size=16", "--config.eval_batch_size=64", "--config.data.augment=True",
+          "--config.lr=0.001"]  # the mock images are trivially separable
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  proc = subprocess.run([sys.executable, "-c", RUN_MAIN.format(tests=os.path.join(ROOT, "tests"),
+                                                               args=args)],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  import json
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert summary["status"] == "completed" and summary["epochs_completed"] == 2
+  assert summary["steps"] == 2 * (53 // 16)
+  cfg = json.loads((workdir / "config.json").read_text())
+  assert cfg["config"]["data"]["name"] == "cifar10" if "config" in cfg else cfg["data"]["name"] == "cifar10"
+  rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  test_rows = [r for r in rows if r["split"] == "test"]
+  assert len(test_rows) == 2 and test_rows[-1]["n"] == 40
