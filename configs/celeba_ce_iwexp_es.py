@@ -10,25 +10,15 @@ SGD lr 0.0001, momentum 0.9, weight decay 0.0001, batch 64. Epochs: 50 as in the
 IW-Exp: the paper sweeps exponents 1.5-3; 2 is used here (override --config.weighting.exponent).
 """
 
-from polyjax.config import base_config
+from polyjax.config import base_config, dataset_preset
 
 
 def get_config():
-  c = base_config()
-  c.data.name = "celeba"
-  c.data.target = "Blond_Hair"
-  c.data.confounder = "Male"
-  c.data.train_frac = 0.02
-  c.data.resolution = 224
-  c.model.name = "resnet50"
+  c = dataset_preset(base_config(), "celeba")
   c.loss.name = "ce"
   c.weighting.mode = "reweighted"
   c.weighting.exponent = 2.0
   c.lr = 0.0001
-  c.momentum = 0.9
-  c.weight_decay = 0.0001
-  c.batch_size = 64
-  c.eval_batch_size = 256
   c.num_epochs = 50
   c.test_on_best = True
   return c

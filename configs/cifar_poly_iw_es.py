@@ -9,17 +9,11 @@ Hyperparameters from the paper's repository (github.com/KeAWang/importance-weigh
 SGD lr 0.1, momentum 0.9, weight decay 0.0, batch 64. Epochs: 400 as in the paper's CIFAR table (the repository's files say 200; its sweeps extend them).
 """
 
-from polyjax.config import base_config
+from polyjax.config import base_config, dataset_preset
 
 
 def get_config():
-  c = base_config()
-  c.data.name = "cifar10"
-  c.data.class_subset = ((3,), (5,))  # cat vs dog, relabelled 0 / 1.
-  c.data.imb_type = "step"
-  c.data.imb_factor = 10.0
-  c.data.augment = False
-  c.model.name = "convnet"
+  c = dataset_preset(base_config(), "cifar10")
   c.loss.name = "poly"
   c.loss.kind = "logit"
   c.loss.alpha = 2.0
@@ -27,10 +21,6 @@ def get_config():
   c.weighting.mode = "reweighted"
   c.weighting.exponent = 1.0
   c.lr = 0.1
-  c.momentum = 0.9
-  c.weight_decay = 0.0
-  c.batch_size = 64
-  c.eval_batch_size = 1000
   c.num_epochs = 400
   c.test_on_best = True
   return c

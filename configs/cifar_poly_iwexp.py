@@ -10,17 +10,11 @@ SGD lr 0.1, momentum 0.9, weight decay 0.0, batch 64. Epochs: 400 as in the pape
 IW-Exp: the paper sweeps exponents 1.5-3; 2 is used here (override --config.weighting.exponent).
 """
 
-from polyjax.config import base_config
+from polyjax.config import base_config, dataset_preset
 
 
 def get_config():
-  c = base_config()
-  c.data.name = "cifar10"
-  c.data.class_subset = ((3,), (5,))  # cat vs dog, relabelled 0 / 1.
-  c.data.imb_type = "step"
-  c.data.imb_factor = 10.0
-  c.data.augment = False
-  c.model.name = "convnet"
+  c = dataset_preset(base_config(), "cifar10")
   c.loss.name = "poly"
   c.loss.kind = "logit"
   c.loss.alpha = 2.0
@@ -28,10 +22,6 @@ def get_config():
   c.weighting.mode = "reweighted"
   c.weighting.exponent = 2.0
   c.lr = 0.1
-  c.momentum = 0.9
-  c.weight_decay = 0.0
-  c.batch_size = 64
-  c.eval_batch_size = 1000
   c.num_epochs = 400
   c.test_on_best = False
   return c

@@ -12,23 +12,15 @@ momentum 0.9, weight decay 0.0001, batch 64, 50 epochs. gamma 0.4.
 Class or group counts for the loss come from the training split.
 """
 
-from polyjax.config import base_config
+from polyjax.config import base_config, dataset_preset
 
 
 def get_config():
-  c = base_config()
-  c.data.name = "celeba"
-  c.data.target = "Blond_Hair"
-  c.data.confounder = "Male"
-  c.data.train_frac = 0.02
-  c.data.resolution = 224
-  c.model.name = "resnet50"
+  c = dataset_preset(base_config(), "celeba")
   c.loss.name = "vs_group"
   c.loss.gamma = 0.4
   c.weighting.mode = "none"
   c.lr = 0.0001
-  c.momentum = 0.9
-  c.weight_decay = 0.0001
-  c.batch_size = 64
   c.num_epochs = 50
+  c.eval_batch_size = 1000  # base_config's default; the table's CelebA files use the preset's 256.
   return c

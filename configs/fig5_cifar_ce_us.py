@@ -11,21 +11,14 @@ Undersampling keeps each example with probability w_i / max w (fixed data seed).
 Class or group counts for the loss come from the training split.
 """
 
-from polyjax.config import base_config
+from polyjax.config import base_config, dataset_preset
 
 
 def get_config():
-  c = base_config()
-  c.data.name = "cifar10"
-  c.data.class_subset = ((3,), (5,))  # cat vs dog, relabelled 0 / 1.
-  c.data.imb_type = "step"
-  c.data.imb_factor = 10.0
-  c.model.name = "convnet"
-  c.batch_size = 64
+  c = dataset_preset(base_config(), "cifar10")
   c.loss.name = "ce"
   c.weighting.mode = "undersampled"
   c.weighting.exponent = 1.0
   c.lr = 0.001
-  c.momentum = 0.9
   c.num_epochs = 200
   return c

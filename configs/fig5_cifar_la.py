@@ -11,21 +11,14 @@ lr 0.01, momentum 0.9, 300 epochs. tau 3 (the LA paper's default is 1).
 Class or group counts for the loss come from the training split.
 """
 
-from polyjax.config import base_config
+from polyjax.config import base_config, dataset_preset
 
 
 def get_config():
-  c = base_config()
-  c.data.name = "cifar10"
-  c.data.class_subset = ((3,), (5,))  # cat vs dog, relabelled 0 / 1.
-  c.data.imb_type = "step"
-  c.data.imb_factor = 10.0
-  c.model.name = "convnet"
-  c.batch_size = 64
+  c = dataset_preset(base_config(), "cifar10")
   c.loss.name = "la"
   c.loss.tau = 3.0
   c.weighting.mode = "none"
   c.lr = 0.01
-  c.momentum = 0.9
   c.num_epochs = 300
   return c

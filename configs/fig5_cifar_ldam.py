@@ -13,22 +13,15 @@ max_margin 0.5 and s 30 (polyjax's defaults).
 Class or group counts for the loss come from the training split.
 """
 
-from polyjax.config import base_config
+from polyjax.config import base_config, dataset_preset
 
 
 def get_config():
-  c = base_config()
-  c.data.name = "cifar10"
-  c.data.class_subset = ((3,), (5,))  # cat vs dog, relabelled 0 / 1.
-  c.data.imb_type = "step"
-  c.data.imb_factor = 10.0
-  c.model.name = "convnet"
-  c.batch_size = 64
+  c = dataset_preset(base_config(), "cifar10")
   c.loss.name = "ldam"
   c.loss.max_margin = 1.0
   c.loss.inv_temperature = 1.0
   c.weighting.mode = "none"
   c.lr = 0.01
-  c.momentum = 0.9
   c.num_epochs = 300
   return c

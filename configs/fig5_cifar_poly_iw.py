@@ -11,17 +11,11 @@ group '2021-11-13_tune_cifar_alpha_squared' (cifar_reweighted.yaml, alpha 2, exp
 Class or group counts for the loss come from the training split.
 """
 
-from polyjax.config import base_config
+from polyjax.config import base_config, dataset_preset
 
 
 def get_config():
-  c = base_config()
-  c.data.name = "cifar10"
-  c.data.class_subset = ((3,), (5,))  # cat vs dog, relabelled 0 / 1.
-  c.data.imb_type = "step"
-  c.data.imb_factor = 10.0
-  c.model.name = "convnet"
-  c.batch_size = 64
+  c = dataset_preset(base_config(), "cifar10")
   c.loss.name = "poly"
   c.loss.kind = "logit"
   c.loss.alpha = 2.0

@@ -11,22 +11,15 @@ run group '2021-11-11_best_vsloss' (tau 3.0, gamma 0.3, tuned over tau 0-3 and g
 Class or group counts for the loss come from the training split.
 """
 
-from polyjax.config import base_config
+from polyjax.config import base_config, dataset_preset
 
 
 def get_config():
-  c = base_config()
-  c.data.name = "cifar10"
-  c.data.class_subset = ((3,), (5,))  # cat vs dog, relabelled 0 / 1.
-  c.data.imb_type = "step"
-  c.data.imb_factor = 10.0
-  c.model.name = "convnet"
-  c.batch_size = 64
+  c = dataset_preset(base_config(), "cifar10")
   c.loss.name = "vs"
   c.loss.tau = 3.0
   c.loss.gamma = 0.3
   c.weighting.mode = "none"
   c.lr = 0.01
-  c.momentum = 0.9
   c.num_epochs = 300
   return c

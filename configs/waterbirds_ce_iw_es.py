@@ -9,22 +9,15 @@ Hyperparameters from the paper's repository (github.com/KeAWang/importance-weigh
 SGD lr 0.001, momentum 0.9, weight decay 0.0001, batch 64. The paper reports no Waterbirds table; these runs extend it. The repository's poly run uses 200 epochs with gradient accumulation 8; here 50 epochs like its ERM run.
 """
 
-from polyjax.config import base_config
+from polyjax.config import base_config, dataset_preset
 
 
 def get_config():
-  c = base_config()
-  c.data.name = "waterbirds"
-  c.data.resolution = 224
-  c.model.name = "resnet50"
+  c = dataset_preset(base_config(), "waterbirds")
   c.loss.name = "ce"
   c.weighting.mode = "reweighted"
   c.weighting.exponent = 1.0
   c.lr = 0.001
-  c.momentum = 0.9
-  c.weight_decay = 0.0001
-  c.batch_size = 64
-  c.eval_batch_size = 256
   c.num_epochs = 50
   c.test_on_best = True
   return c

@@ -1,6 +1,7 @@
 """The base config (every field, with its meaning) and its validation.
 
-Experiment files in `configs/` call `base_config()` and change a few fields.
+Experiment files in `configs/` call `base_config()` (and `dataset_preset` for the
+paper's datasets) and change a few fields.
 `validate` runs before any data is loaded or file is written; it raises
 `ConfigError` with one line that names the offending field.
 """
@@ -99,6 +100,42 @@ def base_config() -> ml_collections.ConfigDict:
   c.wandb.tags = ()  # Tags for the wandb run.
   return c
 
+
+
+# The paper's per-dataset setup shared by the experiment files in configs/: data, model,
+# and the SGD batch sizes and regularisation of its repository's configs/experiment/*.yaml.
+# Each experiment file applies one and sets its loss, weighting, lr and epochs.
+DATASET_PRESETS = {
+    # Imbalanced binary CIFAR-10: cat vs dog (relabelled 0 / 1), step imbalance 10, ConvNet.
+    "cifar10": {"data.name": "cifar10", "data.class_subset": ((3,), (5,)),
+                "data.imb_type": "step", "data.imb_factor": 10.0, "data.augment": False,
+                "model.name": "convnet", "momentum": 0.9, "weight_decay": 0.0,
+                "batch_size": 64, "eval_batch_size": 1000},
+    # Subsampled CelebA: Blond_Hair vs Male, 2% of the training split, ResNet-50 at 224.
+    "celeba": {"data.name": "celeba", "data.target": "Blond_Hair", "data.confounder": "Male",
+               "data.train_frac": 0.02, "data.resolution": 224, "model.name": "resnet50",
+               "momentum": 0.9, "weight_decay": 0.0001, "batch_size": 64,
+               "eval_batch_size": 256},
+    # Waterbirds: groups by bird type and background, ResNet-50 at 224.
+    "waterbirds": {"data.name": "waterbirds", "data.resolution": 224, "model.name": "resnet50",
+                   "momentum": 0.9, "weight_decay": 0.0001, "batch_size": 64,
+                   "eval_batch_size": 256},
+}
+
+
+def dataset_preset(c: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+  """Sets `DATASET_PRESETS[name]`'s fields of config `c` (in place) and returns it."""
+  if name not in DATASET_PRESETS:
+    raise ConfigError(f"dataset preset {name!r} is not known; valid: {', '.join(DATASET_PRESETS)}")
+  for field, value in DATASET_PRESETS[name].items():
+    *parents, leaf = field.split(".")
+    node = c
+    for parent in parents:
+      node = node[parent]
+    if leaf not in node:  # A new key would be silently ignored by training.
+      raise ConfigError(f"config.{field} is not a field of base_config()")
+    node[leaf] = value
+  return c
 
 def _known(field: str, value, valid) -> None:
   if value not in valid:

@@ -1,0 +1,68 @@
+"""Every experiment file in configs/: loads by path, validates, documents its own command."""
+
+import ast
+import importlib.util
+import pathlib
+
+import pytest
+
+from polyjax import config as config_lib
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+FILES = sorted(p.name for p in CONFIGS.glob("*.py"))
+
+
+def load_module(path: pathlib.Path):
+  """Loads a config file by its path, as ml_collections' config_flags does."""
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_there_are_configs():
+  assert len(FILES) >= 40 and "digits_poly.py" in FILES
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_config_loads_validates_and_documents_its_command(name, monkeypatch, tmp_path):
+  path = CONFIGS / name
+  # Imports only from polyjax (never `from configs import ...`, which needs the repo
+  # root on sys.path); loading works from any working directory.
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, ast.ImportFrom):
+      assert node.module.split(".")[0] in ("polyjax", "ml_collections", "__future__"), node.module
+    elif isinstance(node, ast.Import):
+      assert all(a.name.split(".")[0] in ("polyjax", "ml_collections") for a in node.names)
+  monkeypatch.chdir(tmp_path)
+  module = load_module(path)
+  assert f"python -m polyjax.main --config=configs/{name}" in module.__doc__
+  config = module.get_config()
+  # validate does not load data, so it passes for the image datasets too.
+  config_lib.validate(config, device_count=1)
+  if hasattr(module, "sweep"):
+    for field in module.sweep():
+      assert field in config_lib._flatten(config.to_dict()), field
+
+
+@pytest.mark.parametrize("name", sorted(config_lib.DATASET_PRESETS))
+def test_dataset_preset_sets_existing_fields(name):
+  base = config_lib._flatten(config_lib.base_config().to_dict())
+  c = config_lib.dataset_preset(config_lib.base_config(), name)
+  flat = config_lib._flatten(c.to_dict())
+  assert set(flat) == set(base)  # No new keys.
+  for field, value in config_lib.DATASET_PRESETS[name].items():
+    assert flat[field] == value
+  assert c.data.name == name
+  config_lib.validate(c, device_count=1)
+
+
+def test_dataset_preset_rejects_unknown_names():
+  with pytest.raises(config_lib.ConfigError, match="dataset preset 'imagenet' is not known"):
+    config_lib.dataset_preset(config_lib.base_config(), "imagenet")
+
+
+def test_dataset_preset_rejects_a_field_base_config_lacks(monkeypatch):
+  monkeypatch.setitem(config_lib.DATASET_PRESETS, "typo", {"data.resolutoin": 224})
+  with pytest.raises(config_lib.ConfigError, match="config.data.resolutoin is not a field"):
+    config_lib.dataset_preset(config_lib.base_config(), "typo")
