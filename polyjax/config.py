@@ -101,7 +101,6 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-
 # The paper's per-dataset setup shared by the experiment files in configs/: data, model,
 # and the SGD batch sizes and regularisation of its repository's configs/experiment/*.yaml.
 # Each experiment file applies one and sets its loss, weighting, lr and epochs.
@@ -136,6 +135,7 @@ def dataset_preset(c: ml_collections.ConfigDict, name: str) -> ml_collections.Co
       raise ConfigError(f"config.{field} is not a field of base_config()")
     node[leaf] = value
   return c
+
 
 def _known(field: str, value, valid) -> None:
   if value not in valid:
