@@ -26,5 +26,4 @@ def get_config():
   c.lr = 0.001
   c.weight_decay = 0.0
   c.num_epochs = 200
-  c.eval_batch_size = 1000  # base_config's default; the table's CelebA files use the preset's 256.
   return c

@@ -22,5 +22,4 @@ def get_config():
   c.weighting.mode = "none"
   c.lr = 0.0001
   c.num_epochs = 50
-  c.eval_batch_size = 1000  # base_config's default; the table's CelebA files use the preset's 256.
   return c

@@ -62,11 +62,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.n_majority = 200  # gaussians: training (and validation) points of class 1.
   c.data.radius = 5.0  # gaussians: noise norms are clipped to this radius (truncated Gaussians).
   c.data.n_test_per_class = 1000  # gaussians: balanced test points per class.
-  c.data.imb_type = "step"  # cifar10: 'step' or 'exp' imbalance of the training classes.
-  c.data.target = "Blond_Hair"  # celeba: attribute that is the label y.
-  c.data.confounder = "Male"  # celeba: attribute that with y makes the group 2*y + confounder.
-  c.data.train_frac = 1.0  # celeba: fraction of the official train split kept (paper: 0.02).
-  c.data.resolution = 224  # celeba: side of the (square) input images.
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "mlp"  # Model: see polyjax.models.MODELS.
