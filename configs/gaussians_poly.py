@@ -24,4 +24,5 @@ def get_config():
   c.batch_size = 220  # Full batch: the whole training set in every step.
   c.num_epochs = 5000
   c.eval_every_epochs = 500
+  c.checkpoint_every_epochs = 500  # One step per epoch: saving every epoch would dominate.
   return c
