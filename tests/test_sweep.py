@@ -135,7 +135,7 @@ def test_directory_of_another_run_is_refused(swept):
   other = sweep.expand(small_config(), GRID)
   dict(other)[name].loss.beta = 3.0
   before = (workdir / name / run_dir.METRICS).read_text()
-  with pytest.raises(config_lib.ConfigError, match="config.loss"):
+  with pytest.raises(config_lib.ConfigError, match="loss.beta"):
     sweep.run_sweep(other, str(workdir))
   assert (workdir / name / run_dir.METRICS).read_text() == before
 
