@@ -13,12 +13,19 @@ one after another.
 
 Every member writes an ordinary run directory, `DIR/<field>=<value>,...`, with the
 same files `polyjax.main` writes for that member's config (config.json,
-metrics.jsonl, summary.json, checkpoints/), so analysis treats members as
-ordinary runs. A member whose objective becomes NaN/Inf is marked diverged (its
+metrics.jsonl with `train/lr`, summary.json with the best epoch and its test
+values, checkpoints/ with the latest and the best checkpoint and their meta), so
+analysis treats members as ordinary runs: the end of each epoch is
+`train.record_epoch`, as in `train.train_and_evaluate`. (Members do not log to
+wandb.) A member whose objective becomes NaN/Inf is marked diverged (its
 summary says so, as a single run's would); from that step on its updates are
-masked, so it keeps its last good state and the others go on. Running the same
-command again resumes: finished and diverged members are skipped, the others
-restore their latest checkpoint (step = completed epochs) and are re-stacked.
+masked, so it keeps its last good state and the others go on. A member whose train
+state becomes non-finite is marked diverged too. Running the same command again
+resumes: finished and diverged members are skipped, the others restore their
+latest checkpoint (step = completed epochs) and are re-stacked; a member
+directory whose config differs in a field that matters (`config.resume_changes`)
+is refused before anything is written. SIGTERM/SIGINT stop every member after the
+current epoch with a checkpoint and status 'interrupted', as for a single run.
 
 A config file may define `sweep()` returning its grid: a dict field -> list of
 values (the product of the lists), or a list of such dicts (their union).
@@ -59,14 +66,22 @@ STACKABLE: dict[str, str] = {
     "weight_decay": "the stacked optimizer state (optax.inject_hyperparams)",
     "loss.alpha": "a per-member traced loss parameter (loss.name 'poly' or 'ce')",
     "loss.beta": "a per-member traced loss parameter (loss.name 'poly' or 'ce')",
-    "weighting.exponent": "per-member example weights (weighting.mode 'none' or "
-                          "'reweighted')",
+    "weighting.exponent": "per-member example weights ('reweighted') or sampling "
+                          "probabilities ('resampled'); unused by 'none' and 'dro' "
+                          "(not stackable for 'undersampled': it changes the data)",
 }
+# Fields that split the grid although a stack could hold them, because they are
+# constants of the program: the loss name, weighting.mode (the reduction, e.g.
+# group DRO, is one function for the whole stack; DRO's probabilities are per
+# member in the stacked state), weighting.adv_probs_lr, and the lr schedule
+# (lr_schedule, warmup_epochs, lr_step_*: one `lr_factor` multiplies each
+# member's own base lr).
 # Loss fields are traced only for losses that use them as plain jnp values.
 _TRACED_LOSS_FIELDS = ("alpha", "beta")
 _LOSSES_WITH_TRACED_FIELDS = ("poly", "ce")
-# The exponent only rescales weights in these modes; elsewhere it changes the data.
-_WEIGHT_ONLY_MODES = ("none", "reweighted")
+# In these modes the exponent changes per-member weights or sampling probabilities
+# (or nothing); in 'undersampled' it changes the training split.
+_EXPONENT_STACKABLE_MODES = ("none", "reweighted", "resampled", "dro")
 
 Grid = list[dict[str, list[Any]]]
 
@@ -180,7 +195,7 @@ def group_key(config: ml_collections.ConfigDict) -> str:
   stackable = set(STACKABLE)
   if config.loss.name not in _LOSSES_WITH_TRACED_FIELDS:
     stackable -= {f"loss.{f}" for f in _TRACED_LOSS_FIELDS}
-  if config.weighting.mode not in _WEIGHT_ONLY_MODES:
+  if config.weighting.mode not in _EXPONENT_STACKABLE_MODES:
     stackable.discard("weighting.exponent")
   for field in stackable:
     *parents, leaf = field.split(".")
