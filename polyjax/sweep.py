@@ -13,12 +13,19 @@ one after another.
 
 Every member writes an ordinary run directory, `DIR/<field>=<value>,...`, with the
 same files `polyjax.main` writes for that member's config (config.json,
-metrics.jsonl, summary.json, checkpoints/), so analysis treats members as
-ordinary runs. A member whose objective becomes NaN/Inf is marked diverged (its
+metrics.jsonl with `train/lr`, summary.json with the best epoch and its test
+values, checkpoints/ with the latest and the best checkpoint and their meta), so
+analysis treats members as ordinary runs: the end of each epoch is
+`train.record_epoch`, as in `train.train_and_evaluate`. (Members do not log to
+wandb.) A member whose objective becomes NaN/Inf is marked diverged (its
 summary says so, as a single run's would); from that step on its updates are
-masked, so it keeps its last good state and the others go on. Running the same
-command again resumes: finished and diverged members are skipped, the others
-restore their latest checkpoint (step = completed epochs) and are re-stacked.
+masked, so it keeps its last good state and the others go on. A member whose train
+state becomes non-finite is marked diverged too. Running the same command again
+resumes: finished and diverged members are skipped, the others restore their
+latest checkpoint (step = completed epochs) and are re-stacked; a member
+directory whose config differs in a field that matters (`config.resume_changes`)
+is refused before anything is written. SIGTERM/SIGINT stop every member after the
+current epoch with a checkpoint and status 'interrupted', as for a single run.
 
 A config file may define `sweep()` returning its grid: a dict field -> list of
 values (the product of the lists), or a list of such dicts (their union).
@@ -43,7 +50,8 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from polyjax import checkpointing, data, losses, metrics, run_dir, steps, train
+from polyjax import (checkpointing, data, lifecycle, losses, metrics, run_dir, steps, train,
+                     weighting)
 from polyjax import config as config_lib
 from polyjax.data.splits import with_weights
 
@@ -58,14 +66,22 @@ STACKABLE: dict[str, str] = {
     "weight_decay": "the stacked optimizer state (optax.inject_hyperparams)",
     "loss.alpha": "a per-member traced loss parameter (loss.name 'poly' or 'ce')",
     "loss.beta": "a per-member traced loss parameter (loss.name 'poly' or 'ce')",
-    "weighting.exponent": "per-member example weights (weighting.mode 'none' or "
-                          "'reweighted')",
+    "weighting.exponent": "per-member example weights ('reweighted') or sampling "
+                          "probabilities ('resampled'); unused by 'none' and 'dro' "
+                          "(not stackable for 'undersampled': it changes the data)",
 }
+# Fields that split the grid although a stack could hold them, because they are
+# constants of the program: the loss name, weighting.mode (the reduction, e.g.
+# group DRO, is one function for the whole stack; DRO's probabilities are per
+# member in the stacked state), weighting.adv_probs_lr, and the lr schedule
+# (lr_schedule, warmup_epochs, lr_step_*: one `lr_factor` multiplies each
+# member's own base lr).
 # Loss fields are traced only for losses that use them as plain jnp values.
 _TRACED_LOSS_FIELDS = ("alpha", "beta")
 _LOSSES_WITH_TRACED_FIELDS = ("poly", "ce")
-# The exponent only rescales weights in these modes; elsewhere it changes the data.
-_WEIGHT_ONLY_MODES = ("none", "reweighted")
+# In these modes the exponent changes per-member weights or sampling probabilities
+# (or nothing); in 'undersampled' it changes the training split.
+_EXPONENT_STACKABLE_MODES = ("none", "reweighted", "resampled", "dro")
 
 Grid = list[dict[str, list[Any]]]
 
@@ -179,7 +195,7 @@ def group_key(config: ml_collections.ConfigDict) -> str:
   stackable = set(STACKABLE)
   if config.loss.name not in _LOSSES_WITH_TRACED_FIELDS:
     stackable -= {f"loss.{f}" for f in _TRACED_LOSS_FIELDS}
-  if config.weighting.mode not in _WEIGHT_ONLY_MODES:
+  if config.weighting.mode not in _EXPONENT_STACKABLE_MODES:
     stackable.discard("weighting.exponent")
   for field in stackable:
     *parents, leaf = field.split(".")
@@ -215,12 +231,14 @@ def _is_key(a) -> bool:
   return jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)
 
 
-def make_sweep_epoch(exp: train.Experiment, *, loss_config: Mapping[str, Any]):
+def make_sweep_epoch(exp: train.Experiment, *, loss_config: Mapping[str, Any],
+                     reduction: weighting.Reduction = weighting.weighted_reduction):
   """Jitted `(state_M, data, weight_MxN, idx_SxMxB, loss_params_M, alive_M)
   -> (state_M, alive_M, objective_MxS)`: one epoch of every member in one call.
 
   Each member's step is `steps.make_train_step` with its own traced loss
-  parameters; a step whose objective is not finite, and every step after it,
+  parameters and the group's `reduction` (group DRO's probabilities live in each
+  member's state); a step whose objective is not finite, and every step after it,
   leaves that member's state unchanged (`alive_M` turns False).
   """
   sh = exp.shardings
@@ -232,8 +250,8 @@ def make_sweep_epoch(exp: train.Experiment, *, loss_config: Mapping[str, Any]):
 
   def member_step(state, batch, loss_params, alive):
     loss_fn = losses.get_loss(name, **{**loss_config, **loss_params}, **counts)
-    new, obj = steps.make_train_step(model_def=exp.model_def, loss_fn=loss_fn, tx=tx)(
-        state, batch)
+    new, obj = steps.make_train_step(model_def=exp.model_def, loss_fn=loss_fn, tx=tx,
+                                     reduction=reduction)(state, batch)
     ok = alive & jnp.isfinite(obj)
     new = jax.tree.map(lambda n, o: n if _is_key(n) else jnp.where(ok, n, o), new, state)
     return new, obj, ok
@@ -283,10 +301,24 @@ def make_sweep_eval(exp: train.Experiment, *, loss_config: Mapping[str, Any]):
 
 
 def _member_tx(exp: train.Experiment):
-  """An optimizer with the members' structure; its hyperparameters are read from
-  each member's (stacked) optimizer state, never from this object."""
+  """An optimizer with the members' structure and (shared) lr schedule; its
+  hyperparameters are read from each member's (stacked) optimizer state, never
+  from this object."""
   from polyjax import train_state
-  return train_state.make_optimizer(lr=1.0, momentum=0.0, weight_decay=0.0)
+  return train_state.make_optimizer(lr=1.0, momentum=0.0, weight_decay=0.0,
+                                    lr_factor=exp.lr_factor)
+
+
+def _finite_M(state_M) -> jax.Array:
+  """(M,) whether every floating-point array of each member's state is finite
+  (`lifecycle.is_finite`, per member)."""
+  leaves = [x for x in jax.tree.leaves(state_M)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  ok = [jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=1) for x in leaves]
+  return jnp.all(jnp.stack(ok), axis=0)
+
+
+_finite_M_jit = jax.jit(_finite_M)
 
 
 # ----------------------------------------------------------------------------
@@ -302,52 +334,44 @@ class Member:
   state: Any = None  # Its own train state until stacked with the group's.
   checkpoints: checkpointing.Checkpoints | None = None
   start_epoch: int = 0
+  best_epoch: int | None = None
+  best_value: float | None = None
+  prior_seconds: float = 0.0  # wall_seconds of the runs this one resumes.
+  resumes: list = dataclasses.field(default_factory=list)
+  changed: list = dataclasses.field(default_factory=list)
+  steps_done: int = 0
+  values: dict[str, float] = dataclasses.field(default_factory=dict)
   summary: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-def _config_record(config: ml_collections.ConfigDict) -> Any:
-  return json.loads(json.dumps(run_dir._jsonable(config.to_dict()), sort_keys=True))
-
-
 def _prepare(member: Member) -> bool:
-  """Opens a member's run directory; returns False if the member is already finished.
+  """Checks a member's run directory; returns False if the member is already
+  finished (completed or diverged: not trained again).
 
-  Raises ConfigError if the directory holds a run of a different config.
+  Raises ConfigError if the directory holds a run whose config differs in a field
+  that matters for resuming (`config.resume_changes`), as `polyjax.main` does.
   """
-  path = member.run.path
-  summary_path = path / run_dir.SUMMARY
-  config_path = path / run_dir.CONFIG
-  if config_path.exists():
-    saved = run_dir.read_json(config_path)
-    want = _config_record(member.config)
-    differs = [k for k in want if saved.get(k) != want[k]]
-    if differs:
-      raise config_lib.ConfigError(
-          f"{config_path} holds a run with different config.{differs[0]}; "
-          f"use another --workdir")
-  if summary_path.exists():
-    summary = run_dir.read_json(summary_path)
-    if summary.get("status") in ("completed", "diverged"):
-      member.summary = summary
-      return False
+  saved = member.run.read_config()
+  train._resume_check(member.config, saved, str(member.run.path), allow_change=False)
+  summary = member.run.read_summary()
+  if saved is not None and summary and summary.get("status") in ("completed", "diverged"):
+    member.summary = summary
+    return False
   return True
 
 
-def _truncate_metrics(run: run_dir.RunDir, epoch: int) -> None:
-  """Drops metrics rows past `epoch` (written after the checkpoint a resume starts from)."""
-  path = run.path / run_dir.METRICS
-  if not path.exists():
-    return
-  lines = path.read_text().splitlines(keepends=True)
-  keep = [l for l in lines if l.strip() and json.loads(l)["epoch"] <= epoch]
-  if len(keep) != len(lines):
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(keep))
-    tmp.replace(path)
+def _unstack(state_M, count: int) -> list[Any]:
+  """The members' states as separate trees, in one dispatch."""
+  return _unstack_jit(state_M, count)
 
 
-def _train_group(members: list[Member], *, every_epochs: int) -> None:
-  """Trains members that share a program and a start epoch, together."""
+_unstack_jit = jax.jit(lambda s, count: [_tree_take(s, i) for i in range(count)],
+                       static_argnums=(1,))
+
+
+def _train_group(members: list[Member], *, stop: lifecycle.StopSignals) -> None:
+  """Trains members that share a program and a start epoch, together, and writes
+  each one's rows, checkpoints and summary as `train.train_and_evaluate` would."""
   exp0 = members[0].exp
   cfg0 = members[0].config
   sh = exp0.shardings
@@ -360,8 +384,10 @@ def _train_group(members: list[Member], *, every_epochs: int) -> None:
                    for f in traced}
   for f in traced:
     loss_config.pop(f)
+  loss_config["name"] = cfg0.loss.name
 
   state_M = jax.device_put(_tree_stack([m.state for m in members]), sh.replicated)
+  like = members[0].state  # Structure, dtypes and shardings of one member's state.
   for m in members:
     m.state = None  # The stack is the only copy from here on.
   train_arrays = steps.split_arrays(ds.train)
@@ -370,7 +396,7 @@ def _train_group(members: list[Member], *, every_epochs: int) -> None:
                               sh.replicated)
   train_weight_MxN = jax.device_put(train_weight_MxN, sh.replicated)
   eval_data, eval_weight = {}, {}
-  for split in ("train", "val", "test"):
+  for split in train.SPLITS:
     padded = [steps.pad_for_eval(m.exp.dataset.splits()[split], cfg0.eval_batch_size)
               for m in members]
     shared = {k: v for k, v in padded[0].items() if k != "weight"}
@@ -379,69 +405,98 @@ def _train_group(members: list[Member], *, every_epochs: int) -> None:
         np.stack([p["weight"] for p in padded]),
         NamedSharding(sh.mesh, P(None, None, steps.DATA_AXIS)))
 
-  epoch_fn = make_sweep_epoch(exp0, loss_config={**loss_config, "name": cfg0.loss.name})
-  eval_fn = make_sweep_eval(exp0, loss_config={**loss_config, "name": cfg0.loss.name})
-  order_seeds = [m.exp.order_seed for m in members]
+  reduction = weighting.make_reduction(cfg0.weighting.mode, num_groups=ds.num_groups,
+                                       adv_probs_lr=cfg0.weighting.adv_probs_lr)
+  epoch_fn = make_sweep_epoch(exp0, loss_config=loss_config, reduction=reduction)
+  eval_fn = make_sweep_eval(exp0, loss_config=loss_config)
+
+  def evaluate_M(state_M) -> list[dict[str, float]]:
+    """Every member's `train.evaluate` values, from one call per split."""
+    counts = jax.device_get({s: eval_fn(state_M, eval_data[s], eval_weight[s], loss_params_M)
+                             for s in eval_data})
+    out = [{} for _ in members]
+    for split, c in counts.items():
+      for i in range(len(members)):
+        for k, v in metrics.finalize(_tree_take(c, i),
+                                     train_group_counts=ds.train_group_counts).items():
+          out[i][f"{split}/{k}"] = v
+    return out
+
   active = [True] * len(members)
   alive_M = jax.device_put(np.ones(len(members), bool), sh.replicated)
   idx_sharding = NamedSharding(sh.mesh, P(None, None, steps.DATA_AXIS))
   start = time.time()
-  values: list[dict[str, float]] = [{} for _ in members]
   status = "completed"
   try:
     for epoch in range(members[0].start_epoch + 1, num_epochs + 1):
       t0 = time.time()
-      idx_MxSxB = np.stack([steps.epoch_indices(n_train, cfg0.batch_size, seed=s, epoch=epoch)
-                            for s in order_seeds])
+      idx_MxSxB = np.stack([
+          steps.epoch_indices(n_train, cfg0.batch_size, seed=m.exp.order_seed, epoch=epoch,
+                              p=m.exp.sample_p) for m in members])
+      num_steps = idx_MxSxB.shape[1]
       state_M, alive_M, obj_MxS = epoch_fn(
           state_M, train_data, train_weight_MxN,
           jax.device_put(idx_MxSxB.transpose(1, 0, 2), idx_sharding), loss_params_M, alive_M)
       obj_MxS = np.asarray(obj_MxS)
+      finite_M = np.asarray(_finite_M_jit(state_M))
+      newly_diverged = False
       for i, m in enumerate(members):
-        if active[i] and not np.all(np.isfinite(obj_MxS[i])):
+        if not active[i]:
+          continue
+        if not np.all(np.isfinite(obj_MxS[i])):
           bad = int(np.flatnonzero(~np.isfinite(obj_MxS[i]))[0])
-          step = (epoch - 1) * obj_MxS.shape[1] + bad + 1
-          active[i] = False
-          m.summary.update(status="diverged", diverged_at={"epoch": epoch, "step": step},
-                           wall_seconds=time.time() - start,
-                           steps=int(jax.device_get(state_M.step[i])))
-          m.checkpoints.close()
-          m.run.write_summary(m.summary)
-          print(f"polyjax.sweep: {m.name} diverged: training objective is "
-                f"{obj_MxS[i, bad]} at epoch {epoch}, step {step}", flush=True)
+          step = (epoch - 1) * num_steps + bad + 1
+          why = f"training objective is {obj_MxS[i, bad]} at epoch {epoch}, step {step}"
+        elif not finite_M[i]:
+          step = epoch * num_steps
+          why = f"the train state holds NaN or Inf after epoch {epoch}, step {step}"
+        else:
+          continue
+        active[i], newly_diverged = False, True
+        m.summary.update(status="diverged", diverged_at={"epoch": epoch, "step": step},
+                         wall_seconds=m.prior_seconds + time.time() - start,
+                         steps=m.steps_done)
+        m.checkpoints.close()
+        m.run.write_summary(m.summary)
+        print(f"polyjax.sweep: {m.name} diverged: {why}", flush=True)
       if not any(active):
         break
+      if newly_diverged:  # Mask them from here on, whatever their objective does.
+        alive_M = jax.device_put(np.asarray(active), sh.replicated)
+      steps_M = np.asarray(state_M.step)
+      evaluated = epoch % eval_every == 0 or epoch == num_epochs
+      values_M = evaluate_M(state_M) if evaluated else None
+      stopping = stop.received is not None and epoch < num_epochs
+      states = _unstack(state_M, len(members))
       for i, m in enumerate(members):
-        if active[i]:
-          m.summary["epochs_completed"] = epoch
-      if epoch % eval_every == 0 or epoch == num_epochs:
-        counts = jax.device_get({s: eval_fn(state_M, eval_data[s], eval_weight[s],
-                                            loss_params_M) for s in eval_data})
-        step = int(jax.device_get(state_M.step[active.index(True)]))
-        for i, m in enumerate(members):
-          if not active[i]:
-            continue
-          vals = {}
-          for split, c in counts.items():
-            for k, v in metrics.finalize(_tree_take(c, i),
-                                         train_group_counts=ds.train_group_counts).items():
-              vals[f"{split}/{k}"] = v
-          vals["train/objective"] = float(obj_MxS[i].mean())
-          values[i] = vals
-          rows = []
-          for split in train.SPLITS:
-            prefix = f"{split}/"
-            row = {k[len(prefix):]: v for k, v in vals.items() if k.startswith(prefix)}
-            rows.append({"epoch": epoch, "step": step, "split": split, **row})
-          m.run.append_metrics(rows)
-        accs = [values[i]["test/reweighted_acc"] for i in range(len(members)) if active[i]]
+        if not active[i]:
+          continue
+        m.summary["epochs_completed"] = epoch
+        m.steps_done = step = int(steps_M[i])
+        values = None
+        if evaluated:
+          values = m.values = values_M[i]
+          values["train/objective"] = float(obj_MxS[i].mean())
+          values["train/lr"] = train.lr_at(m.config, m.exp, step)
+        m.best_epoch, m.best_value = train.record_epoch(
+            m.config, m.run, m.checkpoints, epoch=epoch, step=step,
+            state=states[i], values=values,
+            best_epoch=m.best_epoch, best_value=m.best_value, stopping=stopping)
+        m.summary["best_epoch"] = m.best_epoch
+      if evaluated:
+        accs = [members[i].values["test/reweighted_acc"] for i in range(len(members))
+                if active[i]]
         print(f"epoch {epoch}/{num_epochs}  {sum(active)}/{len(members)} members  "
               f"test/reweighted_acc min {min(accs):.4f} median {np.median(accs):.4f} "
               f"max {max(accs):.4f}  ({time.time() - t0:.2f}s)", flush=True)
-      if epoch % every_epochs == 0 or epoch == num_epochs:
-        for i, m in enumerate(members):
-          if active[i]:
-            m.checkpoints.save(epoch, _tree_take(state_M, i), force=True)
+      if stopping:
+        break
+    done = [i for i in range(len(members))
+            if active[i] and members[i].summary["epochs_completed"] == num_epochs]
+    if any(active) and len(done) < sum(active):
+      status = "interrupted"
+    if done:
+      _finish(members, done, state_M, like, evaluate_M, sh.replicated)
   except KeyboardInterrupt:
     status = "interrupted"
     raise
@@ -449,14 +504,46 @@ def _train_group(members: list[Member], *, every_epochs: int) -> None:
     status = "failed"
     raise
   finally:
-    steps_M = np.asarray(jax.device_get(state_M.step))
     for i, m in enumerate(members):
       if not active[i]:
         continue
-      m.summary.update(status=status, final=values[i] if status == "completed" else {},
-                       wall_seconds=time.time() - start, steps=int(steps_M[i]))
-      m.checkpoints.close()
-      m.run.write_summary(m.summary)
+      if m.summary["status"] != "completed":
+        m.summary["status"] = status
+        if status == "interrupted" and stop.received is not None:
+          m.summary["signal"] = stop.name
+      m.summary["wall_seconds"] = m.prior_seconds + time.time() - start
+      m.summary["steps"] = m.steps_done
+      try:
+        m.checkpoints.close()
+      finally:
+        m.run.write_summary(m.summary)
+
+
+def _finish(members: list[Member], done: list[int], state_M, like, evaluate_M,
+            replicated) -> None:
+  """Final and best values of the members that completed training (`done`): the
+  best checkpoints to test are restored and evaluated together, in one stack."""
+  if not all(members[i].values for i in done):  # Resumed after the last epoch.
+    values_M = evaluate_M(state_M)
+    for i in done:
+      members[i].values = members[i].values or values_M[i]
+  restore = [i for i in done if members[i].config.test_on_best
+             and members[i].best_epoch is not None
+             and members[i].best_epoch != members[i].summary["epochs_completed"]]
+  best_M = None
+  if restore:
+    states = _unstack(state_M, len(members))
+    for i in restore:
+      members[i].checkpoints.wait()
+      states[i], _ = members[i].checkpoints.restore(members[i].best_epoch, like=like)
+    best_M = evaluate_M(jax.device_put(_tree_stack(states), replicated))
+  for i in done:
+    m = members[i]
+    best = {}
+    if m.config.test_on_best and m.best_epoch is not None:
+      best = (best_M[i] if i in restore else
+              {k: v for k, v in m.values.items() if k not in train.TRAIN_ONLY_KEYS})
+    m.summary.update(status="completed", final=m.values, best=best)
 
 
 def run_sweep(members: list[tuple[str, ml_collections.ConfigDict]], workdir: str, *,
@@ -468,20 +555,23 @@ def run_sweep(members: list[tuple[str, ml_collections.ConfigDict]], workdir: str
     members: from `expand`; configs are validated here before anything is written.
     workdir: the sweep directory; an existing one is resumed.
     mesh: device mesh shared by all members (default: every device).
-    checkpoint_every_epochs: save each member every this many epochs (and after the
-      last); default: the config's `checkpoint_every_epochs` if it has one, else only
-      at the end, as `polyjax.main` does.
+    checkpoint_every_epochs: if given, sets `config.checkpoint_every_epochs` of every
+      member (so config.json records it).
 
   Raises:
     ConfigError: a member config that cannot be trained, or a member directory holding
-      a different run (before any training).
+      a run of a different config (before any training).
   """
   mesh = steps.make_mesh() if mesh is None else mesh
+  if checkpoint_every_epochs is not None:
+    members = [(name, _with_checkpoint_every(cfg, checkpoint_every_epochs))
+               for name, cfg in members]
   for _, cfg in members:
     config_lib.validate(cfg, device_count=mesh.size)
   workdir_path = pathlib.Path(workdir)
   out: dict[str, dict[str, Any]] = {}
-  for group in groups(members):
+  todo_groups: list[list[Member]] = []
+  for group in groups(members):  # Every directory is checked before any is written.
     todo: list[Member] = []
     for name, cfg in group:
       m = Member(name=name, config=cfg, run=run_dir.RunDir(workdir_path / name))
@@ -490,63 +580,91 @@ def run_sweep(members: list[tuple[str, ml_collections.ConfigDict]], workdir: str
       else:
         print(f"polyjax.sweep: {name} already {m.summary['status']}; skipped", flush=True)
         out[name] = m.summary
-    if not todo:
-      continue
-    cfg0 = todo[0].config
-    every = checkpoint_every_epochs or cfg0.get("checkpoint_every_epochs") or cfg0.num_epochs
-    # One load of the data; each member reweights it with its own exponent.
-    data_cfg = cfg0.data.to_dict()
-    data_name = data_cfg.pop("name")
-    data_cfg.pop("order_seed")
-    base = data.load(data_name, weighting_mode=cfg0.weighting.mode,
-                     exponent=cfg0.weighting.exponent, **data_cfg)
-    for m in todo:
-      dataset = with_weights(base, mode=m.config.weighting.mode,
-                             exponent=m.config.weighting.exponent)
-      m.exp = train.build(m.config, mesh=mesh, dataset=dataset)
-    for m in todo:
-      m.run.create()
-      m.run.write_config(m.config.to_dict(), **train.run_record(m.config, m.run.path))
-      m.checkpoints = checkpointing.Checkpoints(m.run.checkpoints, every_epochs=every)
-      m.state = m.exp.state
-      latest = m.checkpoints.latest_epoch()
-      if latest is not None:
-        m.state = m.checkpoints.restore(latest, like=m.exp.state)
-        m.start_epoch = latest
-        _truncate_metrics(m.run, latest)
-        print(f"polyjax.sweep: {m.name} resumes after epoch {latest}", flush=True)
-      m.summary = {"status": "running", "epochs_completed": m.start_epoch, "final": {}}
-    by_start: dict[int, list[Member]] = {}
-    for m in todo:
-      by_start.setdefault(m.start_epoch, []).append(m)
-    for start_epoch, sub in sorted(by_start.items()):
-      print(f"polyjax.sweep: training {len(sub)} members together "
-            f"({', '.join(m.name for m in sub)}) from epoch {start_epoch}", flush=True)
-      if start_epoch >= cfg0.num_epochs:
-        for m in sub:  # Checkpointed after the last epoch, summary not yet written.
-          m.summary.update(status="completed", final=_last_values(m.run),
-                           steps=int(m.state.step), wall_seconds=0.0)
-          m.checkpoints.close()
-          m.run.write_summary(m.summary)
-        continue
-      _train_group(sub, every_epochs=every)
-    for m in todo:
-      out[m.name] = m.summary
+    if todo:
+      todo_groups.append(todo)
+  stop = lifecycle.StopSignals()
+  with stop:
+    for todo in todo_groups:
+      if stop.received is not None:
+        break  # Stopped during an earlier group: later groups are not started.
+      _run_group(todo, mesh=mesh, stop=stop)
+      for m in todo:
+        out[m.name] = m.summary
   return out
 
 
-def _last_values(run: run_dir.RunDir) -> dict[str, float]:
-  path = run.path / run_dir.METRICS
-  last: dict[str, float] = {}
-  if path.exists():
-    rows = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
-    if rows:
-      epoch = max(r["epoch"] for r in rows)
-      for r in rows:
-        if r["epoch"] == epoch:
-          last.update({f"{r['split']}/{k}": v for k, v in r.items()
-                       if k not in ("epoch", "step", "split")})
-  return last
+def _with_checkpoint_every(config: ml_collections.ConfigDict, every: int
+                           ) -> ml_collections.ConfigDict:
+  config = copy.deepcopy(config)
+  config.checkpoint_every_epochs = every
+  return config
+
+
+def _run_group(todo: list[Member], *, mesh, stop: lifecycle.StopSignals) -> None:
+  """Builds, opens (resuming) and trains the members of one stackable group."""
+  cfg0 = todo[0].config
+  # One load of the data; each member reweights it with its own exponent.
+  data_cfg = cfg0.data.to_dict()
+  data_name = data_cfg.pop("name")
+  data_cfg.pop("order_seed")
+  base = data.load(data_name, weighting_mode=cfg0.weighting.mode,
+                   exponent=cfg0.weighting.exponent, **data_cfg)
+  for m in todo:
+    dataset = with_weights(base, mode=m.config.weighting.mode,
+                           exponent=m.config.weighting.exponent)
+    m.exp = train.build(m.config, mesh=mesh, dataset=dataset)
+  exp0 = todo[0].exp
+  split = cfg0.best_metric.partition("/")[0]
+  train._check_best_metric(cfg0, exp0, exp0.state, {split: steps.to_global(
+      steps.pad_for_eval(exp0.dataset.splits()[split], cfg0.eval_batch_size),
+      exp0.shardings.stacked_batches)})
+  for m in todo:
+    m.changed = []
+    saved = m.run.read_config()
+    m.resumes = list((saved or {}).get("resumes", []))
+    checkpointing.check_writable(m.run.path, "run directory")
+    m.checkpoints = checkpointing.Checkpoints(
+        m.run.checkpoints, every_epochs=m.config.checkpoint_every_epochs,
+        best_mode=m.config.best_mode)
+    m.state = m.exp.state
+    latest = m.checkpoints.latest_epoch()
+    if latest is not None:
+      if latest > m.config.num_epochs:
+        raise config_lib.ConfigError(
+            f"config.num_epochs={m.config.num_epochs} is below the {latest} epochs "
+            f"already done in {m.run.path}")
+      try:
+        m.state, meta = m.checkpoints.restore(latest, like=m.exp.state)
+      except Exception as e:
+        raise config_lib.ConfigError(
+            f"the checkpoint of epoch {latest} in {m.run.checkpoints} does not fit the "
+            f"member's config ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''})") from e
+      m.start_epoch, m.best_epoch, m.best_value = latest, meta["best_epoch"], meta["best_value"]
+      m.steps_done = int(meta["step"])
+      m.prior_seconds = float((m.run.read_summary() or {}).get("wall_seconds", 0.0))
+      m.resumes.append({"epoch": latest, "changed_fields": m.changed, "time": time.time()})
+      print(f"polyjax.sweep: {m.name} resumes after epoch {latest}", flush=True)
+    if saved is not None:
+      m.run.truncate_metrics(m.start_epoch)
+    m.run.write_config(m.config.to_dict(), **train.run_record(m.config, m.run.path),
+                       resumes=m.resumes)
+    m.summary = {"status": "running", "epochs_completed": m.start_epoch, "final": {},
+                 "best": {}, "best_metric": m.config.best_metric, "best_epoch": m.best_epoch}
+  by_start: dict[int, list[Member]] = {}
+  for m in todo:
+    by_start.setdefault(m.start_epoch, []).append(m)
+  for start_epoch, sub in sorted(by_start.items()):
+    if stop.received is not None:
+      for m in sub:
+        m.summary.update(status="interrupted", signal=stop.name,
+                         wall_seconds=m.prior_seconds, steps=m.steps_done)
+        m.checkpoints.close()
+        m.run.write_summary(m.summary)
+      continue
+    print(f"polyjax.sweep: training {len(sub)} members together "
+          f"({', '.join(m.name for m in sub)}) from epoch {start_epoch}", flush=True)
+    _train_group(sub, stop=stop)
 
 
 # ----------------------------------------------------------------------------

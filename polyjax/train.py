@@ -156,6 +156,41 @@ def _check_best_metric(config, exp: Experiment, state, eval_data) -> None:
                       f"run; valid: {', '.join(f'{split}/{k}' for k in sorted(names))}")
 
 
+TRAIN_ONLY_KEYS = ("train/objective", "train/lr")  # Values of the epoch, not of a state.
+
+
+def lr_at(config, exp: Experiment, step: int) -> float:
+  """The learning rate of optimizer step `step` (1-based): config.lr times the schedule."""
+  return float(config.lr * (1.0 if exp.lr_factor is None else exp.lr_factor(step - 1)))
+
+
+def record_epoch(config, run: run_dir.RunDir, checkpoints: checkpointing.Checkpoints, *,
+                 epoch: int, step: int, state, values: dict[str, float] | None,
+                 best_epoch: int | None, best_value: float | None, stopping: bool = False
+                 ) -> tuple[int | None, float | None]:
+  """The end of a finished epoch: writes its metrics rows (`values`, None when the
+  epoch was not evaluated), tracks the best epoch and saves the checkpoint (with
+  its meta) when the policy, a new best, the last epoch or a stop asks for it.
+
+  Returns the new (best_epoch, best_value).
+  """
+  value = None
+  if values is not None:
+    rows = []
+    for split in SPLITS:
+      prefix = f"{split}/"
+      row = {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix)}
+      rows.append({"epoch": epoch, "step": step, "split": split, **row})
+    run.append_metrics(rows)
+    value = values[config.best_metric]
+    if _better(value, best_value, config.best_mode):
+      best_epoch, best_value = epoch, value
+  checkpoints.save(epoch, state, best_value=value,
+                   meta={"step": step, "best_epoch": best_epoch, "best_value": best_value},
+                   force=epoch == config.num_epochs or best_epoch == epoch or stopping)
+  return best_epoch, best_value
+
+
 def _resume_check(config, saved: dict | None, workdir: str, allow_change: bool) -> list[str]:
   """The fields that matter and differ from the run in `workdir`; raises unless allowed."""
   if saved is None:
@@ -264,29 +299,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                          f"{step}; stopping (no checkpoint of this state is kept)")
         summary["epochs_completed"] = epoch
         step = steps_done = int(state.step)
-        value = None
+        values_now = None
         if epoch % config.eval_every_epochs == 0 or epoch == config.num_epochs:
-          values = evaluate(exp, state, eval_data)
+          values = values_now = evaluate(exp, state, eval_data)
           values["train/objective"] = float(objective_S.mean())
-          values["train/lr"] = float(config.lr * (1.0 if exp.lr_factor is None
-                                                  else exp.lr_factor(step - 1)))
-          rows = []
-          for split in SPLITS:
-            prefix = f"{split}/"
-            row = {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix)}
-            rows.append({"epoch": epoch, "step": step, "split": split, **row})
-          run.append_metrics(rows)
+          values["train/lr"] = lr_at(config, exp, step)
           wandb.log(step, {"epoch": epoch, **values})
           if run.is_writer:
             print(_progress(epoch, config.num_epochs, step, values, time.time() - t0), flush=True)
-          value = values[config.best_metric]
-          if _better(value, best_value, config.best_mode):
-            best_epoch, best_value = epoch, value
-            summary["best_epoch"] = best_epoch
         stopping = stop.received is not None and epoch < config.num_epochs
-        checkpoints.save(epoch, state, best_value=value,
-                         meta={"step": step, "best_epoch": best_epoch, "best_value": best_value},
-                         force=epoch == config.num_epochs or best_epoch == epoch or stopping)
+        best_epoch, best_value = record_epoch(
+            config, run, checkpoints, epoch=epoch, step=step, state=state, values=values_now,
+            best_epoch=best_epoch, best_value=best_value, stopping=stopping)
+        summary["best_epoch"] = best_epoch
         if stopping:
           break
     if summary["epochs_completed"] < config.num_epochs:
@@ -297,7 +322,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       best = {}
       if config.test_on_best and best_epoch is not None:
         if best_epoch == summary["epochs_completed"]:
-          best = {k: v for k, v in values.items() if k not in ("train/objective", "train/lr")}
+          best = {k: v for k, v in values.items() if k not in TRAIN_ONLY_KEYS}
         else:
           checkpoints.wait()
           best_state, _ = checkpoints.restore(best_epoch, like=state)

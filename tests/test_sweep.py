@@ -40,8 +40,12 @@ def assert_same_run(member_dir: pathlib.Path, single_dir: pathlib.Path, *, tol=1
   assert sa.keys() == sb.keys()
   for k in ("status", "epochs_completed", "steps"):
     assert sa[k] == sb[k], k
-  for k, v in sb["final"].items():
-    assert sa["final"][k] == pytest.approx(v, abs=tol), k
+  for k in ("best_metric", "best_epoch"):
+    assert sa[k] == sb[k], k
+  for part in ("final", "best"):
+    assert sa[part].keys() == sb[part].keys(), part
+    for k, v in sb[part].items():
+      assert sa[part][k] == pytest.approx(v, abs=tol), (part, k)
   ca = run_dir.read_json(member_dir / run_dir.CONFIG)
   cb = run_dir.read_json(single_dir / run_dir.CONFIG)
   assert {k for k in ca if ca[k] != cb.get(k)} == set(PLACE)
@@ -129,13 +133,34 @@ def test_interrupted_sweep_resumes(swept, tmp_path, monkeypatch):
   assert sweep.run_sweep(members, str(tmp_path), checkpoint_every_epochs=1) == resumed
 
 
+def test_dro_resampled_and_lr_schedule_members_equal_single_runs(tmp_path):
+  # Group DRO (state-carried probabilities) and resampling (per-member sampling
+  # probabilities) under a cosine schedule with warm-up. The best epoch is the one of
+  # largest val loss, mostly the first: that checkpoint is restored and tested.
+  c = small_config()
+  c.lr_schedule, c.warmup_epochs = "cosine", 0.5
+  c.best_metric, c.best_mode = "val/loss", "max"
+  grid = [{"weighting.mode": ["dro"], "lr": [0.01, 0.05]},
+          {"weighting.mode": ["resampled"], "weighting.exponent": [1.0, 2.0]}]
+  members = sweep.expand(c, grid)
+  assert [len(g) for g in sweep.groups(members)] == [2, 2]
+  summaries = sweep.run_sweep(members, str(tmp_path / "sweep"))
+  for name, cfg in members:
+    assert summaries[name]["status"] == "completed"
+    train.train_and_evaluate(cfg, str(tmp_path / name))
+    assert_same_run(tmp_path / "sweep" / name, tmp_path / name)
+  assert all(s["best"] for s in summaries.values())
+  assert 1 in {s["best_epoch"] for s in summaries.values()}  # A best checkpoint restored.
+  assert len({s["final"]["train/loss"] for s in summaries.values()}) == 4
+
+
 def test_directory_of_another_run_is_refused(swept):
   members, workdir, _ = swept
   name = "lr=0.1,seed=0"
   other = sweep.expand(small_config(), GRID)
   dict(other)[name].loss.beta = 3.0
   before = (workdir / name / run_dir.METRICS).read_text()
-  with pytest.raises(config_lib.ConfigError, match="config.loss"):
+  with pytest.raises(config_lib.ConfigError, match="loss.beta"):
     sweep.run_sweep(other, str(workdir))
   assert (workdir / name / run_dir.METRICS).read_text() == before
 
