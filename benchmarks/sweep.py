@@ -1,6 +1,7 @@
 """Benchmark: a grid trained by `polyjax.sweep` against one `polyjax.main` process per point.
 
     PYTHONPATH=$PWD python benchmarks/sweep.py [--parts=digits,convnet] [--out=FILE.json]
+        [--checkpoint_every_epochs=N]
 
 digits: 16 members (4 lrs x 4 seeds) of configs/digits_poly.py (MLP 3x200, 30 epochs).
 convnet: 10 seeds of the ConvNet on CIFAR-shaped random images (benchmarks/cifar_shaped.py;
@@ -8,7 +9,9 @@ convnet: 10 seeds of the ConvNet on CIFAR-shaped random images (benchmarks/cifar
 Each side is timed as whole processes (start-up, compilation, training, evaluation and
 files), one after another, so the ratio is what a user waits. Peak memory is the
 largest maxrss (os.wait4) of the processes of a side. The final metrics of the two
-sides are compared, member by member. Prints one JSON object.
+sides are compared, member by member. --checkpoint_every_epochs=N sets the same
+checkpoint interval on both sides (N = the number of epochs: the latest checkpoint only
+after the last epoch, plus each new best). Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -101,17 +104,23 @@ def main() -> None:
   parser.add_argument("--cnn_epochs", type=int, default=1)
   parser.add_argument("--cnn_train_scale", type=float, default=1.0,
                       help="fraction of the 4000 + 400 CIFAR-shaped training images")
+  parser.add_argument("--checkpoint_every_epochs", type=int, default=None,
+                      help="passed to both sides as --config.checkpoint_every_epochs "
+                           "(default: the config's)")
   parser.add_argument("--out", default=None)
   args = parser.parse_args()
   env = {**os.environ, "PYTHONPATH": str(REPO)}
   env.pop("XLA_FLAGS", None)  # One real device, as a user's CPU run.
   cfg = "--config=configs/digits_poly.py"
-  out = {"host_cpus": os.cpu_count(), "load_before": os.getloadavg()}
+  ckpt = ([] if args.checkpoint_every_epochs is None else
+          [f"--config.checkpoint_every_epochs={args.checkpoint_every_epochs}"])
+  out = {"host_cpus": os.cpu_count(), "load_before": os.getloadavg(),
+         "checkpoint_every_epochs": args.checkpoint_every_epochs}
   with tempfile.TemporaryDirectory() as tmp:
     root = pathlib.Path(tmp)
     if "digits" in args.parts:
       out["digits_mlp_4lr_x_4seed"] = bench(
-          "digits", lambda cmd: [PY, "-m", f"polyjax.{cmd}"], [cfg],
+          "digits", lambda cmd: [PY, "-m", f"polyjax.{cmd}"], [cfg] + ckpt,
           {"lr": [0.01, 0.03, 0.1, 0.3], "seed": [0, 1, 2, 3]}, env, root)
       print(json.dumps(out), flush=True)
     if "convnet" in args.parts:
@@ -119,7 +128,7 @@ def main() -> None:
       out["convnet_cifar_shaped_10_seeds"] = bench(
           "convnet", lambda cmd: [PY, "benchmarks/cifar_shaped.py", cmd],
           [cfg, "--config.data.name=cifar_shaped", "--config.model.name=convnet",
-           f"--config.num_epochs={args.cnn_epochs}", "--config.eval_batch_size=200"],
+           f"--config.num_epochs={args.cnn_epochs}", "--config.eval_batch_size=200"] + ckpt,
           {"seed": list(range(10))}, scale_env, root)
       out["convnet_cifar_shaped_10_seeds"].update(
           epochs=args.cnn_epochs, train_images=int(4400 * args.cnn_train_scale))
