@@ -352,7 +352,7 @@ def _prepare(member: Member) -> bool:
   that matters for resuming (`config.resume_changes`), as `polyjax.main` does.
   """
   saved = member.run.read_config()
-  train._resume_check(member.config, saved, str(member.run.path), allow_change=False)
+  train.resume_check(member.config, saved, str(member.run.path), allow_change=False)
   summary = member.run.read_summary()
   if saved is not None and summary and summary.get("status") in ("completed", "diverged"):
     member.summary = summary
@@ -615,7 +615,7 @@ def _run_group(todo: list[Member], *, mesh, stop: lifecycle.StopSignals) -> None
     m.exp = train.build(m.config, mesh=mesh, dataset=dataset)
   exp0 = todo[0].exp
   split = cfg0.best_metric.partition("/")[0]
-  train._check_best_metric(cfg0, exp0, exp0.state, {split: steps.to_global(
+  train.check_best_metric(cfg0, exp0, exp0.state, {split: steps.to_global(
       steps.pad_for_eval(exp0.dataset.splits()[split], cfg0.eval_batch_size),
       exp0.shardings.stacked_batches)})
   for m in todo:

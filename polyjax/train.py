@@ -146,7 +146,7 @@ def _better(value: float, best: float | None, mode: str) -> bool:
   return best is None or (value > best if mode == "max" else value < best)
 
 
-def _check_best_metric(config, exp: Experiment, state, eval_data) -> None:
+def check_best_metric(config, exp: Experiment, state, eval_data) -> None:
   """Raises ConfigError unless config.best_metric is a metric this run reports."""
   split, _, name = config.best_metric.partition("/")
   counts = jax.device_get(exp.eval_counts(state, eval_data[split]))
@@ -191,7 +191,7 @@ def record_epoch(config, run: run_dir.RunDir, checkpoints: checkpointing.Checkpo
   return best_epoch, best_value
 
 
-def _resume_check(config, saved: dict | None, workdir: str, allow_change: bool) -> list[str]:
+def resume_check(config, saved: dict | None, workdir: str, allow_change: bool) -> list[str]:
   """The fields that matter and differ from the run in `workdir`; raises unless allowed."""
   if saved is None:
     return []
@@ -220,7 +220,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """
   run = run_dir.RunDir(workdir, is_writer=jax.process_index() == 0)
   saved_config = run.read_config()
-  changed = _resume_check(config, saved_config, workdir, allow_config_change)
+  changed = resume_check(config, saved_config, workdir, allow_config_change)
   exp = build(config, mesh=mesh)
   sh = exp.shardings
   train_data = steps.to_global(steps.split_arrays(exp.dataset.train), sh.replicated)
@@ -228,7 +228,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       split: steps.to_global(steps.pad_for_eval(s, config.eval_batch_size), sh.stacked_batches)
       for split, s in exp.dataset.splits().items()
   }
-  _check_best_metric(config, exp, exp.state, eval_data)
+  check_best_metric(config, exp, exp.state, eval_data)
 
   checkpointing.check_writable(run.path, "run directory")
   checkpoints = checkpointing.Checkpoints(run.checkpoints,
