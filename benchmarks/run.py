@@ -9,8 +9,12 @@ Workloads are named and shaped like `torch_reference.py`'s:
            SGD lr 1e-3 momentum 0.9; examples per second of training.
   mlp:     3 hidden layers of 200 on 64-dimensional inputs, same step.
   fig1:    the Figure 1 problem (220 2-D points, linear model, importance-weighted
-           poly-tailed loss alpha 1, plain SGD lr 0.1), full batch reshuffled every
-           step; steps per second of the compiled loop.
+           poly-tailed loss alpha 1, plain SGD lr 0.1, full batch, one step per
+           epoch): `configs/gaussians_poly.py` built by `train.build`, trained the
+           way `train.train_and_evaluate` trains it: calls of `train.FUSED_STEPS`
+           one-step epochs, each call's order from `steps.epochs_indices` (a full
+           batch is not shuffled: see `steps.epoch_indices`), its objectives fetched
+           and checked; steps per second.
 
 Everything timed is the code a user's run executes: `train_state.create` and
 `make_optimizer`, `losses.get_loss`, `steps.make_train_step` inside
@@ -24,15 +28,18 @@ timed call follows it and ends with `block_until_ready`. Prints one JSON line.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
+import pathlib
 import platform
 import time
 
 import jax
 import numpy as np
 
-from polyjax import data, losses, steps, train_state
+from polyjax import losses, steps, train_state
+from polyjax import train as train_lib
 
 WORKLOADS = ("convnet", "mlp", "fig1")
 
@@ -64,54 +71,69 @@ def _classifier(workload: str, batch_size: int, steps_per_call: int, seed: int =
   return model_def, loss_fn, tx, state, train, idx_SxB
 
 
-def _fig1(num_steps: int, seed: int = 1):
-  ds = data.load("gaussians", weighting_mode="reweighted", exponent=1.0, seed=seed)
-  tx = train_state.make_optimizer(lr=0.1, momentum=0.0, weight_decay=0.0)
-  model_def, state = train_state.create(
-      model_name="linear", model_kwargs={}, in_shape=ds.in_shape, num_classes=2,
-      num_groups=2, tx=tx, seed=seed)
-  loss_fn = losses.get_loss("poly", alpha=1.0, beta=1.0, kind="logit")
-  return model_def, loss_fn, tx, state, steps.split_arrays(ds.train), len(ds.train)
+def _fig1(seed: int = 1):
+  """`configs/gaussians_poly.py` with the reference's data seed, built as a run builds it."""
+  spec = importlib.util.spec_from_file_location(
+      "gaussians_poly", pathlib.Path(__file__).resolve().parents[1] / "configs" /
+      "gaussians_poly.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.seed = config.data.seed = seed
+  return config
 
 
-def _reshuffled(n: int, num_steps: int, seed: int) -> np.ndarray:
-  """(num_steps, n): a fresh permutation of all n examples for every step."""
-  return np.random.default_rng(seed).permuted(
-      np.tile(np.arange(n, dtype=np.int32), (num_steps, 1)), axis=1)
+def _fig1_calls(exp, state, train, num_steps: int):
+  """`num_steps` one-step epochs in calls of at most train.FUSED_STEPS, as a run does."""
+  n = len(exp.dataset.train)
+  sh = exp.shardings
+  done = 0
+  while done < num_steps:
+    epochs = range(done + 1, min(num_steps, done + train_lib.FUSED_STEPS) + 1)
+    idx = steps.epochs_indices(n, n, seed=exp.order_seed, epochs=epochs)
+    state, obj = exp.train_epoch(state, train, steps.to_global(idx, sh.stacked_batches))
+    obj = np.asarray(obj)
+    if not np.all(np.isfinite(obj)):
+      raise RuntimeError("fig1: the training objective is not finite")
+    done = epochs[-1]
+  return state, obj
 
 
 def run(workload: str, *, batch_size: int, num_steps: int, mode: str = "epoch") -> dict:
   mesh = steps.make_mesh(jax.devices()[:1])
   sh = steps.Shardings(mesh)
   if workload == "fig1":
-    model_def, loss_fn, tx, state, train, n = _fig1(num_steps)
-    batch_size = n
-    make_idx = lambda call: _reshuffled(n, num_steps, seed=call)  # noqa: E731
+    if mode != "epoch":
+      raise ValueError("fig1 times a run's own loop: --mode epoch only")
+    exp = train_lib.build(_fig1(), mesh=mesh)
+    train = steps.to_global(steps.split_arrays(exp.dataset.train), sh.replicated)
+
+    def call(state, c):
+      return _fig1_calls(exp, state, train, num_steps)
+    state = exp.state
   else:
     model_def, loss_fn, tx, state, train, idx_SxB = _classifier(
         workload, batch_size, num_steps)
-    make_idx = lambda call: idx_SxB  # noqa: E731
-  train_step = steps.make_train_step(model_def=model_def, loss_fn=loss_fn, tx=tx)
-  state = jax.device_put(state, sh.replicated)
-  train = jax.device_put(train, sh.replicated)
+    train_step = steps.make_train_step(model_def=model_def, loss_fn=loss_fn, tx=tx)
+    state = jax.device_put(state, sh.replicated)
+    train = jax.device_put(train, sh.replicated)
 
-  if mode == "epoch":
-    train_epoch = steps.make_train_epoch(train_step, sh)
+    if mode == "epoch":
+      train_epoch = steps.make_train_epoch(train_step, sh)
 
-    def call(state, c):
-      idx = jax.device_put(make_idx(c), sh.stacked_batches)
-      state, obj_S = train_epoch(state, train, idx)
-      return state, obj_S
-  else:
-    jit_step = jax.jit(train_step, donate_argnums=(0,))
+      def call(state, c):
+        idx = jax.device_put(idx_SxB, sh.stacked_batches)
+        state, obj_S = train_epoch(state, train, idx)
+        return state, obj_S
+    else:
+      jit_step = jax.jit(train_step, donate_argnums=(0,))
 
-    def call(state, c):
-      idx = make_idx(c)
-      obj = None
-      for i in range(len(idx)):
-        batch = jax.tree.map(lambda a: a[idx[i]], train)
-        state, obj = jit_step(state, batch)
-      return state, obj
+      def call(state, c):
+        obj = None
+        for i in range(len(idx_SxB)):
+          batch = jax.tree.map(lambda a: a[idx_SxB[i]], train)
+          state, obj = jit_step(state, batch)
+        return state, obj
 
   t0 = time.perf_counter()
   state, obj = call(state, 0)

@@ -87,12 +87,26 @@ def epoch_indices(n: int, batch_size: int, *, seed: int, epoch: int,
   With `p` (the `resampled` weighting), the epoch is n draws with replacement with
   probabilities `p`, drawn anew every epoch (like PyTorch's WeightedRandomSampler);
   otherwise a permutation. Either way the order is a pure function of (seed,
-  epoch), so a resumed run sees the same batches as an uninterrupted one.
+  epoch), so a resumed run sees the same batches as an uninterrupted one. A full
+  batch (`batch_size == n`, no resampling) is every example in stored order:
+  shuffling it would only reorder the gradient's sum, and drawing a permutation
+  (about 20 us) costs more than a full-batch step of a small model.
   """
+  if p is None and batch_size == n:
+    return np.arange(n, dtype=np.int32)[None]
   rng = np.random.default_rng([seed, epoch])
   perm = rng.permutation(n) if p is None else rng.choice(n, size=n, replace=True, p=p)
   steps = n // batch_size
   return perm[: steps * batch_size].reshape(steps, batch_size).astype(np.int32)
+
+
+def epochs_indices(n: int, batch_size: int, *, seed: int, epochs: range,
+                   p: np.ndarray | None = None) -> np.ndarray:
+  """(len(epochs) * steps, batch_size): `epoch_indices` of consecutive epochs, in order."""
+  if p is None and batch_size == n:  # Full batch: stored order (see epoch_indices).
+    return np.tile(np.arange(n, dtype=np.int32), (len(epochs), 1))
+  return np.concatenate([epoch_indices(n, batch_size, seed=seed, epoch=e, p=p)
+                         for e in epochs])
 
 
 def pad_for_eval(split: Split, batch_size: int) -> dict[str, np.ndarray]:
@@ -144,11 +158,30 @@ def make_train_step(*, model_def: ModelDef, loss_fn: LossFn,
   return train_step
 
 
-def make_train_epoch(train_step, shardings: Shardings):
+# XLA:CPU hands matmuls to YNNPACK/XNNPACK, whose fixed cost per call (about a
+# microsecond) outweighs a tiny model's whole matmul: the Figure 1 linear model's
+# full-batch step ran 1.5-2x faster with XLA's own emitters. Models whose step does
+# at least this many multiply-adds (parameters x batch size) gain from them instead
+# (the digits MLP at batch 64 ran about 1.2x slower without them).
+SMALL_STEP_MACS = 100_000
+
+
+def train_compiler_options(*, num_params: int, batch_size: int) -> dict[str, str] | None:
+  """XLA options for the training program: none, except for tiny models on CPU."""
+  if jax.default_backend() != "cpu" or num_params * batch_size >= SMALL_STEP_MACS:
+    return None
+  return {"xla_cpu_experimental_ynn_fusion_type": "",
+          "xla_cpu_experimental_xnn_fusion_type": ""}
+
+
+def make_train_epoch(train_step, shardings: Shardings, *,
+                     compiler_options: dict[str, str] | None = None):
   """Jitted `(state, data, idx_SxB) -> (state, objective_S)`: a whole epoch in one call.
 
   `data` is the training split on device (replicated); `idx_SxB` holds the
-  epoch's batches as example indices, sharded along the batch axis.
+  epoch's batches as example indices, sharded along the batch axis. `idx_SxB` may
+  hold several consecutive epochs (`epochs_indices`): one call then trains them all.
+  `compiler_options` (`train_compiler_options`) go to XLA with this program only.
   """
 
   def train_epoch(state, data, idx_SxB):
@@ -164,7 +197,7 @@ def make_train_epoch(train_step, shardings: Shardings):
       train_epoch,
       in_shardings=(shardings.replicated, shardings.replicated, shardings.stacked_batches),
       out_shardings=(shardings.replicated, shardings.replicated),
-      donate_argnums=(0,))
+      donate_argnums=(0,), compiler_options=compiler_options)
 
 
 def make_eval_counts(*, model_def: ModelDef, loss_fn: LossFn, num_groups: int,

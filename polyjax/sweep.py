@@ -456,6 +456,7 @@ def _train_group(members: list[Member], *, stop: lifecycle.StopSignals) -> None:
         m.summary.update(status="diverged", diverged_at={"epoch": epoch, "step": step},
                          wall_seconds=m.prior_seconds + time.time() - start,
                          steps=m.steps_done)
+        m.checkpoints.flush()  # Its held best is a finite, evaluated state: keep it.
         m.checkpoints.close()
         m.run.write_summary(m.summary)
         print(f"polyjax.sweep: {m.name} diverged: {why}", flush=True)

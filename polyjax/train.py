@@ -98,7 +98,10 @@ def build(config: ml_collections.ConfigDict, *, mesh=None,
   order_seed = config.seed if config.data.order_seed is None else config.data.order_seed
   return Experiment(
       dataset=dataset, model_def=model_def, state=state, shardings=shardings,
-      train_epoch=steps.make_train_epoch(train_step, shardings),
+      train_epoch=steps.make_train_epoch(
+          train_step, shardings, compiler_options=steps.train_compiler_options(
+              num_params=sum(x.size for x in jax.tree.leaves(state.params)),
+              batch_size=config.batch_size)),
       eval_counts=steps.make_eval_counts(model_def=model_def, loss_fn=loss_fn,
                                          num_groups=dataset.num_groups,
                                          shardings=shardings,
@@ -170,7 +173,9 @@ def record_epoch(config, run: run_dir.RunDir, checkpoints: checkpointing.Checkpo
                  ) -> tuple[int | None, float | None]:
   """The end of a finished epoch: writes its metrics rows (`values`, None when the
   epoch was not evaluated), tracks the best epoch and saves the checkpoint (with
-  its meta) when the policy, a new best, the last epoch or a stop asks for it.
+  its meta) when the policy, the last epoch or a stop asks for it. A new best
+  that is not saved now is held and written before the next save
+  (`Checkpoints.hold_best`).
 
   Returns the new (best_epoch, best_value).
   """
@@ -185,9 +190,11 @@ def record_epoch(config, run: run_dir.RunDir, checkpoints: checkpointing.Checkpo
     value = values[config.best_metric]
     if _better(value, best_value, config.best_mode):
       best_epoch, best_value = epoch, value
-  checkpoints.save(epoch, state, best_value=value,
-                   meta={"step": step, "best_epoch": best_epoch, "best_value": best_value},
-                   force=epoch == config.num_epochs or best_epoch == epoch or stopping)
+  meta = {"step": step, "best_epoch": best_epoch, "best_value": best_value}
+  saved = checkpoints.save(epoch, state, best_value=value, meta=meta,
+                           force=epoch == config.num_epochs or stopping)
+  if best_epoch == epoch and not saved:
+    checkpoints.hold_best(epoch, state, meta=meta, best_value=value)
   return best_epoch, best_value
 
 
@@ -204,6 +211,25 @@ def resume_check(config, saved: dict | None, workdir: str, allow_change: bool) -
         f"resuming it would mix two experiments (use another --workdir, or pass "
         f"--allow_config_change to resume anyway)")
   return changed
+
+
+FUSED_STEPS = 512  # At most this many steps per call when a call trains several epochs.
+
+
+def call_end(config, epoch: int, steps_per_epoch: int) -> int:
+  """The last epoch of the compiled call that starts after `epoch`.
+
+  Epochs that are neither evaluated nor checkpointed need nothing from the host,
+  so consecutive ones run in one call (up to FUSED_STEPS steps, which also bounds
+  how long a stop signal waits). Tiny epochs gain most: the full-batch Figure 1
+  data has one step per epoch, which alone costs far less than a call.
+  """
+  limit = min(config.num_epochs, epoch + max(1, FUSED_STEPS // steps_per_epoch))
+  end = epoch + 1
+  while (end < limit and end % config.eval_every_epochs
+         and end % config.checkpoint_every_epochs):
+    end += 1
+  return end
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -279,24 +305,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   stop = lifecycle.StopSignals()
   try:
     with stop:
-      for epoch in range(start_epoch + 1, config.num_epochs + 1):
+      n_train = len(exp.dataset.train)
+      steps_per_epoch = n_train // config.batch_size
+      epoch = start_epoch
+      while epoch < config.num_epochs:
         t0 = time.time()
-        idx_SxB = steps.epoch_indices(len(exp.dataset.train), config.batch_size,
-                                      seed=exp.order_seed, epoch=epoch, p=exp.sample_p)
-        state, objective_S = exp.train_epoch(state, train_data,
-                                             steps.to_global(idx_SxB, sh.stacked_batches))
-        objective_S = np.asarray(objective_S)
-        if not np.all(np.isfinite(objective_S)):
-          bad = int(np.flatnonzero(~np.isfinite(objective_S))[0])
-          step = (epoch - 1) * len(idx_SxB) + bad + 1
-          summary.update(status="diverged", diverged_at={"epoch": epoch, "step": step})
-          raise Diverged(f"training objective is {objective_S[bad]} at epoch {epoch}, "
-                         f"step {step}; stopping (no checkpoint of this state is kept)")
+        first, epoch = epoch + 1, call_end(config, epoch, steps_per_epoch)
+        idx_SxB = steps.epochs_indices(n_train, config.batch_size, seed=exp.order_seed,
+                                       epochs=range(first, epoch + 1), p=exp.sample_p)
+        state, objective = exp.train_epoch(state, train_data,
+                                           steps.to_global(idx_SxB, sh.stacked_batches))
+        objective_ExS = np.asarray(objective).reshape(epoch - first + 1, steps_per_epoch)
+        if not np.all(np.isfinite(objective_ExS)):
+          bad_e, bad_s = np.argwhere(~np.isfinite(objective_ExS))[0]
+          bad_epoch = first + int(bad_e)
+          step = (bad_epoch - 1) * steps_per_epoch + int(bad_s) + 1
+          summary.update(status="diverged", diverged_at={"epoch": bad_epoch, "step": step})
+          raise Diverged(f"training objective is {objective_ExS[bad_e, bad_s]} at epoch "
+                         f"{bad_epoch}, step {step}; stopping (no checkpoint of this state "
+                         f"is kept)")
         if not lifecycle.is_finite(state):
-          step = epoch * len(idx_SxB)
+          step = epoch * steps_per_epoch
           summary.update(status="diverged", diverged_at={"epoch": epoch, "step": step})
           raise Diverged(f"the train state holds NaN or Inf after epoch {epoch}, step "
                          f"{step}; stopping (no checkpoint of this state is kept)")
+        objective_S = objective_ExS[-1]
         summary["epochs_completed"] = epoch
         step = steps_done = int(state.step)
         values_now = None
@@ -332,6 +365,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     summary["status"] = "interrupted"
     raise
   except Diverged:
+    checkpoints.flush()  # The held best is a finite, evaluated state: keep it.
     raise
   except BaseException:
     summary["status"] = "failed"

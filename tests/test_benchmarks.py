@@ -48,3 +48,12 @@ def test_run_prints_one_json_line():
   result = json.loads(out.stdout.strip())
   assert result["workload"] == "mlp" and result["steps"] == 3
   assert result["examples_per_s"] > 0 and result["seconds"] > 0
+
+
+def test_fig1_times_the_runs_own_calls():
+  out = subprocess.run(
+      [sys.executable, "benchmarks/run.py", "fig1", "--steps", "600"],  # Two calls.
+      cwd=ROOT, capture_output=True, text=True, check=True,
+      env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+  result = json.loads(out.stdout.strip())
+  assert result["workload"] == "fig1" and result["steps"] == 600 and result["steps_per_s"] > 0

@@ -26,7 +26,7 @@ from polyjax import checkpointing, config as config_lib, run_dir, train
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG_FILE = ROOT / "configs" / "digits_poly.py"
 # Small enough to be quick, long enough to interrupt: every epoch is evaluated,
-# the latest is saved every 3 epochs, so a new best is often a forced save.
+# the latest is saved every 3 epochs, so a new best is often held until the next save.
 OVERRIDES = {"num_epochs": 12, "checkpoint_every_epochs": 3, "eval_every_epochs": 1,
              "model.hidden": 32}
 
@@ -282,6 +282,38 @@ def test_crash_during_a_save_is_never_restored(tmp_path):
   ckpts = checkpointing.Checkpoints(tmp_path, every_epochs=1)
   assert ckpts.all_epochs() == [1] and ckpts.latest_epoch() == 1
   ckpts.close()
+
+
+def _tiny_state(value: float):
+  from polyjax import train_state
+  tx = train_state.make_optimizer(lr=0.1, momentum=0.0, weight_decay=0.0)
+  _, state = train_state.create(model_name="linear", model_kwargs={}, in_shape=(2,),
+                                num_classes=2, num_groups=2, tx=tx, seed=0)
+  return state.replace(params=jax.tree.map(lambda a: a * 0 + value, state.params))
+
+
+def test_a_held_best_is_written_just_before_the_next_save(tmp_path):
+  ckpts = checkpointing.Checkpoints(tmp_path, every_epochs=5)
+  like = _tiny_state(0.0)
+  meta = lambda e: {"step": e, "best_epoch": e, "best_value": float(e)}  # noqa: E731
+  for epoch in (1, 2, 4):  # Each a new best between saves: held, not written.
+    state = _tiny_state(float(epoch))
+    assert not ckpts.save(epoch, state, meta=meta(epoch), best_value=float(epoch))
+    ckpts.hold_best(epoch, state, meta=meta(epoch), best_value=float(epoch))
+    # The loop donates the state to the next epoch's call: the held copy must survive.
+    jax.tree.map(lambda a: a.delete(), jax.tree.leaves(state.params))
+  ckpts.wait()
+  assert ckpts.all_epochs() == []
+  assert ckpts.save(5, _tiny_state(5.0), meta=meta(4), best_value=0.5)  # Not a best.
+  ckpts.wait()
+  assert ckpts.all_epochs() == [4, 5] and ckpts.best_epoch() == 4
+  restored, saved_meta = ckpts.restore(4, like=like)
+  np.testing.assert_array_equal(jax.tree.leaves(restored.params)[0], 4.0)
+  assert saved_meta["best_epoch"] == 4
+  ckpts.hold_best(7, _tiny_state(7.0), meta=meta(7), best_value=7.0)
+  ckpts.flush()  # E.g. when the run diverges before the next save.
+  ckpts.close()
+  assert checkpointing.Checkpoints(tmp_path, read_only=True).best_epoch() == 7
 
 
 def test_resume_changes_names_the_fields_that_matter():

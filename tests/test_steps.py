@@ -48,3 +48,23 @@ def test_epoch_indices_are_a_function_of_seed_and_epoch():
   np.testing.assert_array_equal(a, steps.epoch_indices(100, 16, seed=3, epoch=2))
   assert not np.array_equal(a, steps.epoch_indices(100, 16, seed=3, epoch=3))
   assert not np.array_equal(a, steps.epoch_indices(100, 16, seed=4, epoch=2))
+
+
+def test_epochs_indices_concatenate_epochs_and_a_full_batch_keeps_its_order():
+  many = steps.epochs_indices(100, 16, seed=3, epochs=range(2, 5))
+  np.testing.assert_array_equal(many, np.concatenate(
+      [steps.epoch_indices(100, 16, seed=3, epoch=e) for e in (2, 3, 4)]))
+  full = steps.epochs_indices(100, 100, seed=3, epochs=range(1, 4))
+  np.testing.assert_array_equal(full, np.tile(np.arange(100), (3, 1)))
+  np.testing.assert_array_equal(steps.epoch_indices(100, 100, seed=3, epoch=9), full[:1])
+  # Resampling draws a full batch anew each epoch.
+  p = np.full(100, 0.01)
+  drawn = steps.epochs_indices(100, 100, seed=3, epochs=range(1, 3), p=p)
+  assert not np.array_equal(drawn[0], drawn[1])
+
+
+def test_only_tiny_models_get_xla_options_on_cpu():
+  tiny = steps.train_compiler_options(num_params=6, batch_size=220)
+  assert tiny == {"xla_cpu_experimental_ynn_fusion_type": "",
+                  "xla_cpu_experimental_xnn_fusion_type": ""}
+  assert steps.train_compiler_options(num_params=93_000, batch_size=64) is None

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import jax
+import pytest
 
 from configs import digits_poly, gaussians_poly
 from polyjax import checkpointing, steps, train
@@ -87,3 +88,43 @@ def test_nan_run_is_recorded_as_diverged(tmp_path):
   assert summary["diverged_at"] == {"epoch": 1, "step": 2}
   assert summary["epochs_completed"] == 0
   assert not any(p.name.isdigit() for p in (workdir / "checkpoints").iterdir())
+
+
+def test_calls_end_at_every_epoch_the_host_acts_on():
+  c = gaussians_poly.get_config()
+  c.num_epochs, c.eval_every_epochs, c.checkpoint_every_epochs = 12, 5, 3
+
+  def ends(steps_per_epoch, start=0):
+    out, e = [], start
+    while e < c.num_epochs:
+      e = train.call_end(c, e, steps_per_epoch)
+      out.append(e)
+    return out
+
+  assert ends(1) == [3, 5, 6, 9, 10, 12]
+  assert ends(1, start=7) == [9, 10, 12]  # A resume at any epoch keeps the same stops.
+  assert ends(train.FUSED_STEPS // 2) == [2, 3, 5, 6, 8, 9, 10, 12]  # At most 2 per call.
+  assert ends(train.FUSED_STEPS) == list(range(1, 13))
+
+
+def test_fused_epochs_equal_one_call_per_epoch(tmp_path, monkeypatch):
+  """Epochs fused into one call train, diverge and record exactly as one call each."""
+  c = gaussians_poly.get_config()
+  c.num_epochs, c.eval_every_epochs, c.checkpoint_every_epochs = 40, 20, 40
+  mesh = steps.make_mesh(jax.devices()[:1])
+  fused = train.train_and_evaluate(c, str(tmp_path / "fused"), mesh=mesh)
+  monkeypatch.setattr(train, "FUSED_STEPS", 1)
+  single = train.train_and_evaluate(c, str(tmp_path / "single"), mesh=mesh)
+  for k, v in single["final"].items():
+    assert abs(fused["final"][k] - v) <= 1e-6, k
+  # A huge lr: the first update overflows. One call per epoch finds the Inf state
+  # after epoch 1; a fused call (epochs 1-20) finds step 2's objective, and names it.
+  c.lr = 1e38
+  with pytest.raises(train.Diverged):
+    train.train_and_evaluate(c, str(tmp_path / "nan_single"), mesh=mesh)
+  monkeypatch.setattr(train, "FUSED_STEPS", 512)
+  with pytest.raises(train.Diverged, match="at epoch 2, step 2"):
+    train.train_and_evaluate(c, str(tmp_path / "nan_fused"), mesh=mesh)
+  read = lambda d: json.loads((tmp_path / d / "summary.json").read_text())  # noqa: E731
+  assert read("nan_single")["diverged_at"] == {"epoch": 1, "step": 1}
+  assert read("nan_fused")["diverged_at"] == {"epoch": 2, "step": 2}
