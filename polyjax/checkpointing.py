@@ -135,13 +135,17 @@ class Checkpoints:
     Returns:
       Whether a save of `epoch` was started (it completes in the background).
     """
-    if epoch in self._manager.all_steps():
-      return False  # Already saved (e.g. the last epoch was also a new best).
-    if not (force or self._manager.should_save(epoch)):
+    if not self.due(epoch, force=force):
       return False
     if self._held is not None and self._held[0] < epoch:
       self.flush()
     return self._write(epoch, state, meta=meta, best_value=best_value)
+
+  def due(self, epoch: int, *, force: bool = False) -> bool:
+    """Whether `save(epoch, ..., force=force)` would write a checkpoint."""
+    if epoch in self._manager.all_steps():
+      return False  # Already saved (e.g. restored from it).
+    return force or self._manager.should_save(epoch)
 
   def hold_best(self, epoch: int, state: TrainState, *, meta: dict[str, Any],
                 best_value: float) -> None:

@@ -91,13 +91,23 @@ class RunDir:
     write_json(self.path / CONFIG, {**config, **extra})
 
   def append_metrics(self, rows: list[Mapping[str, Any]]) -> None:
+    """Appends rows; they reach the OS at once (a killed process loses none) and
+    the disk at the next `sync_metrics` (called when a checkpoint is saved)."""
     if not self.is_writer:
       return
     with open(self.path / METRICS, "a") as f:
       for row in rows:
         f.write(json.dumps(_jsonable(row), sort_keys=True) + "\n")
-      f.flush()
-      os.fsync(f.fileno())
+
+  def sync_metrics(self) -> None:
+    """Forces metrics.jsonl to disk, so that no checkpoint outlives its rows in a crash."""
+    if not self.is_writer or not (self.path / METRICS).exists():
+      return
+    fd = os.open(self.path / METRICS, os.O_RDONLY)
+    try:
+      os.fsync(fd)
+    finally:
+      os.close(fd)
 
   def write_summary(self, summary: Mapping[str, Any]) -> None:
     if not self.is_writer:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import importlib.util
 import itertools
 import json
@@ -360,13 +361,14 @@ def _prepare(member: Member) -> bool:
   return True
 
 
+# Member m's state out of the stack: one small program for every member (the
+# index is traced), run only for the members whose state is saved or held.
+_member_state = jax.jit(_tree_take)
+
+
 def _unstack(state_M, count: int) -> list[Any]:
-  """The members' states as separate trees, in one dispatch."""
-  return _unstack_jit(state_M, count)
-
-
-_unstack_jit = jax.jit(lambda s, count: [_tree_take(s, i) for i in range(count)],
-                       static_argnums=(1,))
+  """The members' states as separate trees."""
+  return [_member_state(state_M, i) for i in range(count)]
 
 
 def _train_group(members: list[Member], *, stop: lifecycle.StopSignals) -> None:
@@ -468,7 +470,6 @@ def _train_group(members: list[Member], *, stop: lifecycle.StopSignals) -> None:
       evaluated = epoch % eval_every == 0 or epoch == num_epochs
       values_M = evaluate_M(state_M) if evaluated else None
       stopping = stop.received is not None and epoch < num_epochs
-      states = _unstack(state_M, len(members))
       for i, m in enumerate(members):
         if not active[i]:
           continue
@@ -481,7 +482,7 @@ def _train_group(members: list[Member], *, stop: lifecycle.StopSignals) -> None:
           values["train/lr"] = train.lr_at(m.config, m.exp, step)
         m.best_epoch, m.best_value = train.record_epoch(
             m.config, m.run, m.checkpoints, epoch=epoch, step=step,
-            state=states[i], values=values,
+            state=functools.partial(_member_state, state_M, i), values=values,
             best_epoch=m.best_epoch, best_value=m.best_value, stopping=stopping)
         m.summary["best_epoch"] = m.best_epoch
       if evaluated:

@@ -175,7 +175,8 @@ def record_epoch(config, run: run_dir.RunDir, checkpoints: checkpointing.Checkpo
   epoch was not evaluated), tracks the best epoch and saves the checkpoint (with
   its meta) when the policy, the last epoch or a stop asks for it. A new best
   that is not saved now is held and written before the next save
-  (`Checkpoints.hold_best`).
+  (`Checkpoints.hold_best`). `state` is the train state, or a function returning
+  it (called only when the state is saved or held).
 
   Returns the new (best_epoch, best_value).
   """
@@ -190,11 +191,13 @@ def record_epoch(config, run: run_dir.RunDir, checkpoints: checkpointing.Checkpo
     value = values[config.best_metric]
     if _better(value, best_value, config.best_mode):
       best_epoch, best_value = epoch, value
+  get_state = state if callable(state) else lambda: state
   meta = {"step": step, "best_epoch": best_epoch, "best_value": best_value}
-  saved = checkpoints.save(epoch, state, best_value=value, meta=meta,
-                           force=epoch == config.num_epochs or stopping)
-  if best_epoch == epoch and not saved:
-    checkpoints.hold_best(epoch, state, meta=meta, best_value=value)
+  if checkpoints.due(epoch, force=epoch == config.num_epochs or stopping):
+    run.sync_metrics()
+    checkpoints.save(epoch, get_state(), best_value=value, meta=meta, force=True)
+  elif best_epoch == epoch:
+    checkpoints.hold_best(epoch, get_state(), meta=meta, best_value=value)
   return best_epoch, best_value
 
 
