@@ -96,13 +96,18 @@ def build(config: ml_collections.ConfigDict, *, mesh=None,
   train_step = steps.make_train_step(model_def=model_def, loss_fn=loss_fn, tx=tx,
                                      reduction=reduction, preprocess=dataset.preprocess)
   order_seed = config.seed if config.data.order_seed is None else config.data.order_seed
+  eval_kwargs = dict(model_def=model_def, loss_fn=loss_fn, num_groups=dataset.num_groups,
+                     shardings=shardings, preprocess=dataset.preprocess)
+  if config.data.pipeline == "stream":  # Splits stay in their source, read per batch.
+    train_epoch = steps.make_streamed_train_epoch(train_step, shardings)
+    eval_counts = steps.make_streamed_eval_counts(**eval_kwargs,
+                                                  batch_size=config.eval_batch_size)
+  else:
+    train_epoch = steps.make_train_epoch(train_step, shardings)
+    eval_counts = steps.make_eval_counts(**eval_kwargs)
   return Experiment(
       dataset=dataset, model_def=model_def, state=state, shardings=shardings,
-      train_epoch=steps.make_train_epoch(train_step, shardings),
-      eval_counts=steps.make_eval_counts(model_def=model_def, loss_fn=loss_fn,
-                                         num_groups=dataset.num_groups,
-                                         shardings=shardings,
-                                         preprocess=dataset.preprocess),
+      train_epoch=train_epoch, eval_counts=eval_counts,
       order_seed=order_seed, lr_factor=lr_factor,
       sample_p=weighting.sampling_probs(dataset.train.group, dataset.train_group_counts,
                                         mode=config.weighting.mode,
@@ -223,11 +228,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   changed = resume_check(config, saved_config, workdir, allow_config_change)
   exp = build(config, mesh=mesh)
   sh = exp.shardings
-  train_data = steps.to_global(steps.split_arrays(exp.dataset.train), sh.replicated)
-  eval_data = {
-      split: steps.to_global(steps.pad_for_eval(s, config.eval_batch_size), sh.stacked_batches)
-      for split, s in exp.dataset.splits().items()
-  }
+  streamed = config.data.pipeline == "stream"
+  if streamed:  # The streamed steps read the splits themselves, batch by batch.
+    train_data, eval_data = exp.dataset.train, exp.dataset.splits()
+  else:
+    train_data = steps.to_global(steps.split_arrays(exp.dataset.train), sh.replicated)
+    eval_data = {
+        split: steps.to_global(steps.pad_for_eval(s, config.eval_batch_size), sh.stacked_batches)
+        for split, s in exp.dataset.splits().items()
+    }
   check_best_metric(config, exp, exp.state, eval_data)
 
   checkpointing.check_writable(run.path, "run directory")
@@ -283,8 +292,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         t0 = time.time()
         idx_SxB = steps.epoch_indices(len(exp.dataset.train), config.batch_size,
                                       seed=exp.order_seed, epoch=epoch, p=exp.sample_p)
-        state, objective_S = exp.train_epoch(state, train_data,
-                                             steps.to_global(idx_SxB, sh.stacked_batches))
+        state, objective_S = exp.train_epoch(
+            state, train_data,
+            idx_SxB if streamed else steps.to_global(idx_SxB, sh.stacked_batches))
         objective_S = np.asarray(objective_S)
         if not np.all(np.isfinite(objective_S)):
           bad = int(np.flatnonzero(~np.isfinite(objective_S))[0])
