@@ -257,20 +257,18 @@ def process_rows(sharding: jax.sharding.Sharding, batch_size: int, *,
   return slice(start, stop)
 
 
-def streamed_batches(split, idx_SxB: np.ndarray, sharding: jax.sharding.Sharding, *,
-                     mask_SxB: np.ndarray | None = None, num_threads: int = STREAM_THREADS,
-                     prefetch_batches: int = STREAM_PREFETCH_BATCHES):
-  """Yields the global batches `idx_SxB` of a `StreamSplit`, in order, with `sharding`.
+def read_local_batches(split, idx_SxB: np.ndarray, rows: slice, *,
+                       mask_SxB: np.ndarray | None = None, num_threads: int = STREAM_THREADS,
+                       prefetch_batches: int = STREAM_PREFETCH_BATCHES):
+  """Yields, in order, the host arrays of rows `rows` of each batch `idx_SxB` of a
+  `StreamSplit` (x decoded, y, group, weight; 'mask' from `mask_SxB` if given).
 
-  This process reads only its rows of each batch (`process_rows`): grain's
-  threads decode them ahead, example by example, and a background thread keeps
-  `prefetch_batches` local batches ready. Index -1 is padding (a zero image, y,
-  group and weight 0); `mask_SxB`, if given, becomes each batch's 'mask'.
+  grain's threads decode the images ahead, example by example, and a background
+  thread keeps `prefetch_batches` batches ready, so decoding overlaps the device
+  step. Index -1 is padding: a zero image, y, group and weight 0.
   """
-  num_steps, batch_size = idx_SxB.shape
-  rows = process_rows(sharding, batch_size)
   local_SxL = np.ascontiguousarray(idx_SxB[:, rows])
-  n_local = local_SxL.shape[1]
+  num_steps, n_local = local_SxL.shape
   images = (grain.MapDataset.source(local_SxL.reshape(-1))
             .map(split.read_one)
             .to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
@@ -278,10 +276,6 @@ def streamed_batches(split, idx_SxB: np.ndarray, sharding: jax.sharding.Sharding
             .batch(n_local, drop_remainder=True))
   images = grain.experimental.ThreadPrefetchIterDataset(
       images, prefetch_buffer_size=prefetch_batches)
-
-  def to_global(a):
-    return jax.make_array_from_process_local_data(sharding, a, (batch_size,) + a.shape[1:])
-
   count = 0
   for s, x_L in enumerate(images):
     idx_L = local_SxL[s]
@@ -293,10 +287,25 @@ def streamed_batches(split, idx_SxB: np.ndarray, sharding: jax.sharding.Sharding
       local[k] = np.where(valid_L, a[safe_L], 0).astype(a.dtype)
     if mask_SxB is not None:
       local["mask"] = mask_SxB[s, rows]
-    yield {k: to_global(v) for k, v in local.items()}
+    yield local
     count += 1
   if count != num_steps:
     raise RuntimeError(f"streamed {count} batches, expected {num_steps}")
+
+
+def streamed_batches(split, idx_SxB: np.ndarray, sharding: jax.sharding.Sharding,
+                     **read_kwargs):
+  """Yields the global batches `idx_SxB` of a `StreamSplit`, in order, with `sharding`:
+  this process reads only its rows of each (`process_rows`, `read_local_batches`),
+  and `jax.make_array_from_process_local_data` joins the processes' rows."""
+  batch_size = idx_SxB.shape[1]
+  rows = process_rows(sharding, batch_size)
+
+  def to_global(a):
+    return jax.make_array_from_process_local_data(sharding, a, (batch_size,) + a.shape[1:])
+
+  for local in read_local_batches(split, idx_SxB, rows, **read_kwargs):
+    yield {k: to_global(v) for k, v in local.items()}
 
 
 def make_streamed_train_epoch(train_step, shardings: Shardings, **read_kwargs):
