@@ -188,3 +188,17 @@ def test_bad_pipeline_is_a_one_line_config_error():
   config_lib.validate(_config("stream"), device_count=8)
   with pytest.raises(ValueError, match="data.pipeline"):
     data.load("gaussians", weighting_mode="none", exponent=1.0, pipeline="stream")
+
+
+def test_celeba_stream_selects_from_attributes_and_reads_the_same_images():
+  kw = dict(weighting_mode="reweighted", exponent=1.0, data_dir="/nonexistent",
+            train_frac=0.5, test_per_group=6, resolution=32)
+  with mock_tfds.mock():
+    mem = data.load("celeba", **kw)
+    st = data.load("celeba", pipeline="stream", **kw)
+  for name, s in st.splits().items():
+    m = mem.splits()[name]
+    for field in ("y", "group", "weight"):
+      np.testing.assert_array_equal(getattr(s, field), getattr(m, field))
+    idx = np.array([0, len(s) // 2, len(s) - 1])
+    np.testing.assert_array_equal(s.read(idx), m.x[idx])

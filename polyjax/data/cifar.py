@@ -73,7 +73,8 @@ def cifar10(*, seed: int = 0, data_dir: str | None = None,
             pipeline: str = "memory", **_) -> Dataset:
   """Args mirror the `data` config section; `seed` fixes the subsample and the split.
 
-  pipeline 'stream' reads only the labels here; images are read per batch.
+  pipeline 'stream' reads only the labels here (images not decoded); images are read
+  per batch.
   """
   sets = class_sets(class_subset)
   if imb_factor < 1:
@@ -81,8 +82,12 @@ def cifar10(*, seed: int = 0, data_dir: str | None = None,
   train_src = sources.open_split("cifar10", "train", data_dir=data_dir)
   test_src = sources.open_split("cifar10", "test", data_dir=data_dir)
   streamed = pipeline == "stream"
-  train_all = sources.read(train_src, _label if streamed else _record)
-  test_all = sources.read(test_src, _label if streamed else _record)
+  if streamed:  # Labels only: the images stay encoded until a batch needs them.
+    train_all, test_all = (
+        sources.read(sources.open_split("cifar10", s, data_dir=data_dir, skip_images=True),
+                     _label) for s in ("train", "test"))
+  else:
+    train_all, test_all = sources.read(train_src, _record), sources.read(test_src, _record)
 
   def split(src, everything, keep, y):
     if streamed:
