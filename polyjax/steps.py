@@ -29,6 +29,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from polyjax import metrics, weighting
+from polyjax.config import ConfigError
 from polyjax.data.splits import Split
 from polyjax.losses import LossFn
 from polyjax.train_state import ModelDef, TrainState
@@ -83,6 +84,10 @@ def to_global(tree, sharding: jax.sharding.Sharding):
 
 
 def split_arrays(split: Split) -> dict[str, np.ndarray]:
+  if not isinstance(split, Split):  # A StreamSplit: its images are not in memory.
+    raise ConfigError(f"config.data.pipeline='stream' splits are read per batch; this code "
+                      f"path needs the split in memory (data.pipeline='memory'), got "
+                      f"{type(split).__name__}")
   return {"x": split.x, "y": split.y, "group": split.group, "weight": split.weight}
 
 

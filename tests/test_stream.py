@@ -190,6 +190,16 @@ def test_bad_pipeline_is_a_one_line_config_error():
     data.load("gaussians", weighting_mode="none", exponent=1.0, pipeline="stream")
 
 
+def test_in_memory_code_paths_refuse_a_stream_split():
+  with mock_tfds.mock():
+    ds = data.load("cifar10", weighting_mode="reweighted", exponent=1.0,
+                   data_dir="/nonexistent", pipeline="stream")
+  for fn in (steps.split_arrays, lambda s: steps.pad_for_eval(s, 16)):
+    with pytest.raises(config_lib.ConfigError, match=r"config\.data\.pipeline='stream'") as e:
+      fn(ds.val)
+    assert "\n" not in str(e.value)
+
+
 def test_celeba_stream_selects_from_attributes_and_reads_the_same_images():
   kw = dict(weighting_mode="reweighted", exponent=1.0, data_dir="/nonexistent",
             train_frac=0.5, test_per_group=6, resolution=32)
