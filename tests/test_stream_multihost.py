@@ -11,11 +11,10 @@ import subprocess
 import sys
 
 import jax
-import numpy as np
 
 import mock_tfds
 import test_multihost
-from polyjax import run_dir, steps, train
+from polyjax import steps, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BATCH, EVAL_BATCH, EPOCHS = 16, 16, 2
