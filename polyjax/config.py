@@ -44,6 +44,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.seed = 0  # Data seed: subsampling and train/val split, fixed across run seeds.
   c.data.order_seed = config_dict.placeholder(int)  # Seed of the per-epoch example order (None: the run seed).
   c.data.data_dir = config_dict.placeholder(str)  # Where prepared datasets live (None: the dataset's default).
+  c.data.pipeline = "memory"  # 'memory': decode every split once, keep it in memory; 'stream' (cifar10, celeba, waterbirds): read images per batch, each process only its rows.
   c.data.val_frac = 0.2  # Fraction of the (subsampled) training set held out for validation.
   c.data.class_subset = ((0, 1, 2, 3, 4), (5, 6, 7, 8, 9))  # digits, cifar10: the original labels making up each class (cifar configs: ((3,), (5,)), cat vs dog).
   c.data.imb_factor = 10.0  # digits, cifar10: the smallest class keeps 1/imb_factor of the largest's size.
@@ -188,6 +189,10 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int) -> None:
   if c.weighting.mode == "dro":
     _check(c.weighting.adv_probs_lr > 0, "weighting.adv_probs_lr", "> 0 for weighting.mode='dro'",
            c.weighting.adv_probs_lr)
+  _known("data.pipeline", c.data.pipeline, data.PIPELINES)
+  _check(c.data.pipeline == "memory" or c.data.name in data.STREAMABLE, "data.pipeline",
+         f"'memory' for data.name={c.data.name!r} (stream needs one of "
+         f"{', '.join(data.STREAMABLE)})", c.data.pipeline)
   _check(0 <= c.data.val_frac < 1, "data.val_frac", "in [0, 1)", c.data.val_frac)
   _known("data.imb_type", c.data.imb_type, ("step", "exp", "none"))
   _check(c.data.imb_factor >= 1, "data.imb_factor", ">= 1", c.data.imb_factor)
@@ -213,7 +218,7 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int) -> None:
 # trajectory nor what the run's files mean. `num_epochs` may grow (or shrink to no
 # fewer than the epochs done) unless the lr schedule's shape depends on it.
 RESUMABLE_FIELDS = ("num_epochs", "checkpoint_every_epochs", "eval_batch_size",
-                    "test_on_best", "data.data_dir", "wandb.*")
+                    "test_on_best", "data.data_dir", "data.pipeline", "wandb.*")
 
 
 def _flatten(d, prefix=""):

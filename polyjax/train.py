@@ -96,16 +96,21 @@ def build(config: ml_collections.ConfigDict, *, mesh=None,
   train_step = steps.make_train_step(model_def=model_def, loss_fn=loss_fn, tx=tx,
                                      reduction=reduction, preprocess=dataset.preprocess)
   order_seed = config.seed if config.data.order_seed is None else config.data.order_seed
+  eval_kwargs = dict(model_def=model_def, loss_fn=loss_fn, num_groups=dataset.num_groups,
+                     shardings=shardings, preprocess=dataset.preprocess)
+  if config.data.pipeline == "stream":  # Splits stay in their source, read per batch.
+    train_epoch = steps.make_streamed_train_epoch(train_step, shardings)
+    eval_counts = steps.make_streamed_eval_counts(**eval_kwargs,
+                                                  batch_size=config.eval_batch_size)
+  else:
+    train_epoch = steps.make_train_epoch(
+        train_step, shardings, compiler_options=steps.train_compiler_options(
+            num_params=sum(x.size for x in jax.tree.leaves(state.params)),
+            batch_size=config.batch_size))
+    eval_counts = steps.make_eval_counts(**eval_kwargs)
   return Experiment(
       dataset=dataset, model_def=model_def, state=state, shardings=shardings,
-      train_epoch=steps.make_train_epoch(
-          train_step, shardings, compiler_options=steps.train_compiler_options(
-              num_params=sum(x.size for x in jax.tree.leaves(state.params)),
-              batch_size=config.batch_size)),
-      eval_counts=steps.make_eval_counts(model_def=model_def, loss_fn=loss_fn,
-                                         num_groups=dataset.num_groups,
-                                         shardings=shardings,
-                                         preprocess=dataset.preprocess),
+      train_epoch=train_epoch, eval_counts=eval_counts,
       order_seed=order_seed, lr_factor=lr_factor,
       sample_p=weighting.sampling_probs(dataset.train.group, dataset.train_group_counts,
                                         mode=config.weighting.mode,
@@ -252,11 +257,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   changed = resume_check(config, saved_config, workdir, allow_config_change)
   exp = build(config, mesh=mesh)
   sh = exp.shardings
-  train_data = steps.to_global(steps.split_arrays(exp.dataset.train), sh.replicated)
-  eval_data = {
-      split: steps.to_global(steps.pad_for_eval(s, config.eval_batch_size), sh.stacked_batches)
-      for split, s in exp.dataset.splits().items()
-  }
+  streamed = config.data.pipeline == "stream"
+  if streamed:  # The streamed steps read the splits themselves, batch by batch.
+    train_data, eval_data = exp.dataset.train, exp.dataset.splits()
+  else:
+    train_data = steps.to_global(steps.split_arrays(exp.dataset.train), sh.replicated)
+    eval_data = {
+        split: steps.to_global(steps.pad_for_eval(s, config.eval_batch_size), sh.stacked_batches)
+        for split, s in exp.dataset.splits().items()
+    }
   check_best_metric(config, exp, exp.state, eval_data)
 
   checkpointing.check_writable(run.path, "run directory")
@@ -316,8 +325,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         first, epoch = epoch + 1, call_end(config, epoch, steps_per_epoch)
         idx_SxB = steps.epochs_indices(n_train, config.batch_size, seed=exp.order_seed,
                                        epochs=range(first, epoch + 1), p=exp.sample_p)
-        state, objective = exp.train_epoch(state, train_data,
-                                           steps.to_global(idx_SxB, sh.stacked_batches))
+        state, objective = exp.train_epoch(
+            state, train_data,
+            idx_SxB if streamed else steps.to_global(idx_SxB, sh.stacked_batches))
         objective_ExS = np.asarray(objective).reshape(epoch - first + 1, steps_per_epoch)
         if not np.all(np.isfinite(objective_ExS)):
           bad_e, bad_s = np.argwhere(~np.isfinite(objective_ExS))[0]

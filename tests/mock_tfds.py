@@ -4,6 +4,8 @@
 whole polyjax reading path runs, with examples whose labels and attributes are
 known exactly. Pixels encode the example: CIFAR image[0, 0] = (label, i % 251,
 i // 251); CelebA image[109, 89] (the crop centre) = (split id, i % 251, i // 251).
+A source opened with `decoders={"image": tfds.decode.SkipDecoding()}` gives the
+image as bytes, as tfds does.
 """
 
 from __future__ import annotations
@@ -69,13 +71,32 @@ def _celeba(builder, split):
   return Examples(CELEBA_SIZES[split], make)
 
 
+class EncodedImages:
+  """What tfds' `SkipDecoding()` on 'image' gives: records whose image is still bytes."""
+
+  def __init__(self, source):
+    self.source = source
+
+  def __len__(self):
+    return len(self.source)
+
+  def __getitem__(self, i):
+    return {**self.source[i], "image": b"\x89PNG (not decoded)"}
+
+
 def _as_data_source(builder, split, decoders=None, deserialize_method=None, **kwargs):
-  del decoders, deserialize_method, kwargs
+  del deserialize_method, kwargs
   if builder.name == "cifar10":
-    return _cifar(split)
-  if builder.name == "celeb_a":
-    return _celeba(builder, split)
-  raise ValueError(f"no mock for {builder.name}")
+    source = _cifar(split)
+  elif builder.name == "celeb_a":
+    source = _celeba(builder, split)
+  else:
+    raise ValueError(f"no mock for {builder.name}")
+  if decoders is not None:
+    if set(decoders) != {"image"} or not isinstance(decoders["image"], tfds.decode.SkipDecoding):
+      raise ValueError(f"mock_tfds only mocks SkipDecoding of 'image', got {decoders}")
+    return EncodedImages(source)
+  return source
 
 
 @contextlib.contextmanager

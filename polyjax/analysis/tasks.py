@@ -56,6 +56,7 @@ def load_checkpoint(run: Run, rule: str, *, mesh=None) -> Loaded:
   epoch = run.checkpoint_epoch(rule)
   config = run.config.copy_and_resolve_references()
   config.eval_batch_size = _eval_batch_size(run)
+  config.data.pipeline = "memory"  # The tasks below take whole splits; same data either way.
   try:
     exp = train.build(config, mesh=mesh)
   except (ConfigError, ValueError, FileNotFoundError) as e:

@@ -1,4 +1,4 @@
-"""Datasets by name. Each builder returns a `Dataset` of in-memory splits.
+"""Datasets by name. Each builder returns a `Dataset` of in-memory (or streamed) splits.
 
 `load(name=..., weighting_mode=..., exponent=..., **data_config)` is the one entry
 point: it builds the splits, undersamples the training split for the
@@ -13,6 +13,7 @@ from polyjax.data import celeba, cifar, waterbirds
 from polyjax.data.digits import digits
 from polyjax.data.sources import DataMissing
 from polyjax.data.splits import Dataset, Split, make_split, undersample, with_weights
+from polyjax.data.stream import StreamSplit
 from polyjax.data.synthetic import gaussians
 
 # name -> builder(**data_config) -> Dataset (unit weights).
@@ -25,14 +26,29 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
 }
 
 
+# data.pipeline: 'memory' decodes every split once into host memory; 'stream' keeps
+# the small per-example arrays and reads images per batch from the dataset's
+# random-access source (polyjax.data.stream), which only these datasets have.
+PIPELINES = ("memory", "stream")
+STREAMABLE = ("cifar10", "celeba", "waterbirds")
+
+
 def load(name: str, *, weighting_mode: str, exponent: float, **data_config) -> Dataset:
   """Builds dataset `name` and gives every example its importance weight."""
   if name not in DATASETS:
     raise ValueError(f"data.name must be one of {sorted(DATASETS)}, got {name!r}")
+  pipeline = data_config.get("pipeline", "memory")
+  if pipeline not in PIPELINES:
+    raise ValueError(f"data.pipeline must be one of {PIPELINES}, got {pipeline!r}")
+  if pipeline == "stream" and name not in STREAMABLE:
+    raise ValueError(f"data.pipeline='stream' needs a dataset read from a random-access "
+                     f"source ({', '.join(STREAMABLE)}); data.name={name!r} is built in "
+                     f"memory: use data.pipeline='memory'")
   ds = DATASETS[name](**data_config)
   if weighting_mode == "undersampled":
     ds = undersample(ds, exponent=exponent, seed=data_config.get("seed", 0))
   return with_weights(ds, mode=weighting_mode, exponent=exponent)
 
 
-__all__ = ["DATASETS", "DataMissing", "Dataset", "Split", "load", "make_split"]
+__all__ = ["DATASETS", "PIPELINES", "STREAMABLE", "DataMissing", "Dataset", "Split",
+           "StreamSplit", "load", "make_split"]

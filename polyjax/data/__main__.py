@@ -22,6 +22,7 @@ from ml_collections import config_flags
 
 from polyjax import data
 from polyjax.data import sources, waterbirds
+from polyjax.data.stream import StreamSplit
 
 
 
@@ -68,7 +69,9 @@ def describe(ds: data.Dataset) -> str:
   weights = {int(g): float(s_w) for g, s_w in zip(ds.train.group, ds.train.weight)}
   lines.append("importance weight per group (mean 1 over train): " +
                ", ".join(f"{g}: {weights[g]:.4f}" for g in sorted(weights)))
-  lines.append(f"input shape {ds.in_shape}  dtype {ds.train.x.dtype}")
+  pipeline = "stream" if isinstance(ds.train, StreamSplit) else "memory"
+  lines.append(f"input shape {ds.in_shape}  dtype {np.dtype(ds.train.x_dtype)}  "
+               f"pipeline {pipeline}")
   return "\n".join(lines)
 
 

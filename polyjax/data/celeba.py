@@ -11,7 +11,9 @@ in memory; ImageNet normalisation runs on device.
 Memory: a 224x224 image is 147 KiB, so at the paper's settings train (3,255),
 val (19,867) and test (720) take about 3.4 GiB of host memory as uint8. Selecting
 the subsample decodes every record of a split once (tfds decodes the image with
-the attributes), a one-off cost per run.
+the attributes), a one-off cost per run. With `pipeline='stream'` the attributes
+are read with the images left encoded, and images are decoded per batch (no
+3.4 GiB up front).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from PIL import Image
 from polyjax.data import sources
 from polyjax.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, ImagePreprocess
 from polyjax.data.splits import Dataset, make_split, subsample_classes
+from polyjax.data.stream import stream_split
 
 CROP = 178  # Centre crop of the 218x178 aligned faces, as in the paper.
 TEST_SEED = 1234
@@ -45,27 +48,33 @@ def _labels(target: str, confounder: str):
   return fn
 
 
-def _images(resolution: int):
+def _image(resolution: int):
   def fn(ex):
-    return {"x": center_crop_resize(np.asarray(ex["image"]), crop=CROP, resolution=resolution)}
+    return center_crop_resize(np.asarray(ex["image"]), crop=CROP, resolution=resolution)
   return fn
 
 
 def celeba(*, seed: int = 0, data_dir: str | None = None, target: str = "Blond_Hair",
            confounder: str = "Male", train_frac: float = 1.0, test_per_group: int = 180,
-           resolution: int = 224, **_) -> Dataset:
-  """Args mirror the `data` config section; `seed` fixes the training subsample."""
+           resolution: int = 224, pipeline: str = "memory", **_) -> Dataset:
+  """Args mirror the `data` config section; `seed` fixes the training subsample.
+
+  pipeline 'stream' keeps only the attributes; images are read per batch.
+  """
   if not 0 < train_frac <= 1:
     raise ValueError(f"data.train_frac must be in (0, 1], got {train_frac!r}")
   out = {}
   for name, tfds_split in (("train", "train"), ("val", "validation"), ("test", "test")):
     src = sources.open_split("celeba", tfds_split, data_dir=data_dir)
-    known = set(src[0]["attributes"])
+    # 'stream' selects the examples from the attributes alone, images left encoded.
+    labels_src = (sources.open_split("celeba", tfds_split, data_dir=data_dir, skip_images=True)
+                  if pipeline == "stream" else src)
+    known = set(labels_src[0]["attributes"])
     for field, attr in (("target", target), ("confounder", confounder)):
       if attr not in known:
         raise ValueError(f"data.{field}={attr!r} is not a CelebA attribute; "
                          f"valid: {', '.join(sorted(known))}")
-    lab = sources.read(src, _labels(target, confounder))
+    lab = sources.read(labels_src, _labels(target, confounder))
     y, g = lab["y"], 2 * lab["y"] + lab["c"]
     if name == "train":
       n_keep = int(round(train_frac * len(y)))
@@ -75,7 +84,11 @@ def celeba(*, seed: int = 0, data_dir: str | None = None, target: str = "Blond_H
                                rng=np.random.default_rng(TEST_SEED))
     else:
       keep = np.arange(len(y))
-    x = sources.read(src, _images(resolution), indices=keep)["x"]
-    out[name] = make_split(x, y[keep], g[keep])
+    image = _image(resolution)
+    if pipeline == "stream":
+      out[name] = stream_split(src, keep, image, y=y[keep], group=g[keep])
+    else:
+      x = sources.read(src, lambda ex: {"x": image(ex)}, indices=keep)["x"]
+      out[name] = make_split(x, y[keep], g[keep])
   return Dataset(**out, num_classes=2, num_groups=4,
                  preprocess=ImagePreprocess(IMAGENET_MEAN, IMAGENET_STD))

@@ -7,7 +7,8 @@ the first half of the classes keep `n_max` images, the rest `n_max / imb_factor`
 keeps `n_max`, where `n_max` is the smallest available class size, 5000 for
 CIFAR-10), then split 80/20 into train/val, all with the data seed. The test split
 is every official test image of the chosen classes (1000 per class: balanced).
-Images stay uint8 in memory; normalisation and augmentation run on device.
+Images stay uint8 in memory (or, with `pipeline='stream'`, in the source, read
+per batch); normalisation and augmentation run on device.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 from polyjax.data import sources
 from polyjax.data.preprocess import CIFAR_MEAN, CIFAR_STD, ImagePreprocess
 from polyjax.data.splits import Dataset, make_split, subsample_classes, train_val_split
+from polyjax.data.stream import stream_split
 
 IMB_TYPES = ("step", "exp", "none")
 
@@ -57,16 +59,40 @@ def _record(ex) -> dict[str, np.ndarray]:
   return {"x": np.asarray(ex["image"], np.uint8), "label": np.asarray(ex["label"], np.int32)}
 
 
+def _label(ex) -> dict[str, np.ndarray]:
+  return {"label": np.asarray(ex["label"], np.int32)}
+
+
+def _image(ex) -> np.ndarray:
+  return np.asarray(ex["image"], np.uint8)
+
+
 def cifar10(*, seed: int = 0, data_dir: str | None = None,
             class_subset: Sequence = ((3,), (5,)), imb_type: str = "step",
             imb_factor: float = 10.0, augment: bool = False, val_frac: float = 0.2,
-            **_) -> Dataset:
-  """Args mirror the `data` config section; `seed` fixes the subsample and the split."""
+            pipeline: str = "memory", **_) -> Dataset:
+  """Args mirror the `data` config section; `seed` fixes the subsample and the split.
+
+  pipeline 'stream' reads only the labels here (images not decoded); images are read
+  per batch.
+  """
   sets = class_sets(class_subset)
   if imb_factor < 1:
     raise ValueError(f"data.imb_factor must be >= 1, got {imb_factor!r}")
-  train_all = sources.read(sources.open_split("cifar10", "train", data_dir=data_dir), _record)
-  test_all = sources.read(sources.open_split("cifar10", "test", data_dir=data_dir), _record)
+  train_src = sources.open_split("cifar10", "train", data_dir=data_dir)
+  test_src = sources.open_split("cifar10", "test", data_dir=data_dir)
+  streamed = pipeline == "stream"
+  if streamed:  # Labels only: the images stay encoded until a batch needs them.
+    train_all, test_all = (
+        sources.read(sources.open_split("cifar10", s, data_dir=data_dir, skip_images=True),
+                     _label) for s in ("train", "test"))
+  else:
+    train_all, test_all = sources.read(train_src, _record), sources.read(test_src, _record)
+
+  def split(src, everything, keep, y):
+    if streamed:
+      return stream_split(src, keep, _image, y=y)
+    return make_split(everything["x"][keep], y)
 
   y = _relabel(train_all["label"], sets)
   available = [int(np.sum(y == c)) for c in range(len(sets))]
@@ -74,12 +100,12 @@ def cifar10(*, seed: int = 0, data_dir: str | None = None,
   if min(counts) < 1:
     raise ValueError(f"data.imb_factor={imb_factor} leaves a class empty (counts {counts})")
   keep = subsample_classes(y, dict(enumerate(counts)), rng=np.random.default_rng(seed))
-  train, val = train_val_split(make_split(train_all["x"][keep], y[keep]),
+  train, val = train_val_split(split(train_src, train_all, keep, y[keep]),
                                val_frac=val_frac, seed=seed)
 
   y_test = _relabel(test_all["label"], sets)
   sel = np.flatnonzero(y_test >= 0)
-  test = make_split(test_all["x"][sel], y_test[sel])
+  test = split(test_src, test_all, sel, y_test[sel])
   return Dataset(train=train, val=val, test=test, num_classes=len(sets),
                  num_groups=len(sets),
                  preprocess=ImagePreprocess(CIFAR_MEAN, CIFAR_STD, augment=augment))

@@ -34,12 +34,19 @@ def prepare_command(dataset: str, data_dir: str) -> str:
   return f"python -m polyjax.data prepare {dataset} --data_dir={data_dir}"
 
 
-def open_split(dataset: str, split: str, *, data_dir: str | None) -> Sequence[dict[str, Any]]:
-  """The random-access source of one split of a prepared tensorflow-datasets dataset."""
+def open_split(dataset: str, split: str, *, data_dir: str | None,
+               skip_images: bool = False) -> Sequence[dict[str, Any]]:
+  """The random-access source of one split of a prepared tensorflow-datasets dataset.
+
+  `skip_images`: records keep their 'image' encoded (tfds' `SkipDecoding`), for
+  reading only the labels and attributes without decoding every image.
+  """
   data_dir = data_dir or default_data_dir()
   name = TFDS_NAMES[dataset]
+  decoders = {"image": tfds.decode.SkipDecoding()} if skip_images else None
   try:
-    return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    return tfds.data_source(name, split=split, data_dir=data_dir, download=False,
+                            decoders=decoders)
   except Exception as e:  # tfds raises several types here; tell them apart below.
     builder = tfds.builder(name, data_dir=data_dir)
     if not builder.is_prepared():

@@ -31,10 +31,22 @@ class Split:
   def take(self, idx: np.ndarray) -> "Split":
     return Split(self.x[idx], self.y[idx], self.group[idx], self.weight[idx])
 
+  @property
+  def x_shape(self) -> tuple[int, ...]:
+    return tuple(self.x.shape[1:])
+
+  @property
+  def x_dtype(self):
+    return self.x.dtype
+
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-  """Train, validation and (balanced) test splits plus what the model and loss need."""
+  """Train, validation and (balanced) test splits plus what the model and loss need.
+
+  The splits are in-memory `Split`s, or `stream.StreamSplit`s (same small arrays,
+  images read per batch) for `data.pipeline='stream'`.
+  """
   train: Split
   val: Split
   test: Split
@@ -46,7 +58,7 @@ class Dataset:
 
   @property
   def in_shape(self) -> tuple[int, ...]:
-    return tuple(self.train.x.shape[1:])
+    return self.train.x_shape
 
   @property
   def train_group_counts(self) -> np.ndarray:

@@ -5,11 +5,13 @@ The folder (`waterbird_complete95_forest2water2`, under `data.data_dir` or
 place (split 0/1/2 = train/val/test) and the images. Group g = 2*y + place. Images
 are resized to (256/224 * resolution) square and centre-cropped to `resolution`,
 as in the group DRO code, and kept as uint8 in memory (11,788 images at 224: about
-1.7 GiB); ImageNet normalisation runs on device.
+1.7 GiB), or with `pipeline='stream'` read from the files per batch; ImageNet
+normalisation runs on device.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -19,6 +21,7 @@ from PIL import Image
 from polyjax.data import sources
 from polyjax.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, ImagePreprocess
 from polyjax.data.splits import Dataset, make_split
+from polyjax.data.stream import stream_split
 
 FOLDER = "waterbird_complete95_forest2water2"
 COLUMNS = ("img_filename", "y", "split", "place")
@@ -58,8 +61,12 @@ def read_metadata(folder: str) -> pd.DataFrame:
   return meta
 
 
-def waterbirds(*, data_dir: str | None = None, resolution: int = 224, **_) -> Dataset:
-  """Args mirror the `data` config section; the splits are the folder's own."""
+def waterbirds(*, data_dir: str | None = None, resolution: int = 224,
+               pipeline: str = "memory", **_) -> Dataset:
+  """Args mirror the `data` config section; the splits are the folder's own.
+
+  pipeline 'stream' keeps the metadata only; images are read per batch.
+  """
   folder = find_folder(data_dir)
   meta = read_metadata(folder)
   out = {}
@@ -71,8 +78,13 @@ def waterbirds(*, data_dir: str | None = None, resolution: int = 224, **_) -> Da
     for p in paths:
       if not os.path.isfile(p):
         raise FileNotFoundError(f"waterbirds image listed in metadata.csv is missing: {p}")
-    x = sources.read(paths, lambda p: {"x": load_image(p, resolution=resolution)})["x"]
     y = rows["y"].to_numpy(np.int32)
-    out[name] = make_split(x, y, 2 * y + rows["place"].to_numpy(np.int32))
+    group = 2 * y + rows["place"].to_numpy(np.int32)
+    image = functools.partial(load_image, resolution=resolution)
+    if pipeline == "stream":
+      out[name] = stream_split(paths, np.arange(len(paths)), image, y=y, group=group)
+    else:
+      x = sources.read(paths, lambda p: {"x": image(p)})["x"]
+      out[name] = make_split(x, y, group)
   return Dataset(**out, num_classes=2, num_groups=4,
                  preprocess=ImagePreprocess(IMAGENET_MEAN, IMAGENET_STD))
