@@ -19,7 +19,7 @@ the device, and a jitted step runs per batch (`make_streamed_train_epoch`,
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, Sequence
 
 import grain
 import jax
@@ -128,6 +128,15 @@ def eval_indices(n: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
   mask = idx < n
   return (np.where(mask, idx, -1).reshape(num_batches, batch_size),
           mask.reshape(num_batches, batch_size))
+
+
+def eval_batch_size(batch_size: int, splits: Sequence[Split], multiple_of: int) -> int:
+  """`batch_size`, or less when every split is smaller: the largest split rounded up
+  to `multiple_of` (the mesh size), so that evaluating small splits (digits: 1,125
+  examples over three splits) does not compute mostly padding. One size for all
+  splits keeps one compiled evaluation program."""
+  largest = max(len(s) for s in splits)
+  return min(batch_size, -(-largest // multiple_of) * multiple_of)
 
 
 def pad_for_eval(split: Split, batch_size: int) -> dict[str, np.ndarray]:

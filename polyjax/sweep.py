@@ -398,8 +398,9 @@ def _train_group(members: list[Member], *, stop: lifecycle.StopSignals) -> None:
                               sh.replicated)
   train_weight_MxN = jax.device_put(train_weight_MxN, sh.replicated)
   eval_data, eval_weight = {}, {}
+  eval_batch = steps.eval_batch_size(cfg0.eval_batch_size, ds.splits().values(), sh.mesh.size)
   for split in train.SPLITS:
-    padded = [steps.pad_for_eval(m.exp.dataset.splits()[split], cfg0.eval_batch_size)
+    padded = [steps.pad_for_eval(m.exp.dataset.splits()[split], eval_batch)
               for m in members]
     shared = {k: v for k, v in padded[0].items() if k != "weight"}
     eval_data[split] = jax.device_put(shared, sh.stacked_batches)
@@ -618,7 +619,8 @@ def _run_group(todo: list[Member], *, mesh, stop: lifecycle.StopSignals) -> None
   exp0 = todo[0].exp
   split = cfg0.best_metric.partition("/")[0]
   train.check_best_metric(cfg0, exp0, exp0.state, {split: steps.to_global(
-      steps.pad_for_eval(exp0.dataset.splits()[split], cfg0.eval_batch_size),
+      steps.pad_for_eval(exp0.dataset.splits()[split], steps.eval_batch_size(
+          cfg0.eval_batch_size, exp0.dataset.splits().values(), exp0.shardings.mesh.size)),
       exp0.shardings.stacked_batches)})
   for m in todo:
     m.changed = []

@@ -262,8 +262,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     train_data, eval_data = exp.dataset.train, exp.dataset.splits()
   else:
     train_data = steps.to_global(steps.split_arrays(exp.dataset.train), sh.replicated)
+    eval_batch = steps.eval_batch_size(config.eval_batch_size, exp.dataset.splits().values(),
+                                       sh.mesh.size)
     eval_data = {
-        split: steps.to_global(steps.pad_for_eval(s, config.eval_batch_size), sh.stacked_batches)
+        split: steps.to_global(steps.pad_for_eval(s, eval_batch), sh.stacked_batches)
         for split, s in exp.dataset.splits().items()
     }
   check_best_metric(config, exp, exp.state, eval_data)

@@ -68,3 +68,11 @@ def test_only_tiny_models_get_xla_options_on_cpu():
   assert tiny == {"xla_cpu_experimental_ynn_fusion_type": "",
                   "xla_cpu_experimental_xnn_fusion_type": ""}
   assert steps.train_compiler_options(num_params=93_000, batch_size=64) is None
+
+
+def test_small_splits_are_evaluated_in_one_batch_no_larger_than_needed():
+  from polyjax.data.splits import make_split
+  split = lambda n: make_split(np.zeros((n, 2), np.float32), np.zeros(n, np.int32))  # noqa: E731
+  assert steps.eval_batch_size(1000, [split(660), split(165), split(300)], 8) == 664
+  assert steps.eval_batch_size(1000, [split(4000), split(165)], 8) == 1000
+  assert steps.eval_batch_size(256, [split(7)], 8) == 8
