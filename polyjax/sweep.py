@@ -235,7 +235,8 @@ def _is_key(a) -> bool:
 def make_sweep_epoch(exp: train.Experiment, *, loss_config: Mapping[str, Any],
                      reduction: weighting.Reduction = weighting.weighted_reduction):
   """Jitted `(state_M, data, weight_MxN, idx_SxMxB, loss_params_M, alive_M)
-  -> (state_M, alive_M, objective_MxS)`: one epoch of every member in one call.
+  -> (state_M, alive_M, objective_MxS, finite_M)`: one epoch of every member in one
+  call; `finite_M` says whether each member's state is finite at its end.
 
   Each member's step is `steps.make_train_step` with its own traced loss
   parameters and the group's `reduction` (group DRO's probabilities live in each
@@ -272,12 +273,12 @@ def make_sweep_epoch(exp: train.Experiment, *, loss_config: Mapping[str, Any],
       return (state_M, alive_M), obj_M
 
     (state_M, alive_M), obj_SxM = jax.lax.scan(body, (state_M, alive_M), idx_SxMxB)
-    return state_M, alive_M, obj_SxM.T
+    return state_M, alive_M, obj_SxM.T, _finite_M(state_M)
 
   members_batches = NamedSharding(sh.mesh, P(None, None, steps.DATA_AXIS))
   rep = sh.replicated
   return jax.jit(train_epoch, in_shardings=(rep, rep, rep, members_batches, rep, rep),
-                 out_shardings=(rep, rep, rep), donate_argnums=(0,))
+                 out_shardings=(rep, rep, rep, rep), donate_argnums=(0,))
 
 
 def make_sweep_eval(exp: train.Experiment, *, loss_config: Mapping[str, Any]):
@@ -318,8 +319,6 @@ def _finite_M(state_M) -> jax.Array:
   ok = [jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=1) for x in leaves]
   return jnp.all(jnp.stack(ok), axis=0)
 
-
-_finite_M_jit = jax.jit(_finite_M)
 
 
 # ----------------------------------------------------------------------------
@@ -437,11 +436,11 @@ def _train_group(members: list[Member], *, stop: lifecycle.StopSignals) -> None:
           steps.epoch_indices(n_train, cfg0.batch_size, seed=m.exp.order_seed, epoch=epoch,
                               p=m.exp.sample_p) for m in members])
       num_steps = idx_MxSxB.shape[1]
-      state_M, alive_M, obj_MxS = epoch_fn(
+      state_M, alive_M, obj_MxS, finite_M = epoch_fn(
           state_M, train_data, train_weight_MxN,
           jax.device_put(idx_MxSxB.transpose(1, 0, 2), idx_sharding), loss_params_M, alive_M)
       obj_MxS = np.asarray(obj_MxS)
-      finite_M = np.asarray(_finite_M_jit(state_M))
+      finite_M = np.asarray(finite_M)
       newly_diverged = False
       for i, m in enumerate(members):
         if not active[i]:
@@ -617,11 +616,7 @@ def _run_group(todo: list[Member], *, mesh, stop: lifecycle.StopSignals) -> None
                            exponent=m.config.weighting.exponent)
     m.exp = train.build(m.config, mesh=mesh, dataset=dataset)
   exp0 = todo[0].exp
-  split = cfg0.best_metric.partition("/")[0]
-  train.check_best_metric(cfg0, exp0, exp0.state, {split: steps.to_global(
-      steps.pad_for_eval(exp0.dataset.splits()[split], steps.eval_batch_size(
-          cfg0.eval_batch_size, exp0.dataset.splits().values(), exp0.shardings.mesh.size)),
-      exp0.shardings.stacked_batches)})
+  train.check_best_metric(cfg0, exp0.dataset)
   for m in todo:
     m.changed = []
     saved = m.run.read_config()

@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -154,11 +155,18 @@ def _better(value: float, best: float | None, mode: str) -> bool:
   return best is None or (value > best if mode == "max" else value < best)
 
 
-def check_best_metric(config, exp: Experiment, state, eval_data) -> None:
+def check_best_metric(config, dataset: data.Dataset) -> None:
   """Raises ConfigError unless config.best_metric is a metric this run reports."""
   split, _, name = config.best_metric.partition("/")
-  counts = jax.device_get(exp.eval_counts(state, eval_data[split]))
-  names = metrics.finalize(counts, train_group_counts=exp.dataset.train_group_counts)
+  # The names depend only on the numbers of classes and groups: trace the counts
+  # of one example (no compilation, no data read) and finalize ones of that shape.
+  ds = dataset
+  shapes = jax.eval_shape(lambda: metrics.batch_counts(
+      logits_BxC=jnp.zeros((1, ds.num_classes)), labels_B=jnp.zeros(1, jnp.int32),
+      groups_B=jnp.zeros(1, jnp.int32), loss_B=jnp.zeros(1), weight_B=jnp.ones(1),
+      mask_B=jnp.ones(1, bool), num_groups=ds.num_groups))
+  counts = jax.tree.map(lambda s: np.ones(s.shape, s.dtype), shapes)
+  names = metrics.finalize(counts, train_group_counts=ds.train_group_counts)
   if name not in names:
     raise ConfigError(f"config.best_metric={config.best_metric!r} is not a metric of this "
                       f"run; valid: {', '.join(f'{split}/{k}' for k in sorted(names))}")
@@ -268,7 +276,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         split: steps.to_global(steps.pad_for_eval(s, eval_batch), sh.stacked_batches)
         for split, s in exp.dataset.splits().items()
     }
-  check_best_metric(config, exp, exp.state, eval_data)
+  check_best_metric(config, exp.dataset)
 
   checkpointing.check_writable(run.path, "run directory")
   checkpoints = checkpointing.Checkpoints(run.checkpoints,
