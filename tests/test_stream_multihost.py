@@ -98,7 +98,7 @@ def test_two_processes_read_only_their_rows_and_match_one_process(tmp_path):
     test_multihost._assert_close(row, ref_rows[key], f"epoch {key[0]} {key[1]}")
 
   # What each process decoded: its half of every training batch and of every padded
-  # eval batch, for each evaluation (val once more: the best_metric check at start).
+  # eval batch, for each evaluation.
   reads = [collections.Counter(map(tuple, json.loads((tmp_path / f"reads_{p}.json").read_text())))
            for p in (0, 1)]
   half = BATCH // 2
@@ -108,7 +108,7 @@ def test_two_processes_read_only_their_rows_and_match_one_process(tmp_path):
     for epoch in range(1, EPOCHS + 1):
       idx = steps.epoch_indices(len(ds.train), BATCH, seed=0, epoch=epoch)
       want.update((len(ds.train), int(i)) for i in idx[:, cols].reshape(-1))
-    for split, times in ((ds.train, EPOCHS), (ds.val, EPOCHS + 1), (ds.test, EPOCHS)):
+    for split, times in ((ds.train, EPOCHS), (ds.val, EPOCHS), (ds.test, EPOCHS)):
       idx, _ = steps.eval_indices(len(split), EVAL_BATCH)
       for _ in range(times):
         want.update((len(split), int(i)) for i in idx[:, cols].reshape(-1) if i >= 0)

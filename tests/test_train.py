@@ -10,6 +10,7 @@ import pytest
 
 from configs import digits_poly, gaussians_poly
 from polyjax import checkpointing, steps, train
+from polyjax import config as config_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPLIT_KEYS = {"n", "loss", "weighted_loss", "acc", "reweighted_acc", "train_reweighted_acc",
@@ -128,3 +129,14 @@ def test_fused_epochs_equal_one_call_per_epoch(tmp_path, monkeypatch):
   read = lambda d: json.loads((tmp_path / d / "summary.json").read_text())  # noqa: E731
   assert read("nan_single")["diverged_at"] == {"epoch": 1, "step": 1}
   assert read("nan_fused")["diverged_at"] == {"epoch": 2, "step": 2}
+
+
+def test_best_metric_is_checked_by_name_before_any_work():
+  from polyjax import data
+  c = digits_poly.get_config()
+  ds = data.load("digits", weighting_mode="reweighted", exponent=1.0)
+  c.best_metric = "val/class_1_recall"
+  train.check_best_metric(c, ds)
+  c.best_metric = "val/class_7_recall"  # Digits is binary: no class 7.
+  with pytest.raises(config_lib.ConfigError, match=r"config.best_metric='val/class_7_recall'"):
+    train.check_best_metric(c, ds)
