@@ -114,6 +114,7 @@ class Checkpoints:
           # reads back after a restart) and answer `best_step()`.
           best_fn=ranking, best_mode="max", create=True)
     self._held: tuple[int, TrainState, float, dict[str, Any]] | None = None
+    self._written_best: tuple[int, TrainState] | None = None  # The last held best written.
     self._manager = ocp.CheckpointManager(
         os.path.abspath(directory), options=options,
         item_handlers={"state": ocp.StandardCheckpointHandler(),
@@ -160,6 +161,15 @@ class Checkpoints:
       self._held = None
       if epoch not in self._manager.all_steps():
         self._write(epoch, state, meta=meta, best_value=value)
+        self._written_best = (epoch, state)
+
+  def best_state(self, epoch: int, like: TrainState) -> TrainState:
+    """The state of the best epoch `epoch` (e.g. to test it at the end): the copy
+    this object wrote, if it is that epoch (no disk read), else restored."""
+    if self._written_best is not None and self._written_best[0] == epoch:
+      return self._written_best[1]
+    self.wait()
+    return self.restore(epoch, like=like)[0]
 
   def _write(self, epoch: int, state: TrainState, *, meta: dict[str, Any],
              best_value: float | None) -> bool:

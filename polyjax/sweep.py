@@ -471,6 +471,11 @@ def _train_group(members: list[Member], *, stop: lifecycle.StopSignals) -> None:
       values_M = evaluate_M(state_M) if evaluated else None
       stopping = stop.received is not None and epoch < num_epochs
       for i, m in enumerate(members):
+        # Start every held best's (background) write before a member's save of this
+        # epoch waits for its own: saves of one member run one after another.
+        if active[i] and m.checkpoints.due(epoch, force=epoch == num_epochs or stopping):
+          m.checkpoints.flush()
+      for i, m in enumerate(members):
         if not active[i]:
           continue
         m.summary["epochs_completed"] = epoch
@@ -536,8 +541,7 @@ def _finish(members: list[Member], done: list[int], state_M, like, evaluate_M,
   if restore:
     states = _unstack(state_M, len(members))
     for i in restore:
-      members[i].checkpoints.wait()
-      states[i], _ = members[i].checkpoints.restore(members[i].best_epoch, like=like)
+      states[i] = members[i].checkpoints.best_state(members[i].best_epoch, like=like)
     best_M = evaluate_M(jax.device_put(_tree_stack(states), replicated))
   for i in done:
     m = members[i]

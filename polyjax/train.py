@@ -380,8 +380,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         if best_epoch == summary["epochs_completed"]:
           best = {k: v for k, v in values.items() if k not in TRAIN_ONLY_KEYS}
         else:
-          checkpoints.wait()
-          best_state, _ = checkpoints.restore(best_epoch, like=state)
+          best_state = checkpoints.best_state(best_epoch, like=state)
           best = evaluate(exp, best_state, eval_data)
       summary.update(status="completed", final=values, best=best)
   except KeyboardInterrupt:

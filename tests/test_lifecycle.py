@@ -329,3 +329,19 @@ def test_resume_changes_names_the_fields_that_matter():
   assert config_lib.resume_changes(same, changed.to_dict()) == ["lr", "model.hidden"]
   changed.lr_schedule = "cosine"  # The cosine decays over num_epochs: now it matters.
   assert "num_epochs" in config_lib.resume_changes(same, changed.to_dict())
+
+
+def test_best_state_is_the_written_copy_or_the_restored_checkpoint(tmp_path):
+  ckpts = checkpointing.Checkpoints(tmp_path, every_epochs=10)
+  like = _tiny_state(0.0)
+  meta = {"step": 3, "best_epoch": 3, "best_value": 3.0}
+  ckpts.hold_best(3, _tiny_state(3.0), meta=meta, best_value=3.0)
+  ckpts.flush()
+  in_memory = ckpts.best_state(3, like=like)
+  ckpts.close()
+  reopened = checkpointing.Checkpoints(tmp_path, every_epochs=10)
+  from_disk = reopened.best_state(3, like=like)  # Nothing written by this object: restored.
+  reopened.close()
+  np.testing.assert_array_equal(jax.tree.leaves(in_memory.params)[0], 3.0)
+  for a, b in zip(jax.tree.leaves(in_memory.params), jax.tree.leaves(from_disk.params)):
+    np.testing.assert_array_equal(a, b)
