@@ -232,8 +232,18 @@ def _is_key(a) -> bool:
   return jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)
 
 
+def over_members(fn, member_batch: int | None = None):
+  """`jax.vmap(fn)` over the members (the leading axis of every argument); with
+  `member_batch`, `lax.map` over groups of that many vmapped members, so that the
+  program holds the activations of `member_batch` members at a time, not of all."""
+  if not member_batch:
+    return jax.vmap(fn)
+  return lambda *args: jax.lax.map(lambda a: fn(*a), args, batch_size=member_batch)
+
+
 def make_sweep_epoch(exp: train.Experiment, *, loss_config: Mapping[str, Any],
-                     reduction: weighting.Reduction = weighting.weighted_reduction):
+                     reduction: weighting.Reduction = weighting.weighted_reduction,
+                     member_batch: int | None = None):
   """Jitted `(state_M, data, weight_MxN, idx_SxMxB, loss_params_M, alive_M)
   -> (state_M, alive_M, objective_MxS, finite_M)`: one epoch of every member in one
   call; `finite_M` says whether each member's state is finite at its end.
@@ -268,7 +278,8 @@ def make_sweep_epoch(exp: train.Experiment, *, loss_config: Mapping[str, Any],
 
     def body(carry, idx_MxB):
       state_M, alive_M = carry
-      state_M, obj_M, alive_M = jax.vmap(one)(state_M, weight_MxN, idx_MxB, loss_params_M,
+      state_M, obj_M, alive_M = over_members(one, member_batch)(
+          state_M, weight_MxN, idx_MxB, loss_params_M,
                                               alive_M)
       return (state_M, alive_M), obj_M
 
@@ -281,7 +292,8 @@ def make_sweep_epoch(exp: train.Experiment, *, loss_config: Mapping[str, Any],
                  out_shardings=(rep, rep, rep, rep), donate_argnums=(0,))
 
 
-def make_sweep_eval(exp: train.Experiment, *, loss_config: Mapping[str, Any]):
+def make_sweep_eval(exp: train.Experiment, *, loss_config: Mapping[str, Any],
+                    member_batch: int | None = None):
   """Jitted `(state_M, padded, weight_Mx..., loss_params_M) -> counts_M` for one split.
 
   Each member runs `steps.make_eval_counts` with its own loss parameters and
@@ -299,7 +311,11 @@ def make_sweep_eval(exp: train.Experiment, *, loss_config: Mapping[str, Any]):
                                          shardings=exp.shardings)
     return eval_counts(state, {**padded, "weight": weight})
 
-  return jax.jit(jax.vmap(eval_member, in_axes=(0, None, 0, 0)))
+  def eval_members(state_M, padded, weight_M, loss_params_M):
+    return over_members(lambda s, w, lp: eval_member(s, padded, w, lp), member_batch)(
+        state_M, weight_M, loss_params_M)
+
+  return jax.jit(eval_members)
 
 
 def _member_tx(exp: train.Experiment):
@@ -370,7 +386,8 @@ def _unstack(state_M, count: int) -> list[Any]:
   return [_member_state(state_M, i) for i in range(count)]
 
 
-def _train_group(members: list[Member], *, stop: lifecycle.StopSignals) -> None:
+def _train_group(members: list[Member], *, stop: lifecycle.StopSignals,
+                 member_batch: int | None = None) -> None:
   """Trains members that share a program and a start epoch, together, and writes
   each one's rows, checkpoints and summary as `train.train_and_evaluate` would."""
   exp0 = members[0].exp
@@ -409,8 +426,9 @@ def _train_group(members: list[Member], *, stop: lifecycle.StopSignals) -> None:
 
   reduction = weighting.make_reduction(cfg0.weighting.mode, num_groups=ds.num_groups,
                                        adv_probs_lr=cfg0.weighting.adv_probs_lr)
-  epoch_fn = make_sweep_epoch(exp0, loss_config=loss_config, reduction=reduction)
-  eval_fn = make_sweep_eval(exp0, loss_config=loss_config)
+  epoch_fn = make_sweep_epoch(exp0, loss_config=loss_config, reduction=reduction,
+                              member_batch=member_batch)
+  eval_fn = make_sweep_eval(exp0, loss_config=loss_config, member_batch=member_batch)
 
   def evaluate_M(state_M) -> list[dict[str, float]]:
     """Every member's `train.evaluate` values, from one call per split."""
@@ -553,8 +571,8 @@ def _finish(members: list[Member], done: list[int], state_M, like, evaluate_M,
 
 
 def run_sweep(members: list[tuple[str, ml_collections.ConfigDict]], workdir: str, *,
-              mesh=None, checkpoint_every_epochs: int | None = None
-              ) -> dict[str, dict[str, Any]]:
+              mesh=None, checkpoint_every_epochs: int | None = None,
+              member_batch: int | None = None) -> dict[str, dict[str, Any]]:
   """Trains every member (name, config) under `workdir/<name>`; returns name -> summary.
 
   Args:
@@ -563,6 +581,8 @@ def run_sweep(members: list[tuple[str, ml_collections.ConfigDict]], workdir: str
     mesh: device mesh shared by all members (default: every device).
     checkpoint_every_epochs: if given, sets `config.checkpoint_every_epochs` of every
       member (so config.json records it).
+    member_batch: train (and evaluate) this many members side by side at a time
+      (`over_members`); None: all members of a group. Smaller bounds memory.
 
   Raises:
     ConfigError: a member config that cannot be trained, or a member directory holding
@@ -593,7 +613,7 @@ def run_sweep(members: list[tuple[str, ml_collections.ConfigDict]], workdir: str
     for todo in todo_groups:
       if stop.received is not None:
         break  # Stopped during an earlier group: later groups are not started.
-      _run_group(todo, mesh=mesh, stop=stop)
+      _run_group(todo, mesh=mesh, stop=stop, member_batch=member_batch)
       for m in todo:
         out[m.name] = m.summary
   return out
@@ -606,7 +626,8 @@ def _with_checkpoint_every(config: ml_collections.ConfigDict, every: int
   return config
 
 
-def _run_group(todo: list[Member], *, mesh, stop: lifecycle.StopSignals) -> None:
+def _run_group(todo: list[Member], *, mesh, stop: lifecycle.StopSignals,
+               member_batch: int | None = None) -> None:
   """Builds, opens (resuming) and trains the members of one stackable group."""
   cfg0 = todo[0].config
   # One load of the data; each member reweights it with its own exponent.
@@ -667,7 +688,7 @@ def _run_group(todo: list[Member], *, mesh, stop: lifecycle.StopSignals) -> None
       continue
     print(f"polyjax.sweep: training {len(sub)} members together "
           f"({', '.join(m.name for m in sub)}) from epoch {start_epoch}", flush=True)
-    _train_group(sub, stop=stop)
+    _train_group(sub, stop=stop, member_batch=member_batch)
 
 
 # ----------------------------------------------------------------------------
@@ -691,8 +712,11 @@ def main(argv) -> int:
         raise config_lib.ConfigError(
             "no grid: pass --grid=field=v1,v2 or define sweep() in the config file")
     members = expand(config, grid)
+    if _MEMBER_BATCH.value < 0:
+      raise config_lib.ConfigError(f"--member_batch must be >= 0, got {_MEMBER_BATCH.value}")
     summaries = run_sweep(members, _WORKDIR.value,
-                          checkpoint_every_epochs=_CHECKPOINT_EVERY.value)
+                          checkpoint_every_epochs=_CHECKPOINT_EVERY.value,
+                          member_batch=_MEMBER_BATCH.value or None)
   except config_lib.ConfigError as e:
     print(f"polyjax.sweep: error: {e}", file=sys.stderr)
     return 2
@@ -706,13 +730,13 @@ def main(argv) -> int:
   return 0
 
 
-_CONFIG = _WORKDIR = _GRID = _CHECKPOINT_EVERY = None
+_CONFIG = _WORKDIR = _GRID = _CHECKPOINT_EVERY = _MEMBER_BATCH = None
 
 
 def run() -> None:
   """Defines the flags (here, so importing this module next to polyjax.main is safe)
   and runs `main`."""
-  global _CONFIG, _WORKDIR, _GRID, _CHECKPOINT_EVERY
+  global _CONFIG, _WORKDIR, _GRID, _CHECKPOINT_EVERY, _MEMBER_BATCH
   from absl import app, flags
   from ml_collections import config_flags
 
@@ -726,6 +750,10 @@ def run() -> None:
   _CHECKPOINT_EVERY = flags.DEFINE_integer(
       "checkpoint_every_epochs", None, "Checkpoint every member this often (default: "
       "the config's checkpoint_every_epochs if it has one, else after the last epoch).")
+  _MEMBER_BATCH = flags.DEFINE_integer(
+      "member_batch", 0, "Members trained side by side (vmapped) at a time; the rest "
+      "wait their turn inside the same program. 0: all. Smaller values bound memory, "
+      "e.g. 1 for a conv net on CPU, where vmapped members train no faster.")
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(lambda argv: sys.exit(main(argv)))
 

@@ -205,3 +205,13 @@ def test_command_line_rejects_a_bad_grid_before_writing(tmp_path):
   assert proc.returncode == 2, proc.stderr
   assert "config.loss.alpha" in proc.stderr
   assert not (tmp_path / "w").exists()
+
+
+def test_members_in_groups_of_two_equal_all_side_by_side(swept, tmp_path):
+  """member_batch=4: six members as a group of four, then two; the same runs."""
+  members, workdir, summaries = swept
+  chunked = sweep.run_sweep(members, str(tmp_path), member_batch=4)  # 4 + remainder 2.
+  for name, _ in members:
+    assert chunked[name]["status"] == summaries[name]["status"]
+    if name != BAD:
+      assert_same_run(tmp_path / name, workdir / name)
