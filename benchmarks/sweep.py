@@ -64,12 +64,12 @@ def compare(sweep_dir: pathlib.Path, single_dirs: dict[str, pathlib.Path]) -> di
 
 
 def bench(name: str, entry: list[str], common: list[str], grid: dict[str, list],
-          env: dict[str, str], root: pathlib.Path) -> dict:
+          env: dict[str, str], root: pathlib.Path, sweep_flags: tuple[str, ...] = ()) -> dict:
   from polyjax import sweep
   points = sweep.expand(_dummy_config(), grid)  # Names only; the grid is int/float.
   sweep_dir = root / f"{name}-sweep"
   grid_flags = [f"--grid={f}={','.join(map(str, v))}" for f, v in grid.items()]
-  sweep_wall, sweep_rss = timed(entry("sweep") + common + grid_flags +
+  sweep_wall, sweep_rss = timed(entry("sweep") + common + grid_flags + list(sweep_flags) +
                                 [f"--workdir={sweep_dir}"], env)
   singles, seq_wall, seq_rss = {}, 0.0, 0.0
   for member, cfg in points:
@@ -107,6 +107,8 @@ def main() -> None:
   parser.add_argument("--checkpoint_every_epochs", type=int, default=None,
                       help="passed to both sides as --config.checkpoint_every_epochs "
                            "(default: the config's)")
+  parser.add_argument("--cnn_member_batch", type=int, default=0,
+                      help="the ConvNet sweep's --member_batch (0: all members vmapped)")
   parser.add_argument("--out", default=None)
   args = parser.parse_args()
   env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -129,9 +131,11 @@ def main() -> None:
           "convnet", lambda cmd: [PY, "benchmarks/cifar_shaped.py", cmd],
           [cfg, "--config.data.name=cifar_shaped", "--config.model.name=convnet",
            f"--config.num_epochs={args.cnn_epochs}", "--config.eval_batch_size=200"] + ckpt,
-          {"seed": list(range(10))}, scale_env, root)
+          {"seed": list(range(10))}, scale_env, root,
+          sweep_flags=(f"--member_batch={args.cnn_member_batch}",))
       out["convnet_cifar_shaped_10_seeds"].update(
-          epochs=args.cnn_epochs, train_images=int(4400 * args.cnn_train_scale))
+          epochs=args.cnn_epochs, train_images=int(4400 * args.cnn_train_scale),
+          member_batch=args.cnn_member_batch)
   out["load_after"] = os.getloadavg()
   text = json.dumps(out, indent=1)
   print(text)
