@@ -141,46 +141,15 @@ compiled call, as `train.train_and_evaluate` does) over `steps.make_train_step`,
 with the model, optimizer and loss built by `train_state.create`,
 `make_optimizer` and `losses.get_loss`; after the first (compiling) call, one
 more call is timed up to `block_until_ready`. The reference runs its PyTorch
-eager loop (3 warm-up steps, then the timed steps). fig1 is the full-batch loop of
-the Figure 1 problem: polyjax's compiled loop (a fresh permutation per step, as in
-the reference) against the reference's Python loop.
-
-### ConvNet on CPU: what was tried
-
-| change | effect (batch 64, epoch loop) |
-|---|---|
-| baseline: `nnx.Conv` + `nnx.max_pool` inside the epoch `lax.scan` | 0.63 examples/s (`run.py convnet --steps 2`): a convolution inside an XLA:CPU while loop runs 15-50x slower than the same convolution outside one (jax-ml/jax#12868); the same step jitted alone (`--mode step`) ran 15.6 examples/s, the reference about 17 at that moment |
-| `--xla_cpu_use_thunk_runtime=false` | no change (7.4 s vs 7.3 s per step, batch 16 conv stack in a scan) |
-| `--xla_cpu_multi_thread_eigen=false` | slower (8.0 s) |
-| `--xla_cpu_use_xnnpack=true` | slower (9.0 s) |
-| `--xla_cpu_enable_fast_math=true` | slower (10.6 s), and changes numerics: not used |
-| `lax.scan(..., unroll=True)` | fixes the loop (0.38 s per step) but compiles one copy of the step per batch: not usable for real epochs |
-| convolution as im2col matmul (`models.conv_valid`, shifted slices + one `einsum`), max pool by reshape + max (`models.max_pool_2x2`) | 0.43 s per step in the scan (from 7.3 s), same speed as the stand-alone step; the full ConvNet epoch went from 0.63 to 32.6 examples/s (reference 25.8 right after): **kept**, on CPU only (`lax.platform_dependent`; GPUs keep XLA's convolution) |
-| im2col for a stand-alone step (no loop) | slower than XLA's convolution there (4.4 s vs 3.1 s, batch-64 gradient of the conv stack); polyjax's CPU training step always runs inside the epoch loop, so the loop case decides |
-
-On the whole workloads, `--xla_cpu_multi_thread_eigen=false` (one sample each,
-under load) gave mlp b512 77.6k vs 59.8k examples/s but convnet b64 31.1 vs 40.1:
-mixed, so not set. No XLA flag helped consistently, so none is set by default. Other observations: on this loaded
-machine torch's default two threads ran the small workloads 10-20x slower than
-one thread (fig1: 22 vs 228 steps/s; mlp b64: 455 vs 9,881 examples/s), hence
-the second reference column. Compile time (first call) is not in the ratios; it
-is listed separately.
-
-### GPU (to be measured)
-
-No GPU was available when these figures were taken. On a GPU machine, take:
-
-```
-# ConvNet epoch time on binary-CIFAR-sized data (configs/cifar_poly.py trains on
-# 4,400 32x32x3 images at batch 64: 68 steps per epoch):
-PYTHONPATH=$PWD python benchmarks/run.py convnet --batch-size 64 --steps 68
-# a 400-epoch run (configs/cifar_poly.py has num_epochs 400; wall_seconds in summary.json):
-PYTHONPATH=$PWD python -m polyjax.main --config=configs/cifar_poly.py \\
-    --config.data.data_dir=DIR --workdir=/tmp/bench400
-# 10 seeds in one sweep (400 epochs each; compare with 10x the single run):
-PYTHONPATH=$PWD python -m polyjax.sweep --config=configs/cifar_poly.py \\
-    --config.data.data_dir=DIR --workdir=/tmp/bench_sweep --grid=seed=0,1,2,3,4,5,6,7,8,9
-```
+eager loop (3 warm-up steps, then the timed steps). fig1 is the Figure 1 problem
+(`configs/gaussians_poly.py`, one full-batch step per epoch) trained the way a run
+trains it: `train.build`, then calls of up to `train.FUSED_STEPS` epochs, each
+call's order from `steps.epochs_indices` and its objectives fetched and checked.
+A full batch is used in stored order (reordering it only reorders the gradient's
+sum), where the reference draws a permutation every step. Compile time (first
+call) is not in the ratios; it is listed separately. The reference is run with
+torch's default threads and with one thread, and the ratio taken against the
+faster: on a loaded machine torch's two spinning threads can be 10-20x slower.
 """
 
 
