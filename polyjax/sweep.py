@@ -7,9 +7,10 @@ Each point of the grid (a *member*) is the base config with some fields changed.
 Members that differ only in the fields of `STACKABLE` share array shapes and
 program, so they are trained together: their train states are stacked along a
 leading member axis and one `vmap`ped, jitted epoch updates all of them, on the
-same device mesh and batch sharding as a single run. Any other field (model,
-dataset, batch size, loss name, epochs, ...) splits the grid into groups that run
-one after another.
+same device mesh and batch sharding as a single run (`--member_batch=N`: N members
+side by side at a time, the rest in turn inside the same program, to bound memory).
+Any other field (model, dataset, batch size, loss name, epochs, ...) splits the
+grid into groups that run one after another.
 
 Every member writes an ordinary run directory, `DIR/<field>=<value>,...`, with the
 same files `polyjax.main` writes for that member's config (config.json,

@@ -2,7 +2,8 @@
 
 Fixed order: data -> model, optimizer, state -> jitted steps -> run directory ->
 restore (resume) -> wandb -> epoch loop (train, NaN check, evaluate, write,
-checkpoint) -> test the best checkpoint -> summary. Names in the config are
+checkpoint; consecutive epochs that need nothing from the host share one compiled
+call, `call_end`) -> test the best checkpoint -> summary. Names in the config are
 resolved here, once; the steps never branch on a string. Every check that can
 fail on the config and data runs before the run directory is written.
 
@@ -11,7 +12,7 @@ where an uninterrupted run ends: the checkpoint holds the whole train state, and
 the epoch it was taken at fixes the input order from there on. A resume whose
 config differs in a field that matters (`config.resume_changes`) is refused
 unless `allow_config_change` is set. SIGTERM/SIGINT stop the run after the
-current epoch with a checkpoint and status 'interrupted'.
+current call with a checkpoint and status 'interrupted'.
 """
 
 from __future__ import annotations
