@@ -40,22 +40,28 @@ def _config(num_epochs: int):
   return config
 
 
-def _launch_two_processes(workdir: pathlib.Path, num_epochs: int) -> list[str]:
-  """Runs the CLI as processes 0 and 1 of one run; returns their outputs."""
+def one_device_env() -> dict[str, str]:
+  """The environment of a launched process: one CPU device (overriding, not appending
+  to, conftest's eight) and this checkout on the path."""
   env = dict(os.environ)
-  # Override (not append to) conftest's eight devices: one device per process.
   env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
   env["JAX_PLATFORMS"] = "cpu"
   env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+  return env
+
+
+def run_two_processes(command: list[str]) -> list[str]:
+  """Runs `command` + the distributed flags as processes 0 and 1 of one run on
+  loopback; asserts both succeed; returns their outputs."""
   address = f"127.0.0.1:{_free_port()}"
   procs = []
   try:
     for i in range(2):
       procs.append(subprocess.Popen(
-          [sys.executable, "-m", "polyjax.main", f"--config={CONFIG}",
-           f"--workdir={workdir}", f"--config.num_epochs={num_epochs}",
-           f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}"],
-          cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+          command + [f"--coordinator_address={address}", "--num_processes=2",
+                     f"--process_id={i}"],
+          cwd=ROOT, env=one_device_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+          text=True))
     outputs = [p.communicate(timeout=TIMEOUT_S)[0] for p in procs]
   finally:
     for p in procs:
@@ -63,8 +69,14 @@ def _launch_two_processes(workdir: pathlib.Path, num_epochs: int) -> list[str]:
         p.kill()
         p.wait()
   for i, (p, out) in enumerate(zip(procs, outputs)):
-    assert p.returncode == 0, f"process {i} exited with {p.returncode}:\n{out}"
+    assert p.returncode == 0, f"process {i} exited with {p.returncode}:\n{out[-3000:]}"
   return outputs
+
+
+def _launch_two_processes(workdir: pathlib.Path, num_epochs: int) -> list[str]:
+  """Runs the CLI as processes 0 and 1 of one run; returns their outputs."""
+  return run_two_processes([sys.executable, "-m", "polyjax.main", f"--config={CONFIG}",
+                            f"--workdir={workdir}", f"--config.num_epochs={num_epochs}"])
 
 
 def _rows(workdir: pathlib.Path) -> dict[tuple[int, str], dict]:

@@ -5,9 +5,7 @@ every batch, and the run matches one in-memory process with two devices."""
 import collections
 import importlib.util
 import json
-import os
 import pathlib
-import subprocess
 import sys
 
 import jax
@@ -73,23 +71,7 @@ def test_two_processes_read_only_their_rows_and_match_one_process(tmp_path):
   args = ["--config=configs/cifar_poly.py", f"--workdir={workdir}",
           "--config.data.pipeline=stream"] + [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
   script = RUN_MAIN.format(tests=str(ROOT / "tests"), args=args, out=str(tmp_path))
-  address = f"127.0.0.1:{test_multihost._free_port()}"
-  procs = []
-  try:
-    for i in range(2):
-      procs.append(subprocess.Popen(
-          [sys.executable, "-c", script, f"--coordinator_address={address}",
-           "--num_processes=2", f"--process_id={i}"],
-          cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-          text=True))
-    outputs = [p.communicate(timeout=test_multihost.TIMEOUT_S)[0] for p in procs]
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-        p.wait()
-  for i, (p, out) in enumerate(zip(procs, outputs)):
-    assert p.returncode == 0, f"process {i} exited with {p.returncode}:\n{out[-3000:]}"
+  test_multihost.run_two_processes([sys.executable, "-c", script])
 
   rows = test_multihost._rows(workdir)
   ref_rows = test_multihost._rows(ref_dir)
@@ -116,11 +98,3 @@ def test_two_processes_read_only_their_rows_and_match_one_process(tmp_path):
   assert not set(k for k in reads[0] if k[0] == len(ds.test)) & set(
       k for k in reads[1] if k[0] == len(ds.test))
 
-
-def _env():
-  """One CPU device per process (overriding conftest's eight)."""
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
-  env["JAX_PLATFORMS"] = "cpu"
-  env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-  return env
