@@ -280,8 +280,7 @@ def make_sweep_epoch(exp: train.Experiment, *, loss_config: Mapping[str, Any],
     def body(carry, idx_MxB):
       state_M, alive_M = carry
       state_M, obj_M, alive_M = over_members(one, member_batch)(
-          state_M, weight_MxN, idx_MxB, loss_params_M,
-                                              alive_M)
+          state_M, weight_MxN, idx_MxB, loss_params_M, alive_M)
       return (state_M, alive_M), obj_M
 
     (state_M, alive_M), obj_SxM = jax.lax.scan(body, (state_M, alive_M), idx_SxMxB)
@@ -335,7 +334,6 @@ def _finite_M(state_M) -> jax.Array:
             if jnp.issubdtype(x.dtype, jnp.inexact)]
   ok = [jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=1) for x in leaves]
   return jnp.all(jnp.stack(ok), axis=0)
-
 
 
 # ----------------------------------------------------------------------------

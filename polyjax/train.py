@@ -156,12 +156,11 @@ def _better(value: float, best: float | None, mode: str) -> bool:
   return best is None or (value > best if mode == "max" else value < best)
 
 
-def check_best_metric(config, dataset: data.Dataset) -> None:
+def check_best_metric(config, ds: data.Dataset) -> None:
   """Raises ConfigError unless config.best_metric is a metric this run reports."""
   split, _, name = config.best_metric.partition("/")
   # The names depend only on the numbers of classes and groups: trace the counts
   # of one example (no compilation, no data read) and finalize ones of that shape.
-  ds = dataset
   shapes = jax.eval_shape(lambda: metrics.batch_counts(
       logits_BxC=jnp.zeros((1, ds.num_classes)), labels_B=jnp.zeros(1, jnp.int32),
       groups_B=jnp.zeros(1, jnp.int32), loss_B=jnp.zeros(1), weight_B=jnp.ones(1),
