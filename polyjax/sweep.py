@@ -264,7 +264,8 @@ def make_sweep_epoch(exp: train.Experiment, *, loss_config: Mapping[str, Any],
   def member_step(state, batch, loss_params, alive):
     loss_fn = losses.get_loss(name, **{**loss_config, **loss_params}, **counts)
     new, obj = steps.make_train_step(model_def=exp.model_def, loss_fn=loss_fn, tx=tx,
-                                     reduction=reduction)(state, batch)
+                                     reduction=reduction,
+                                     preprocess=exp.dataset.preprocess)(state, batch)
     ok = alive & jnp.isfinite(obj)
     new = jax.tree.map(lambda n, o: n if _is_key(n) else jnp.where(ok, n, o), new, state)
     return new, obj, ok
@@ -294,25 +295,27 @@ def make_sweep_epoch(exp: train.Experiment, *, loss_config: Mapping[str, Any],
 
 def make_sweep_eval(exp: train.Experiment, *, loss_config: Mapping[str, Any],
                     member_batch: int | None = None):
-  """Jitted `(state_M, padded, weight_Mx..., loss_params_M) -> counts_M` for one split.
+  """Jitted `(state_M, packed, weight_Mx..., loss_params_M) -> counts_MxS`: every
+  split of `steps.pack_for_eval`'s arrays, for every member.
 
   Each member runs `steps.make_eval_counts` with its own loss parameters and
-  example weights; the counts come back with a leading member axis.
+  example weights; the counts come back with leading member and split axes.
   """
   loss_config = dict(loss_config)
   name = loss_config.pop("name")
   counts = dict(class_counts=exp.dataset.train_class_counts,
                 group_counts=exp.dataset.train_group_counts)
 
-  def eval_member(state, padded, weight, loss_params):
+  def eval_member(state, packed, weight, loss_params):
     loss_fn = losses.get_loss(name, **{**loss_config, **loss_params}, **counts)
     eval_counts = steps.make_eval_counts(model_def=exp.model_def, loss_fn=loss_fn,
                                          num_groups=exp.dataset.num_groups,
-                                         shardings=exp.shardings)
-    return eval_counts(state, {**padded, "weight": weight})
+                                         shardings=exp.shardings,
+                                         preprocess=exp.dataset.preprocess)
+    return eval_counts(state, {**packed, "weight": weight})
 
-  def eval_members(state_M, padded, weight_M, loss_params_M):
-    return over_members(lambda s, w, lp: eval_member(s, padded, w, lp), member_batch)(
+  def eval_members(state_M, packed, weight_M, loss_params_M):
+    return over_members(lambda s, w, lp: eval_member(s, packed, w, lp), member_batch)(
         state_M, weight_M, loss_params_M)
 
   return jax.jit(eval_members)
@@ -412,16 +415,16 @@ def _train_group(members: list[Member], *, stop: lifecycle.StopSignals,
   train_data = jax.device_put({k: v for k, v in train_arrays.items() if k != "weight"},
                               sh.replicated)
   train_weight_MxN = jax.device_put(train_weight_MxN, sh.replicated)
-  eval_data, eval_weight = {}, {}
-  eval_batch = steps.eval_batch_size(cfg0.eval_batch_size, ds.splits().values(), sh.mesh.size)
-  for split in train.SPLITS:
-    padded = [steps.pad_for_eval(m.exp.dataset.splits()[split], eval_batch)
-              for m in members]
-    shared = {k: v for k, v in padded[0].items() if k != "weight"}
-    eval_data[split] = jax.device_put(shared, sh.stacked_batches)
-    eval_weight[split] = jax.device_put(
-        np.stack([p["weight"] for p in padded]),
-        NamedSharding(sh.mesh, P(None, None, steps.DATA_AXIS)))
+  # All splits in one pass (`steps.pack_for_eval`); only the weights differ by member.
+  member_splits = [[m.exp.dataset.splits()[s] for s in train.SPLITS] for m in members]
+  eval_batch = steps.eval_batch_size(cfg0.eval_batch_size, member_splits[0], sh.mesh.size)
+  eval_data = jax.device_put(
+      steps.pack_for_eval(member_splits[0], eval_batch, keys=("x", "y", "group")),
+      sh.stacked_batches)
+  eval_weight_M = jax.device_put(
+      np.stack([steps.pack_for_eval(splits, eval_batch, keys=("weight",))["weight"]
+                for splits in member_splits]),
+      NamedSharding(sh.mesh, P(None, None, steps.DATA_AXIS)))
 
   reduction = weighting.make_reduction(cfg0.weighting.mode, num_groups=ds.num_groups,
                                        adv_probs_lr=cfg0.weighting.adv_probs_lr)
@@ -430,14 +433,13 @@ def _train_group(members: list[Member], *, stop: lifecycle.StopSignals,
   eval_fn = make_sweep_eval(exp0, loss_config=loss_config, member_batch=member_batch)
 
   def evaluate_M(state_M) -> list[dict[str, float]]:
-    """Every member's `train.evaluate` values, from one call per split."""
-    counts = jax.device_get({s: eval_fn(state_M, eval_data[s], eval_weight[s], loss_params_M)
-                             for s in eval_data})
+    """Every member's `train.evaluate` values, from one call."""
+    counts_MxS = jax.device_get(eval_fn(state_M, eval_data, eval_weight_M, loss_params_M))
     out = [{} for _ in members]
-    for split, c in counts.items():
-      for i in range(len(members)):
-        for k, v in metrics.finalize(_tree_take(c, i),
-                                     train_group_counts=ds.train_group_counts).items():
+    for i in range(len(members)):
+      for j, split in enumerate(train.SPLITS):
+        c = {k: v[i, j] for k, v in counts_MxS.items()}
+        for k, v in metrics.finalize(c, train_group_counts=ds.train_group_counts).items():
           out[i][f"{split}/{k}"] = v
     return out
 

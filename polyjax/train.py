@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import platform
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -119,11 +119,24 @@ def build(config: ml_collections.ConfigDict, *, mesh=None,
                                         exponent=config.weighting.exponent))
 
 
-def evaluate(exp: Experiment, state, eval_data: dict[str, Any]) -> dict[str, float]:
-  """All SPEC §6 metrics of every split, keyed like 'test/reweighted_acc'."""
-  counts = {split: exp.eval_counts(state, padded) for split, padded in eval_data.items()}
+def eval_data(exp: Experiment, config, splits: Sequence[str] = SPLITS) -> Any:
+  """What `evaluate` reads for `splits`: in memory, all of them packed into one
+  array set on the devices (`steps.pack_for_eval`); streamed, the splits themselves."""
+  chosen = [exp.dataset.splits()[s] for s in splits]
+  if config.data.pipeline == "stream":
+    return chosen
+  batch = steps.eval_batch_size(config.eval_batch_size, chosen, exp.shardings.mesh.size)
+  return steps.to_global(steps.pack_for_eval(chosen, batch), exp.shardings.stacked_batches)
+
+
+def evaluate(exp: Experiment, state, data: Any, splits: Sequence[str] = SPLITS
+             ) -> dict[str, float]:
+  """All SPEC §6 metrics of `splits` (as given to `eval_data`), keyed like
+  'test/reweighted_acc'."""
+  counts = jax.device_get(exp.eval_counts(state, data))  # Leading axis: the splits.
   out = {}
-  for split, c in jax.device_get(counts).items():
+  for i, split in enumerate(splits):
+    c = {k: v[i] for k, v in counts.items()}
     for k, v in metrics.finalize(c, train_group_counts=exp.dataset.train_group_counts).items():
       out[f"{split}/{k}"] = v
   return out
@@ -267,15 +280,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   sh = exp.shardings
   streamed = config.data.pipeline == "stream"
   if streamed:  # The streamed steps read the splits themselves, batch by batch.
-    train_data, eval_data = exp.dataset.train, exp.dataset.splits()
+    train_data = exp.dataset.train
   else:
     train_data = steps.to_global(steps.split_arrays(exp.dataset.train), sh.replicated)
-    eval_batch = steps.eval_batch_size(config.eval_batch_size, exp.dataset.splits().values(),
-                                       sh.mesh.size)
-    eval_data = {
-        split: steps.to_global(steps.pad_for_eval(s, eval_batch), sh.stacked_batches)
-        for split, s in exp.dataset.splits().items()
-    }
+  eval_inputs = eval_data(exp, config)
   check_best_metric(config, exp.dataset)
 
   checkpointing.check_writable(run.path, "run directory")
@@ -357,7 +365,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         step = steps_done = int(state.step)
         values_now = None
         if epoch % config.eval_every_epochs == 0 or epoch == config.num_epochs:
-          values = values_now = evaluate(exp, state, eval_data)
+          values = values_now = evaluate(exp, state, eval_inputs)
           values["train/objective"] = float(objective_S.mean())
           values["train/lr"] = lr_at(config, exp, step)
           wandb.log(step, {"epoch": epoch, **values})
@@ -374,14 +382,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       summary.update(status="interrupted", signal=stop.name)
     else:
       if not values:  # Resumed a run that had already finished training.
-        values = evaluate(exp, state, eval_data)
+        values = evaluate(exp, state, eval_inputs)
       best = {}
       if config.test_on_best and best_epoch is not None:
         if best_epoch == summary["epochs_completed"]:
           best = {k: v for k, v in values.items() if k not in TRAIN_ONLY_KEYS}
         else:
           best_state = checkpoints.best_state(best_epoch, like=state)
-          best = evaluate(exp, best_state, eval_data)
+          best = evaluate(exp, best_state, eval_inputs)
       summary.update(status="completed", final=values, best=best)
   except KeyboardInterrupt:
     summary["status"] = "interrupted"

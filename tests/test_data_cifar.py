@@ -109,9 +109,15 @@ def test_same_data_seed_same_split_whatever_the_run_seed():
 def test_every_eval_example_counted_once():
   with mock_tfds.mock():
     exp = train.build(_config())
-  for split in (exp.dataset.val, exp.dataset.test):
-    padded = jax.device_put(steps.pad_for_eval(split, 16), exp.shardings.stacked_batches)
-    counts = jax.device_get(exp.eval_counts(exp.state, padded))
+  # Both splits in one pass of batches of 16: the last val rows share a batch with
+  # the first test rows, and only the final batch is padded.
+  splits = (exp.dataset.val, exp.dataset.test)
+  packed = steps.pack_for_eval(splits, 16)
+  assert packed["mask"].shape == (-(-(len(splits[0]) + len(splits[1])) // 16), 16, 2)
+  packed = jax.device_put(packed, exp.shardings.stacked_batches)
+  counts_S = jax.device_get(exp.eval_counts(exp.state, packed))
+  for i, split in enumerate(splits):
+    counts = {k: v[i] for k, v in counts_S.items()}
     assert counts["n"] == len(split)
     np.testing.assert_array_equal(counts["group_n"], np.bincount(split.group, minlength=2))
     x = exp.dataset.preprocess(jax.numpy.asarray(split.x))

@@ -18,6 +18,11 @@ class FixedLogits:
     return x, None
 
 
+def first_split(counts):
+  """The counts of the first (here only) packed split."""
+  return {k: v[0] for k, v in counts.items()}
+
+
 def ce(logits_BxC, labels_B, groups_B):
   del groups_B
   return -jax.nn.log_softmax(logits_BxC)[jnp.arange(len(labels_B)), labels_B]
@@ -34,9 +39,10 @@ def test_metrics_match_sklearn_on_random_predictions(num_classes, num_groups, n,
   sh = steps.Shardings(steps.make_mesh())
   eval_counts = steps.make_eval_counts(model_def=FixedLogits(), loss_fn=ce,
                                        num_groups=num_groups, shardings=sh)
-  padded = jax.device_put(steps.pad_for_eval(Split(logits, y, g, w), batch), sh.stacked_batches)
+  packed = jax.device_put(steps.pack_for_eval([Split(logits, y, g, w)], batch),
+                          sh.stacked_batches)
   train_counts = np.array([50, 30, 15, 5][:num_groups])
-  got = metrics.finalize(jax.device_get(eval_counts(None, padded)),
+  got = metrics.finalize(first_split(jax.device_get(eval_counts(None, packed))),
                          train_group_counts=train_counts)
 
   pred = logits.argmax(-1)
@@ -71,9 +77,9 @@ def test_balanced_accuracy_equals_sklearn_when_groups_are_classes():
   sh = steps.Shardings(steps.make_mesh())
   eval_counts = steps.make_eval_counts(model_def=FixedLogits(), loss_fn=ce, num_groups=2,
                                        shardings=sh)
-  padded = jax.device_put(steps.pad_for_eval(Split(logits, y, y, np.ones(n, np.float32)), 40),
+  packed = jax.device_put(steps.pack_for_eval([Split(logits, y, y, np.ones(n, np.float32))], 40),
                           sh.stacked_batches)
-  got = metrics.finalize(jax.device_get(eval_counts(None, padded)),
+  got = metrics.finalize(first_split(jax.device_get(eval_counts(None, packed))),
                          train_group_counts=np.array([1, 1]))
   np.testing.assert_allclose(got["reweighted_acc"],
                              skm.balanced_accuracy_score(y, logits.argmax(-1)), rtol=1e-6)
@@ -82,12 +88,12 @@ def test_balanced_accuracy_equals_sklearn_when_groups_are_classes():
 def test_padding_is_never_counted():
   split = Split(np.zeros((5, 2), np.float32), np.zeros(5, np.int32), np.zeros(5, np.int32),
                 np.ones(5, np.float32))
-  padded = steps.pad_for_eval(split, 4)
+  padded = steps.pack_for_eval([split], 4)
   assert padded["x"].shape == (2, 4, 2) and padded["mask"].sum() == 5
   # Garbage (NaN) logits in the padding must not reach any sum.
   logits = np.concatenate([np.zeros((5, 2)), np.full((3, 2), np.nan)]).reshape(2, 4, 2)
   counts = metrics.batch_counts(
       logits_BxC=jnp.asarray(logits.reshape(8, 2), jnp.float32), labels_B=jnp.zeros(8, jnp.int32),
       groups_B=jnp.zeros(8, jnp.int32), loss_B=jnp.asarray(logits.reshape(8, 2)[:, 0], jnp.float32),
-      weight_B=jnp.ones(8), mask_B=jnp.asarray(padded["mask"].reshape(8)), num_groups=1)
+      weight_B=jnp.ones(8), mask_B=jnp.asarray(padded["mask"][..., 0].reshape(8)), num_groups=1)
   assert float(counts["n"]) == 5 and np.isfinite(float(counts["loss_sum"]))

@@ -70,9 +70,29 @@ def test_only_tiny_models_get_xla_options_on_cpu():
   assert steps.train_compiler_options(num_params=93_000, batch_size=64) is None
 
 
-def test_small_splits_are_evaluated_in_one_batch_no_larger_than_needed():
+def test_eval_batches_are_as_few_and_as_full_as_possible():
   from polyjax.data.splits import make_split
   split = lambda n: make_split(np.zeros((n, 2), np.float32), np.zeros(n, np.int32))  # noqa: E731
-  assert steps.eval_batch_size(1000, [split(660), split(165), split(300)], 8) == 664
-  assert steps.eval_batch_size(1000, [split(4000), split(165)], 8) == 1000
+  # Digits: 1,125 examples in all; at most 1000 a batch -> 2 batches of 563 (8 devices: 568).
+  assert steps.eval_batch_size(1000, [split(660), split(165), split(300)], 1) == 563
+  assert steps.eval_batch_size(1000, [split(660), split(165), split(300)], 8) == 568
+  assert steps.eval_batch_size(2000, [split(660), split(165), split(300)], 8) == 1128
+  assert steps.eval_batch_size(1000, [split(4000), split(165)], 8) == 840  # 5 batches
+  assert steps.eval_batch_size(1000, [split(5000)], 8) == 1000
   assert steps.eval_batch_size(256, [split(7)], 8) == 8
+
+
+def test_packed_splits_keep_every_row_once_with_its_split():
+  from polyjax.data.splits import make_split
+  splits = [make_split(np.arange(n, dtype=np.float32)[:, None] + 100 * i,
+                       np.full(n, i, np.int32)) for i, n in enumerate((5, 3, 4))]
+  packed = steps.pack_for_eval(splits, 5)
+  assert packed["x"].shape == (3, 5, 1) and packed["mask"].shape == (3, 5, 3)
+  mask = packed["mask"].reshape(15, 3)
+  x, y = packed["x"].reshape(15), packed["y"].reshape(15)
+  for i, s in enumerate(splits):
+    np.testing.assert_array_equal(x[mask[:, i]], s.x[:, 0])
+    np.testing.assert_array_equal(y[mask[:, i]], i)
+  assert mask.sum(1).tolist() == [1] * 12 + [0] * 3  # Each row in one split; padding in none.
+  only = steps.pack_for_eval(splits, 5, keys=("weight",))
+  assert only.keys() == {"weight", "mask"} and only["weight"].sum() == 12

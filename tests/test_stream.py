@@ -112,9 +112,11 @@ def test_every_eval_example_counted_once_and_read_once():
   with mock_tfds.mock():
     exp = train.build(_config("stream"))
     mem = train.build(_config("memory")).dataset
-  for name in ("val", "test"):
-    split = recorded(exp.dataset.splits()[name])
-    counts = jax.device_get(exp.eval_counts(exp.state, split))
+  names = ("val", "test")
+  splits = [recorded(exp.dataset.splits()[name]) for name in names]
+  counts_S = jax.device_get(exp.eval_counts(exp.state, splits))
+  for i, (name, split) in enumerate(zip(names, splits)):
+    counts = {k: v[i] for k, v in counts_S.items()}
     assert counts["n"] == len(split)
     np.testing.assert_array_equal(counts["group_n"], np.bincount(split.group, minlength=2))
     # Every example's record read exactly once; padding reads nothing.
@@ -196,7 +198,7 @@ def test_in_memory_code_paths_refuse_a_stream_split():
   with mock_tfds.mock():
     ds = data.load("cifar10", weighting_mode="reweighted", exponent=1.0,
                    data_dir="/nonexistent", pipeline="stream")
-  for fn in (steps.split_arrays, lambda s: steps.pad_for_eval(s, 16)):
+  for fn in (steps.split_arrays, lambda s: steps.pack_for_eval([s], 16)):
     with pytest.raises(config_lib.ConfigError, match=r"config\.data\.pipeline='stream'") as e:
       fn(ds.val)
     assert "\n" not in str(e.value)

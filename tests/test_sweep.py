@@ -215,3 +215,20 @@ def test_members_in_groups_of_two_equal_all_side_by_side(swept, tmp_path):
     assert chunked[name]["status"] == summaries[name]["status"]
     if name != BAD:
       assert_same_run(tmp_path / name, workdir / name)
+
+
+def test_image_members_are_normalised_and_augmented_like_single_runs(tmp_path):
+  # uint8 images pass through the dataset's preprocess (normalisation, random crop
+  # and flip from each member's own key) in the sweep's steps as in a single run's.
+  import mock_tfds
+  c = config_lib.base_config()
+  c.data.name, c.data.data_dir, c.data.class_subset = "cifar10", "/nonexistent", ((3,), (5,))
+  c.data.augment = True
+  c.model.name = "linear"
+  c.batch_size, c.eval_batch_size, c.num_epochs, c.lr = 16, 32, 2, 1e-4
+  members = sweep.expand(c, [{"seed": [0, 1]}])
+  with mock_tfds.mock():
+    sweep.run_sweep(members, str(tmp_path / "sweep"))
+    for name, cfg in members:
+      train.train_and_evaluate(cfg, str(tmp_path / name))
+      assert_same_run(tmp_path / "sweep" / name, tmp_path / name)

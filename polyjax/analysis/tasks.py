@@ -85,9 +85,9 @@ def evaluate(loaded: Loaded, split: str) -> dict[str, float]:
 
   from polyjax import steps, train
 
-  padded = steps.pad_for_eval(_split(loaded, split), _eval_batch_size(loaded.run))
-  padded = jax.device_put(padded, loaded.exp.shardings.stacked_batches)
-  values = train.evaluate(loaded.exp, loaded.state, {split: padded})
+  packed = steps.pack_for_eval([_split(loaded, split)], _eval_batch_size(loaded.run))
+  packed = jax.device_put(packed, loaded.exp.shardings.stacked_batches)
+  values = train.evaluate(loaded.exp, loaded.state, packed, splits=(split,))
   prefix = f"{split}/"
   return {k[len(prefix):]: v for k, v in values.items()}
 
@@ -110,7 +110,7 @@ def logits(loaded: Loaded, split: str) -> np.ndarray:
   from polyjax import steps
 
   s = _split(loaded, split)
-  padded = steps.pad_for_eval(s, _eval_batch_size(loaded.run))
+  padded = steps.pack_for_eval([s], _eval_batch_size(loaded.run))
   sh = loaded.exp.shardings
   apply = jax.jit(lambda state, x: loaded.exp.model_def.apply(state, x, train=False)[0],
                   in_shardings=(sh.replicated, sh.batch), out_shardings=sh.replicated)
