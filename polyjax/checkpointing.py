@@ -57,6 +57,11 @@ def _from_saved(state: TrainState) -> TrainState:
   return state.replace(rng=jax.random.wrap_key_data(state.rng))
 
 
+# A held state must outlive the buffers the next training call donates: one program
+# copies every array (one dispatch, not one per leaf).
+_copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
+
+
 def _ranking(mode: str):
   """Orbax `best_fn`: larger is better; among equal values the earlier epoch wins."""
   sign = 1.0 if mode == "max" else -1.0
@@ -152,7 +157,7 @@ class Checkpoints:
                 best_value: float) -> None:
     """Keeps a copy of a new best state, to be written before the next save
     (or by `flush`); it replaces an earlier held best, which was not as good."""
-    self._held = (epoch, jax.tree.map(jnp.copy, state), best_value, dict(meta))
+    self._held = (epoch, _copy(state), best_value, dict(meta))
 
   def flush(self) -> None:
     """Writes the held best state now, if there is one."""

@@ -2,7 +2,9 @@
 
 - `StopSignals`: SIGTERM and SIGINT ask the loop to stop after the current epoch
   (an epoch is one compiled call and cannot be cut short); the loop then saves
-  and exits cleanly. A second signal stops at once, without saving.
+  and exits cleanly. A second signal stops at once, without saving. In a
+  multi-process run the processes agree (`received_anywhere`): a signal that
+  reaches one process stops them all after the same epoch.
 - `is_finite`: whether every floating-point array of a state is finite, so that
   a non-finite state is never checkpointed.
 """
@@ -27,7 +29,8 @@ class StopSignals:
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
-    self.received: int | None = None
+    self.received: int | None = None  # This process's own signal.
+    self._elsewhere: int | None = None  # Another process's, once agreed on.
     self._previous = {}
 
   def _handle(self, signum, frame):
@@ -48,7 +51,24 @@ class StopSignals:
 
   @property
   def name(self) -> str | None:
-    return None if self.received is None else signal.Signals(self.received).name
+    """The signal that stopped the run: this process's own, else another's."""
+    signum = self.received if self.received is not None else self._elsewhere
+    return None if signum is None else signal.Signals(signum).name
+
+  def received_anywhere(self) -> bool:
+    """Whether any process of the run has received a stop signal (`name` then
+    names it on every process). Every process must ask at the same point of the
+    loop: a process that stopped on its own signal alone would leave the others
+    waiting in their next collective. Only a process's own signal counts as the
+    first of two: its own signal arriving later still stops it cleanly."""
+    if jax.process_count() == 1:
+      return self.received is not None
+    from jax.experimental import multihost_utils
+    # The answer is the gathered one: a signal arriving after the gather counts next time.
+    got = np.asarray(multihost_utils.process_allgather(np.int32(self.received or 0))).ravel()
+    if np.any(got):
+      self._elsewhere = int(got[np.flatnonzero(got)[0]])
+    return bool(np.any(got))
 
   def __enter__(self) -> StopSignals:
     if threading.current_thread() is threading.main_thread():

@@ -488,7 +488,7 @@ def _train_group(members: list[Member], *, stop: lifecycle.StopSignals,
       steps_M = np.asarray(state_M.step)
       evaluated = epoch % eval_every == 0 or epoch == num_epochs
       values_M = evaluate_M(state_M) if evaluated else None
-      stopping = stop.received is not None and epoch < num_epochs
+      stopping = epoch < num_epochs and stop.received_anywhere()
       for i, m in enumerate(members):
         # Start every held best's (background) write before a member's save of this
         # epoch waits for its own: saves of one member run one after another.
@@ -535,7 +535,7 @@ def _train_group(members: list[Member], *, stop: lifecycle.StopSignals,
         continue
       if m.summary["status"] != "completed":
         m.summary["status"] = status
-        if status == "interrupted" and stop.received is not None:
+        if status == "interrupted" and stop.name is not None:
           m.summary["signal"] = stop.name
       m.summary["wall_seconds"] = m.prior_seconds + time.time() - start
       m.summary["steps"] = m.steps_done
@@ -612,7 +612,7 @@ def run_sweep(members: list[tuple[str, ml_collections.ConfigDict]], workdir: str
   stop = lifecycle.StopSignals()
   with stop:
     for todo in todo_groups:
-      if stop.received is not None:
+      if stop.received_anywhere():
         break  # Stopped during an earlier group: later groups are not started.
       _run_group(todo, mesh=mesh, stop=stop, member_batch=member_batch)
       for m in todo:
@@ -680,7 +680,7 @@ def _run_group(todo: list[Member], *, mesh, stop: lifecycle.StopSignals,
   for m in todo:
     by_start.setdefault(m.start_epoch, []).append(m)
   for start_epoch, sub in sorted(by_start.items()):
-    if stop.received is not None:
+    if stop.received_anywhere():
       for m in sub:
         m.summary.update(status="interrupted", signal=stop.name,
                          wall_seconds=m.prior_seconds, steps=m.steps_done)

@@ -371,7 +371,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           wandb.log(step, {"epoch": epoch, **values})
           if run.is_writer:
             print(_progress(epoch, config.num_epochs, step, values, time.time() - t0), flush=True)
-        stopping = stop.received is not None and epoch < config.num_epochs
+        stopping = epoch < config.num_epochs and stop.received_anywhere()
         best_epoch, best_value = record_epoch(
             config, run, checkpoints, epoch=epoch, step=step, state=state, values=values_now,
             best_epoch=best_epoch, best_value=best_value, stopping=stopping)

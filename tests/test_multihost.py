@@ -138,3 +138,41 @@ def test_two_processes_match_one_process_with_two_devices_and_resume(tmp_path):
                 {k: v for k, v in ref["final"].items()
                  if k not in ("train/objective", "train/lr")},  # training stats, not evaluated
                 "re-evaluated")
+
+
+def test_a_signal_to_one_process_stops_both_after_the_same_epoch(tmp_path):
+  # SIGTERM reaches process 1 only (as when one host of a pod is preempted first).
+  # Without agreeing, process 1 would stop and process 0 train on into a collective
+  # that never completes; both must stop after the same epoch, save, and resume.
+  import signal
+  workdir = tmp_path / "run"
+  address = f"127.0.0.1:{_free_port()}"
+  procs = [subprocess.Popen(
+      [sys.executable, "-u", "-m", "polyjax.main", f"--config={CONFIG}",
+       f"--workdir={workdir}", "--config.num_epochs=100000", "--config.model.hidden=16",
+       f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}"],
+      cwd=ROOT, env=one_device_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+      text=True) for i in range(2)]
+  try:
+    seen = []
+    for line in procs[0].stdout:  # Process 0 reports every evaluated epoch.
+      seen.append(line)
+      if line.startswith("epoch 3/"):
+        procs[1].send_signal(signal.SIGTERM)
+        break
+    outputs = ["".join(seen) + procs[0].communicate(timeout=TIMEOUT_S)[0],
+               procs[1].communicate(timeout=TIMEOUT_S)[0]]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  for i, (p, out) in enumerate(zip(procs, outputs)):
+    assert p.returncode == 128 + signal.SIGTERM, f"process {i}: {p.returncode}\n{out[-3000:]}"
+  summary = run_dir.read_json(workdir / run_dir.SUMMARY)
+  assert summary["status"] == "interrupted" and summary["signal"] == "SIGTERM"
+  stopped = summary["epochs_completed"]
+  assert stopped >= 3 and f"after {stopped} epochs" in outputs[0], outputs[0][-2000:]
+  assert f"after {stopped} epochs" in outputs[1], outputs[1][-2000:]
+  epochs = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  assert epochs[-1] == stopped
