@@ -15,7 +15,6 @@ from typing import Any, Callable, Sequence
 
 import grain
 import numpy as np
-import tensorflow_datasets as tfds
 
 # polyjax dataset name -> tensorflow-datasets name.
 TFDS_NAMES = {"cifar10": "cifar10", "celeba": "celeb_a"}
@@ -41,6 +40,8 @@ def open_split(dataset: str, split: str, *, data_dir: str | None,
   `skip_images`: records keep their 'image' encoded (tfds' `SkipDecoding`), for
   reading only the labels and attributes without decoding every image.
   """
+  import tensorflow_datasets as tfds  # Here: runs on other datasets never import it.
+
   data_dir = data_dir or default_data_dir()
   name = TFDS_NAMES[dataset]
   decoders = {"image": tfds.decode.SkipDecoding()} if skip_images else None
