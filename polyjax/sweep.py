@@ -221,6 +221,7 @@ def groups(members: list[tuple[str, ml_collections.ConfigDict]]
 # The stacked program.
 
 
+@jax.jit  # One program for all the leaves (eager stacking compiled one per shape).
 def _tree_stack(trees: Sequence[Any]) -> Any:
   return jax.tree.map(lambda *a: jnp.stack(a), *trees)
 
