@@ -1,7 +1,7 @@
 """Benchmark: a grid trained by `polyjax.sweep` against one `polyjax.main` process per point.
 
     PYTHONPATH=$PWD python benchmarks/sweep.py [--parts=digits,convnet] [--out=FILE.json]
-        [--checkpoint_every_epochs=N]
+        [--checkpoint_every_epochs=N] [--compilation_cache]
 
 digits: 16 members (4 lrs x 4 seeds) of configs/digits_poly.py (MLP 3x200, 30 epochs).
 convnet: 10 seeds of the ConvNet on CIFAR-shaped random images (benchmarks/cifar_shaped.py;
@@ -11,7 +11,9 @@ files), one after another, so the ratio is what a user waits. Peak memory is the
 largest maxrss (os.wait4) of the processes of a side. The final metrics of the two
 sides are compared, member by member. --checkpoint_every_epochs=N sets the same
 checkpoint interval on both sides (N = the number of epochs: the latest checkpoint only
-after the last epoch, plus each new best). Prints one JSON object.
+after the last epoch, plus each new best). --compilation_cache gives each side a
+persistent compilation cache, empty at the start (`--compilation_cache_dir`), as
+scripts/launch_sweep.py's commands have. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -64,18 +66,22 @@ def compare(sweep_dir: pathlib.Path, single_dirs: dict[str, pathlib.Path]) -> di
 
 
 def bench(name: str, entry: list[str], common: list[str], grid: dict[str, list],
-          env: dict[str, str], root: pathlib.Path, sweep_flags: tuple[str, ...] = ()) -> dict:
+          env: dict[str, str], root: pathlib.Path, sweep_flags: tuple[str, ...] = (),
+          compilation_cache: bool = False) -> dict:
   from polyjax import sweep
   points = sweep.expand(_dummy_config(), grid)  # Names only; the grid is int/float.
+  if compilation_cache:  # Each side starts from an empty cache of its own.
+    common = common + [f"--compilation_cache_dir={root / name}-cache-{{side}}"]
   sweep_dir = root / f"{name}-sweep"
+  side = lambda args, s: [a.replace("{side}", s) for a in args]  # noqa: E731
   grid_flags = [f"--grid={f}={','.join(map(str, v))}" for f, v in grid.items()]
-  sweep_wall, sweep_rss = timed(entry("sweep") + common + grid_flags + list(sweep_flags) +
-                                [f"--workdir={sweep_dir}"], env)
+  sweep_wall, sweep_rss = timed(entry("sweep") + side(common, "sweep") + grid_flags +
+                                list(sweep_flags) + [f"--workdir={sweep_dir}"], env)
   singles, seq_wall, seq_rss = {}, 0.0, 0.0
   for member, cfg in points:
     overrides = [f"--config.{f}={_get(cfg, f)}" for f in grid]
     singles[member] = root / f"{name}-single" / member
-    wall, rss = timed(entry("main") + common + overrides +
+    wall, rss = timed(entry("main") + side(common, "single") + overrides +
                       [f"--workdir={singles[member]}"], env)
     seq_wall += wall
     seq_rss = max(seq_rss, rss)
@@ -109,6 +115,10 @@ def main() -> None:
                            "(default: the config's)")
   parser.add_argument("--cnn_member_batch", type=int, default=0,
                       help="the ConvNet sweep's --member_batch (0: all members vmapped)")
+  parser.add_argument("--compilation_cache", action="store_true",
+                      help="both sides keep compiled programs in a cache (empty at the "
+                           "start): the sequential runs after the first reuse them, as "
+                           "scripts/launch_sweep.py's commands do")
   parser.add_argument("--out", default=None)
   args = parser.parse_args()
   env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -117,13 +127,15 @@ def main() -> None:
   ckpt = ([] if args.checkpoint_every_epochs is None else
           [f"--config.checkpoint_every_epochs={args.checkpoint_every_epochs}"])
   out = {"host_cpus": os.cpu_count(), "load_before": os.getloadavg(),
-         "checkpoint_every_epochs": args.checkpoint_every_epochs}
+         "checkpoint_every_epochs": args.checkpoint_every_epochs,
+         "compilation_cache": args.compilation_cache}
   with tempfile.TemporaryDirectory() as tmp:
     root = pathlib.Path(tmp)
     if "digits" in args.parts:
       out["digits_mlp_4lr_x_4seed"] = bench(
           "digits", lambda cmd: [PY, "-m", f"polyjax.{cmd}"], [cfg] + ckpt,
-          {"lr": [0.01, 0.03, 0.1, 0.3], "seed": [0, 1, 2, 3]}, env, root)
+          {"lr": [0.01, 0.03, 0.1, 0.3], "seed": [0, 1, 2, 3]}, env, root,
+          compilation_cache=args.compilation_cache)
       print(json.dumps(out), flush=True)
     if "convnet" in args.parts:
       scale_env = {**env, "CIFAR_SHAPED_SCALE": str(args.cnn_train_scale)}
@@ -132,7 +144,8 @@ def main() -> None:
           [cfg, "--config.data.name=cifar_shaped", "--config.model.name=convnet",
            f"--config.num_epochs={args.cnn_epochs}", "--config.eval_batch_size=200"] + ckpt,
           {"seed": list(range(10))}, scale_env, root,
-          sweep_flags=(f"--member_batch={args.cnn_member_batch}",))
+          sweep_flags=(f"--member_batch={args.cnn_member_batch}",),
+          compilation_cache=args.compilation_cache)
       out["convnet_cifar_shaped_10_seeds"].update(
           epochs=args.cnn_epochs, train_images=int(4400 * args.cnn_train_scale),
           member_batch=args.cnn_member_batch)

@@ -18,6 +18,7 @@ docs/multihost.md); every process runs the same command.
 from __future__ import annotations
 
 import datetime
+import os
 import pathlib
 import re
 import signal
@@ -27,7 +28,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from polyjax import checkpointing, train
+from polyjax import checkpointing, steps, train
 from polyjax import config as config_lib
 from polyjax import distributed
 from polyjax.data import DataMissing
@@ -45,6 +46,10 @@ _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "HOST:PORT of process 0's coordinator (multi-process).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in [0, N).")
+_COMPILATION_CACHE = flags.DEFINE_string(
+    "compilation_cache_dir", None,
+    "Keep compiled programs here and reuse them in later runs of the same shapes "
+    "(steps.use_compilation_cache): runs one after another skip most compilation.")
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     "allow_config_change", False,
     "Resume a workdir even if its config differs in fields that matter.")
@@ -70,7 +75,11 @@ def main(argv) -> int:
   config = _CONFIG.value
   try:
     config_lib.validate(config, device_count=jax.device_count())
-  except config_lib.ConfigError as e:
+    if _COMPILATION_CACHE.value:
+      cache = os.path.abspath(os.path.expanduser(_COMPILATION_CACHE.value))
+      checkpointing.check_writable(cache, "--compilation_cache_dir")
+      steps.use_compilation_cache(cache)
+  except (config_lib.ConfigError, checkpointing.CheckpointDirError) as e:
     print(f"polyjax: error: {e}", file=sys.stderr)
     return 2
   if _WORKDIR.value is None and jax.process_count() > 1:

@@ -213,6 +213,18 @@ def train_compiler_options(*, num_params: int, batch_size: int) -> dict[str, str
           "xla_cpu_experimental_xnn_fusion_type": ""}
 
 
+def use_compilation_cache(directory: str) -> None:
+  """Keeps every program XLA compiles from here on (training and evaluation
+  programs, and each operation of the model's eager initialisation) in `directory`,
+  so that a later run of the same shapes loads it instead of compiling: JAX's
+  persistent cache, keyed by the program, the compile options and the JAX/XLA
+  versions, with no minimum compile time, since a small run's programs each compile
+  in well under JAX's default threshold of a second."""
+  jax.config.update("jax_compilation_cache_dir", directory)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
 def make_train_epoch(train_step, shardings: Shardings, *,
                      compiler_options: dict[str, str] | None = None):
   """Jitted `(state, data, idx_SxB) -> (state, objective_S)`: a whole epoch in one call.

@@ -41,6 +41,7 @@ import functools
 import importlib.util
 import itertools
 import json
+import os
 import pathlib
 import sys
 import time
@@ -716,10 +717,14 @@ def main(argv) -> int:
     members = expand(config, grid)
     if _MEMBER_BATCH.value < 0:
       raise config_lib.ConfigError(f"--member_batch must be >= 0, got {_MEMBER_BATCH.value}")
+    if _COMPILATION_CACHE.value:
+      cache = os.path.abspath(os.path.expanduser(_COMPILATION_CACHE.value))
+      checkpointing.check_writable(cache, "--compilation_cache_dir")
+      steps.use_compilation_cache(cache)
     summaries = run_sweep(members, _WORKDIR.value,
                           checkpoint_every_epochs=_CHECKPOINT_EVERY.value,
                           member_batch=_MEMBER_BATCH.value or None)
-  except config_lib.ConfigError as e:
+  except (config_lib.ConfigError, checkpointing.CheckpointDirError) as e:
     print(f"polyjax.sweep: error: {e}", file=sys.stderr)
     return 2
   by_status: dict[str, list[str]] = {}
@@ -732,13 +737,13 @@ def main(argv) -> int:
   return 0
 
 
-_CONFIG = _WORKDIR = _GRID = _CHECKPOINT_EVERY = _MEMBER_BATCH = None
+_CONFIG = _WORKDIR = _GRID = _CHECKPOINT_EVERY = _MEMBER_BATCH = _COMPILATION_CACHE = None
 
 
 def run() -> None:
   """Defines the flags (here, so importing this module next to polyjax.main is safe)
   and runs `main`."""
-  global _CONFIG, _WORKDIR, _GRID, _CHECKPOINT_EVERY, _MEMBER_BATCH
+  global _CONFIG, _WORKDIR, _GRID, _CHECKPOINT_EVERY, _MEMBER_BATCH, _COMPILATION_CACHE
   from absl import app, flags
   from ml_collections import config_flags
 
@@ -756,6 +761,9 @@ def run() -> None:
       "member_batch", 0, "Members trained side by side (vmapped) at a time; the rest "
       "wait their turn inside the same program. 0: all. Smaller values bound memory, "
       "e.g. 1 for a conv net on CPU, where vmapped members train no faster.")
+  _COMPILATION_CACHE = flags.DEFINE_string(
+      "compilation_cache_dir", None, "Keep compiled programs here and reuse them in "
+      "later runs of the same shapes (steps.use_compilation_cache).")
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(lambda argv: sys.exit(main(argv)))
 

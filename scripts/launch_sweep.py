@@ -12,6 +12,9 @@ so the two ways of running a grid produce the same tree.
 - local: runs them here, `--parallel` at a time; points whose summary.json says
   completed or diverged are skipped, so re-running finishes an interrupted grid.
   Exits 1 if any command failed (a diverged run exits 1 too).
+In print and local modes every command keeps its compiled programs in
+`--compilation_cache_dir` (default `DIR/.compilation_cache`), where the points
+after the first find them: a digits run takes about 6 s instead of 8.
 - wandb: writes a wandb sweep file (method grid) for `wandb sweep FILE` and agents;
   each agent run gets a fresh run directory under runs/.
 """
@@ -46,15 +49,18 @@ def _value(v) -> str:
 
 
 def commands(config_path: str, workdir: str, grid: sweep.Grid, overrides: list[str],
-             python: str = sys.executable) -> list[tuple[str, list[str]]]:
+             python: str = sys.executable, compilation_cache_dir: str | None = None
+             ) -> list[tuple[str, list[str]]]:
   """(member name, argv) for every point of the grid."""
   members = sweep.expand(_load_config(config_path), grid)
   fields = list(dict.fromkeys(f for g in grid for f in g))
+  cache = [f"--compilation_cache_dir={compilation_cache_dir}"] if compilation_cache_dir else []
   out = []
   for name, cfg in members:
     point = [f"--config.{f}={_value(sweep._get(cfg, f))}" for f in fields]
     out.append((name, [python, "-m", "polyjax.main", f"--config={config_path}",
-                       f"--workdir={pathlib.Path(workdir) / name}", *overrides, *point]))
+                       f"--workdir={pathlib.Path(workdir) / name}", *cache, *overrides,
+                       *point]))
   return out
 
 
@@ -118,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--mode", choices=("print", "local", "wandb"), default="print")
   parser.add_argument("--parallel", type=int, default=1)
   parser.add_argument("--wandb_file", default="sweep.yaml")
+  parser.add_argument(
+      "--compilation_cache_dir", default=None,
+      help="passed to every command: compiled programs are kept there and reused by "
+           "the next points (default: WORKDIR/.compilation_cache; '' for none)")
   args, rest = parser.parse_known_args(argv)
   bad = [a for a in rest if not a.startswith("--config.")]
   if bad:
@@ -136,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
       print(f"launch_sweep: wrote {args.wandb_file}; start it with "
             f"`wandb sweep {args.wandb_file}` and `wandb agent <sweep id>`")
       return 0
-    cmds = commands(args.config, args.workdir, grid, rest)
+    cache = (str(pathlib.Path(args.workdir) / ".compilation_cache")
+             if args.compilation_cache_dir is None else args.compilation_cache_dir)
+    cmds = commands(args.config, args.workdir, grid, rest, compilation_cache_dir=cache)
   except config_lib.ConfigError as e:
     print(f"launch_sweep: error: {e}", file=sys.stderr)
     return 2

@@ -3,7 +3,10 @@
 import importlib.util
 import json
 import pathlib
+import os
 import shlex
+import subprocess
+import sys
 
 import pytest
 
@@ -65,3 +68,42 @@ def test_local_runs_each_point_and_skips_finished(launch, tmp_path, monkeypatch,
   capsys.readouterr()
   assert launch.main(args) == 0
   assert capsys.readouterr().out.count("already finished") == 2
+
+
+def test_commands_share_a_compilation_cache_and_its_runs_equal_uncached_ones(
+    launch, tmp_path, monkeypatch, capsys):
+  monkeypatch.chdir(REPO)
+  assert launch.main([f"--config={CONFIG}", f"--workdir={tmp_path}", "--grid=seed=0"]) == 0
+  assert f"--compilation_cache_dir={tmp_path}/.compilation_cache" in \
+      shlex.split(capsys.readouterr().out.splitlines()[0])
+  assert launch.main([f"--config={CONFIG}", "--grid=seed=0", "--compilation_cache_dir="]) == 0
+  assert "compilation_cache" not in capsys.readouterr().out
+  # The real CLI: a run that fills the cache, one that reads it, one without it.
+  monkeypatch.setenv("PYTHONPATH", str(REPO))
+  cache = tmp_path / "cache"
+  common = [sys.executable, "-m", "polyjax.main", f"--config={CONFIG}",
+            "--config.num_epochs=2", "--config.model.hidden=16"]
+  for name, extra in (("a", [f"--compilation_cache_dir={cache}"]),
+                      ("b", [f"--compilation_cache_dir={cache}"]), ("c", [])):
+    subprocess.run(common + [f"--workdir={tmp_path / name}"] + extra, cwd=REPO, check=True,
+                   capture_output=True, timeout=300)
+    if name == "a":
+      filled = sorted(p.name for p in cache.iterdir())
+      assert filled  # The first run's programs.
+  assert sorted(p.name for p in cache.iterdir()) == filled  # The second compiled nothing new.
+  rows = {n: [json.loads(r) for r in (tmp_path / n / "metrics.jsonl").read_text().splitlines()]
+          for n in "abc"}
+  assert rows["a"] == rows["b"] == rows["c"] and len(rows["a"]) == 6  # Bit for bit.
+
+
+def test_an_unwritable_compilation_cache_is_a_one_line_error(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("")
+  out = subprocess.run(
+      [sys.executable, "-m", "polyjax.main", f"--config={CONFIG}",
+       f"--workdir={tmp_path / 'run'}", f"--compilation_cache_dir={blocker / 'cache'}"],
+      cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+      timeout=300)
+  assert out.returncode == 2
+  assert out.stderr.strip().count("\n") == 0 and "--compilation_cache_dir" in out.stderr
+  assert not (tmp_path / "run").exists()
