@@ -27,7 +27,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.weight_decay = 0.0  # L2 weight decay added to the gradient (>= 0).
   c.batch_size = 64  # Global training batch size; divisible by the device count.
   c.num_epochs = 20  # Training epochs (>= 1); an epoch drops the last partial batch.
-  c.eval_batch_size = 1000  # Global evaluation batch size; splits are padded and masked.
+  c.eval_batch_size = 1000  # Largest global evaluation batch; all splits are packed into one pass (steps.eval_batch_size).
   c.eval_every_epochs = 1  # Evaluate train/val/test every this many epochs (and after the last).
   c.lr_schedule = "constant"  # Multiplier of lr over training: 'constant', 'cosine' or 'step' (polyjax.schedules).
   c.warmup_epochs = 0.0  # Linear lr warm-up from 0 over this many epochs, before the schedule (0: none).
