@@ -57,3 +57,19 @@ def test_fig1_times_the_runs_own_calls():
       env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
   result = json.loads(out.stdout.strip())
   assert result["workload"] == "fig1" and result["steps"] == 600 and result["steps_per_s"] > 0
+
+
+def test_mlp_dots_counts_the_steps_products_and_prints_one_json_line():
+  dots = _load("mlp_dots")
+  # Per example: forward 64x200 + 2 x 200x200 + 200x2 multiply-adds, as many for the
+  # weight gradients, and the input gradients of layers 2-4 (2 x 200x200 + 200x2).
+  forward = 64 * 200 + 2 * 200 * 200 + 200 * 2
+  assert dots.products_flops(512) == 2 * 512 * (2 * forward + 2 * 200 * 200 + 200 * 2)
+  out = subprocess.run(
+      [sys.executable, "benchmarks/mlp_dots.py", "--batch-size", "8", "--steps", "3",
+       "--rounds", "1"],
+      cwd=ROOT, capture_output=True, text=True, check=True,
+      env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+  result = json.loads(out.stdout.strip())
+  assert result["batch_size"] == 8 and result["products_only_ms_per_step"] > 0
+  assert result["whole_step_examples_per_s"] > 0
