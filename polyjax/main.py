@@ -18,7 +18,6 @@ docs/multihost.md); every process runs the same command.
 from __future__ import annotations
 
 import datetime
-import os
 import pathlib
 import re
 import signal
@@ -76,9 +75,7 @@ def main(argv) -> int:
   try:
     config_lib.validate(config, device_count=jax.device_count())
     if _COMPILATION_CACHE.value:
-      cache = os.path.abspath(os.path.expanduser(_COMPILATION_CACHE.value))
-      checkpointing.check_writable(cache, "--compilation_cache_dir")
-      steps.use_compilation_cache(cache)
+      steps.use_compilation_cache(_COMPILATION_CACHE.value)
   except (config_lib.ConfigError, checkpointing.CheckpointDirError) as e:
     print(f"polyjax: error: {e}", file=sys.stderr)
     return 2

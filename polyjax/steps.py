@@ -19,6 +19,7 @@ the device, and a jitted step runs per batch (`make_streamed_train_epoch`,
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Callable, Sequence
 
 import grain
@@ -28,7 +29,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from polyjax import metrics, weighting
+from polyjax import checkpointing, metrics, weighting
 from polyjax.config import ConfigError
 from polyjax.data.splits import Split
 from polyjax.losses import LossFn
@@ -219,7 +220,13 @@ def use_compilation_cache(directory: str) -> None:
   so that a later run of the same shapes loads it instead of compiling: JAX's
   persistent cache, keyed by the program, the compile options and the JAX/XLA
   versions, with no minimum compile time, since a small run's programs each compile
-  in well under JAX's default threshold of a second."""
+  in well under JAX's default threshold of a second.
+
+  Raises checkpointing.CheckpointDirError (naming --compilation_cache_dir) if the
+  directory cannot be written.
+  """
+  directory = os.path.abspath(os.path.expanduser(directory))
+  checkpointing.check_writable(directory, "--compilation_cache_dir")
   jax.config.update("jax_compilation_cache_dir", directory)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

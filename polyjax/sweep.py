@@ -41,7 +41,6 @@ import functools
 import importlib.util
 import itertools
 import json
-import os
 import pathlib
 import sys
 import time
@@ -718,9 +717,7 @@ def main(argv) -> int:
     if _MEMBER_BATCH.value < 0:
       raise config_lib.ConfigError(f"--member_batch must be >= 0, got {_MEMBER_BATCH.value}")
     if _COMPILATION_CACHE.value:
-      cache = os.path.abspath(os.path.expanduser(_COMPILATION_CACHE.value))
-      checkpointing.check_writable(cache, "--compilation_cache_dir")
-      steps.use_compilation_cache(cache)
+      steps.use_compilation_cache(_COMPILATION_CACHE.value)
     summaries = run_sweep(members, _WORKDIR.value,
                           checkpoint_every_epochs=_CHECKPOINT_EVERY.value,
                           member_batch=_MEMBER_BATCH.value or None)

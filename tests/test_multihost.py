@@ -6,6 +6,7 @@ The single-process reference runs in this pytest process on a two-device mesh
 `XLA_FLAGS=--xla_force_host_platform_device_count=2` in a process of its own.
 """
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -50,9 +51,10 @@ def one_device_env() -> dict[str, str]:
   return env
 
 
-def run_two_processes(command: list[str]) -> list[str]:
-  """Runs `command` + the distributed flags as processes 0 and 1 of one run on
-  loopback; asserts both succeed; returns their outputs."""
+@contextlib.contextmanager
+def two_processes(command: list[str]):
+  """Starts `command` + the distributed flags as processes 0 and 1 of one run on
+  loopback (output piped, text); yields them; kills any still running at the end."""
   address = f"127.0.0.1:{_free_port()}"
   procs = []
   try:
@@ -62,12 +64,18 @@ def run_two_processes(command: list[str]) -> list[str]:
                      f"--process_id={i}"],
           cwd=ROOT, env=one_device_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
           text=True))
-    outputs = [p.communicate(timeout=TIMEOUT_S)[0] for p in procs]
+    yield procs
   finally:
     for p in procs:
       if p.poll() is None:
         p.kill()
         p.wait()
+
+
+def run_two_processes(command: list[str]) -> list[str]:
+  """Runs `command` as `two_processes`; asserts both succeed; returns their outputs."""
+  with two_processes(command) as procs:
+    outputs = [p.communicate(timeout=TIMEOUT_S)[0] for p in procs]
   for i, (p, out) in enumerate(zip(procs, outputs)):
     assert p.returncode == 0, f"process {i} exited with {p.returncode}:\n{out[-3000:]}"
   return outputs
@@ -146,14 +154,9 @@ def test_a_signal_to_one_process_stops_both_after_the_same_epoch(tmp_path):
   # that never completes; both must stop after the same epoch, save, and resume.
   import signal
   workdir = tmp_path / "run"
-  address = f"127.0.0.1:{_free_port()}"
-  procs = [subprocess.Popen(
-      [sys.executable, "-u", "-m", "polyjax.main", f"--config={CONFIG}",
-       f"--workdir={workdir}", "--config.num_epochs=100000", "--config.model.hidden=16",
-       f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}"],
-      cwd=ROOT, env=one_device_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-      text=True) for i in range(2)]
-  try:
+  with two_processes([sys.executable, "-u", "-m", "polyjax.main", f"--config={CONFIG}",
+                      f"--workdir={workdir}", "--config.num_epochs=100000",
+                      "--config.model.hidden=16"]) as procs:
     seen = []
     for line in procs[0].stdout:  # Process 0 reports every evaluated epoch.
       seen.append(line)
@@ -162,11 +165,6 @@ def test_a_signal_to_one_process_stops_both_after_the_same_epoch(tmp_path):
         break
     outputs = ["".join(seen) + procs[0].communicate(timeout=TIMEOUT_S)[0],
                procs[1].communicate(timeout=TIMEOUT_S)[0]]
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-        p.wait()
   for i, (p, out) in enumerate(zip(procs, outputs)):
     assert p.returncode == 128 + signal.SIGTERM, f"process {i}: {p.returncode}\n{out[-3000:]}"
   summary = run_dir.read_json(workdir / run_dir.SUMMARY)
