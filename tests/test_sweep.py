@@ -207,6 +207,60 @@ def test_command_line_rejects_a_bad_grid_before_writing(tmp_path):
   assert not (tmp_path / "w").exists()
 
 
+def test_member_mesh_splits_members_then_batches_over_the_devices():
+  import jax
+  devices = jax.devices()
+  assert len(devices) == 8
+
+  def shape(num_members, batch_size):
+    mesh = sweep.member_mesh(devices, num_members=num_members, batch_size=batch_size)
+    return mesh.shape[sweep.MEMBERS_AXIS], mesh.shape["data"]
+
+  assert shape(16, 64) == (8, 1)  # Every device trains its own two members.
+  assert shape(6, 64) == (2, 4)  # 3 members per block, each batch over 4 devices.
+  assert shape(3, 64) == (1, 8)
+  assert shape(3, 12) == (1, 4)  # Only the devices that divide the batch: 4 of 8.
+  assert shape(5, 7) == (1, 1)
+
+
+def test_cpu_device_count_divides_every_group():
+  assert sweep.cpu_device_count(2, [16]) == 2
+  assert sweep.cpu_device_count(16, [10]) == 10
+  assert sweep.cpu_device_count(4, [6, 4]) == 2
+  assert sweep.cpu_device_count(2, [4, 3]) == 1
+  assert sweep.cpu_device_count(1, [16]) == 1
+  assert sweep.cpu_count_set({"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+  assert sweep.cpu_count_set({"JAX_NUM_CPU_DEVICES": "4"})
+  assert not sweep.cpu_count_set({"XLA_FLAGS": "--xla_cpu_use_onednn=true"})
+
+
+def test_command_line_splits_the_cpu_between_members(tmp_path):
+  """Without a device count in the environment, the sweep makes one CPU device per
+  core (as many as divide the group) and gives each device its own members."""
+  import os
+  import subprocess
+  import sys
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+  proc = subprocess.run(
+      [sys.executable, "-m", "polyjax.sweep", "--config=configs/digits_poly.py",
+       f"--workdir={tmp_path / 'w'}", "--grid=seed=0,1", "--config.num_epochs=1",
+       "--config.model.hidden=16"],
+      cwd=REPO, capture_output=True, text=True, env={**env, "PYTHONPATH": str(REPO)})
+  assert proc.returncode == 0, proc.stderr
+  count = sweep.cpu_device_count(len(os.sched_getaffinity(0)), [2])
+  assert (f"2 members on {count} CPU devices (members axis {count} x data axis 1)"
+          in proc.stdout), proc.stdout
+  assert all(run_dir.read_json(tmp_path / "w" / f"seed={s}" / run_dir.SUMMARY)["status"]
+             == "completed" for s in (0, 1))
+
+
+def test_batch_size_not_divisible_by_the_devices_trains_on_fewer(tmp_path):
+  c = small_config(num_epochs=1)
+  c.batch_size, c.eval_batch_size = 12, 12  # 8 devices: each batch over 4 of them.
+  summaries = sweep.run_sweep(sweep.expand(c, {"seed": [0, 1, 2]}), str(tmp_path))
+  assert {s["status"] for s in summaries.values()} == {"completed"}
+
+
 def test_members_in_groups_of_two_equal_all_side_by_side(swept, tmp_path):
   """member_batch=4: six members as a group of four, then two; the same runs."""
   members, workdir, summaries = swept
