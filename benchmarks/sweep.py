@@ -1,13 +1,14 @@
 """Benchmark: a grid trained by `polyjax.sweep` against one `polyjax.main` process per point.
 
     PYTHONPATH=$PWD python benchmarks/sweep.py [--parts=digits,convnet] [--out=FILE.json]
-        [--checkpoint_every_epochs=N] [--compilation_cache]
+        [--checkpoint_every_epochs=N] [--compilation_cache] [--sweep_rounds=3]
 
-digits: 16 members (4 lrs x 4 seeds) of configs/digits_poly.py (MLP 3x200, 30 epochs).
+digits: 16 members (4 lrs x 4 seeds) of configs/digits_poly.py (MLP 3x200, 40 epochs).
 convnet: 10 seeds of the ConvNet on CIFAR-shaped random images (benchmarks/cifar_shaped.py;
   4400 training images of 32x32x3 unless --cnn_train_scale shrinks it).
 Each side is timed as whole processes (start-up, compilation, training, evaluation and
-files), one after another, so the ratio is what a user waits. Peak memory is the
+files), one after another, so the ratio is what a user waits. The digits sweep runs
+--sweep_rounds times, interleaved with the single runs (its median is the figure). Peak memory is the
 largest maxrss (os.wait4) of the processes of a side. The final metrics of the two
 sides are compared, member by member. --checkpoint_every_epochs=N sets the same
 checkpoint interval on both sides (N = the number of epochs: the latest checkpoint only
@@ -26,6 +27,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -67,29 +70,39 @@ def compare(sweep_dir: pathlib.Path, single_dirs: dict[str, pathlib.Path]) -> di
 
 def bench(name: str, entry: list[str], common: list[str], grid: dict[str, list],
           env: dict[str, str], root: pathlib.Path, sweep_flags: tuple[str, ...] = (),
-          compilation_cache: bool = False) -> dict:
+          compilation_cache: bool = False, sweep_rounds: int = 1) -> dict:
+  """The sweep `sweep_rounds` times, interleaved with the sequential runs (sweep,
+  a share of the single runs, sweep, ...), so that both sides see the machine's
+  load over the same period; the ratio takes the sweep's median."""
   from polyjax import sweep
   points = sweep.expand(_dummy_config(), grid)  # Names only; the grid is int/float.
   if compilation_cache:  # Each side starts from an empty cache of its own.
     common = common + [f"--compilation_cache_dir={root / name}-cache-{{side}}"]
-  sweep_dir = root / f"{name}-sweep"
   side = lambda args, s: [a.replace("{side}", s) for a in args]  # noqa: E731
   grid_flags = [f"--grid={f}={','.join(map(str, v))}" for f, v in grid.items()]
-  sweep_wall, sweep_rss = timed(entry("sweep") + side(common, "sweep") + grid_flags +
-                                list(sweep_flags) + [f"--workdir={sweep_dir}"], env)
+  sweep_walls, sweep_rss = [], 0.0
   singles, seq_wall, seq_rss = {}, 0.0, 0.0
-  for member, cfg in points:
-    overrides = [f"--config.{f}={_get(cfg, f)}" for f in grid]
-    singles[member] = root / f"{name}-single" / member
-    wall, rss = timed(entry("main") + side(common, "single") + overrides +
-                      [f"--workdir={singles[member]}"], env)
-    seq_wall += wall
-    seq_rss = max(seq_rss, rss)
-  print(f"{name}: sweep {sweep_wall:.1f}s, sequential {seq_wall:.1f}s", flush=True)
+  share = -(-len(points) // sweep_rounds)
+  for r in range(sweep_rounds):
+    wall, rss = timed(entry("sweep") + side(common, "sweep") + grid_flags +
+                      list(sweep_flags) + [f"--workdir={root / f'{name}-sweep-{r}'}"], env)
+    sweep_walls.append(wall)
+    sweep_rss = max(sweep_rss, rss)
+    for member, cfg in points[r * share:(r + 1) * share]:
+      overrides = [f"--config.{f}={_get(cfg, f)}" for f in grid]
+      singles[member] = root / f"{name}-single" / member
+      wall, rss = timed(entry("main") + side(common, "single") + overrides +
+                        [f"--workdir={singles[member]}"], env)
+      seq_wall += wall
+      seq_rss = max(seq_rss, rss)
+  sweep_wall = float(np.median(sweep_walls))
+  print(f"{name}: sweep {sweep_wall:.1f}s (median of {sweep_walls}), "
+        f"sequential {seq_wall:.1f}s", flush=True)
   return {"members": len(points), "sweep_s": round(sweep_wall, 1),
+          "sweep_rounds_s": [round(w, 1) for w in sweep_walls],
           "sequential_s": round(seq_wall, 1), "ratio": round(seq_wall / sweep_wall, 2),
           "sweep_maxrss_mib": round(sweep_rss), "single_maxrss_mib": round(seq_rss),
-          **compare(sweep_dir, singles)}
+          **compare(root / f"{name}-sweep-0", singles)}
 
 
 def _get(cfg, field):
@@ -119,10 +132,13 @@ def main() -> None:
                       help="both sides keep compiled programs in a cache (empty at the "
                            "start): the sequential runs after the first reuse them, as "
                            "scripts/launch_sweep.py's commands do")
+  parser.add_argument("--sweep_rounds", type=int, default=3,
+                      help="digits: times the sweep is run, interleaved with the "
+                           "sequential runs; the ratio takes its median")
   parser.add_argument("--out", default=None)
   args = parser.parse_args()
   env = {**os.environ, "PYTHONPATH": str(REPO)}
-  env.pop("XLA_FLAGS", None)  # One real device, as a user's CPU run.
+  env.pop("XLA_FLAGS", None)  # No forced device count, as a user's CPU run.
   cfg = "--config=configs/digits_poly.py"
   ckpt = ([] if args.checkpoint_every_epochs is None else
           [f"--config.checkpoint_every_epochs={args.checkpoint_every_epochs}"])
@@ -135,7 +151,7 @@ def main() -> None:
       out["digits_mlp_4lr_x_4seed"] = bench(
           "digits", lambda cmd: [PY, "-m", f"polyjax.{cmd}"], [cfg] + ckpt,
           {"lr": [0.01, 0.03, 0.1, 0.3], "seed": [0, 1, 2, 3]}, env, root,
-          compilation_cache=args.compilation_cache)
+          compilation_cache=args.compilation_cache, sweep_rounds=args.sweep_rounds)
       print(json.dumps(out), flush=True)
     if "convnet" in args.parts:
       scale_env = {**env, "CIFAR_SHAPED_SCALE": str(args.cnn_train_scale)}

@@ -7,10 +7,12 @@
   reaches one process stops them all after the same epoch.
 - `is_finite`: whether every floating-point array of a state is finite, so that
   a non-finite state is never checkpointed.
+- `exit`: the end of a command-line run, after its files are written and closed.
 """
 
 from __future__ import annotations
 
+import gc
 import signal
 import sys
 import threading
@@ -93,3 +95,16 @@ def is_finite(state) -> bool:
   arrays = [x for x in jax.tree.leaves(state)
             if not jnp.issubdtype(x.dtype, jax.dtypes.prng_key)]
   return bool(np.asarray(_all_finite(arrays)))
+
+
+def exit(code: int) -> None:  # noqa: A001  (the command's exit, like sys.exit)
+  """Exits with `code`, skipping the interpreter's last full garbage collection.
+
+  That collection walks every object JAX, Flax and Orbax created in the process, about
+  1 s on a 2-core CPU (0.8-1.0 s after a digits run), although the process frees
+  everything when it ends. `gc.freeze()` moves them out of its reach; objects are
+  still released by reference counting and `atexit` handlers still run. Called only
+  once the run's files are written and closed.
+  """
+  gc.freeze()
+  sys.exit(code)

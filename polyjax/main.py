@@ -27,7 +27,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from polyjax import checkpointing, steps, train
+from polyjax import checkpointing, lifecycle, steps, train
 from polyjax import config as config_lib
 from polyjax import distributed
 from polyjax.data import DataMissing
@@ -141,7 +141,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def run() -> None:
-  app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)
+  app.run(lambda argv: lifecycle.exit(main(argv)), flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

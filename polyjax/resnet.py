@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from typing import Iterator
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx

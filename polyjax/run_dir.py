@@ -16,6 +16,7 @@ sees half a file and a crash never destroys the previous version.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -59,14 +60,20 @@ def read_json(path: pathlib.Path) -> Any:
     return json.load(f)
 
 
-def versions() -> dict[str, str]:
+@functools.cache  # Looking packages up costs ~15 ms; a sweep records them for every member.
+def _versions() -> tuple[tuple[str, str], ...]:
   out = {"python": platform.python_version()}
   for name in _VERSIONED:
     try:
       out[name] = metadata.version(name)
     except metadata.PackageNotFoundError:
       pass
-  return out
+  return tuple(out.items())
+
+
+def versions() -> dict[str, str]:
+  """The versions of Python and of the packages a run's results depend on."""
+  return dict(_versions())
 
 
 class RunDir:

@@ -886,7 +886,7 @@ def run() -> None:
       "compilation_cache_dir", None, "Keep compiled programs here and reuse them in "
       "later runs of the same shapes (steps.use_compilation_cache).")
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(lambda argv: sys.exit(main(argv)))
+  app.run(lambda argv: lifecycle.exit(main(argv)))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,5 @@
 """Imbalanced CIFAR-10 through tfds.data_source + grain, on controlled mock data."""
 
-import dataclasses
 import os
 import subprocess
 import sys

@@ -6,7 +6,7 @@ import pathlib
 
 import numpy as np
 import pytest
-from scipy import optimize, stats
+from scipy import optimize
 
 from polyjax import figures, run_dir
 

@@ -7,7 +7,6 @@ on PYTHONPATH, so the notebooks cannot rot while the code changes.
 
 import os
 import pathlib
-import sys
 
 import nbclient
 import nbformat

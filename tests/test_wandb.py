@@ -12,7 +12,6 @@ import struct
 import time
 import zlib
 
-import pytest
 
 from polyjax import config as config_lib
 from polyjax import run_dir, train, wandb_logger
