@@ -253,9 +253,11 @@ def member_mesh(devices: Sequence[Any], *, num_members: int, batch_size: int
   """
   members = math.gcd(num_members, len(devices))
   per_member = math.gcd(len(devices) // members, batch_size)
-  used = list(devices)[:members * per_member]
-  return jax.make_mesh((members, per_member), (MEMBERS_AXIS, steps.DATA_AXIS), devices=used,
-                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  # In the order given (a run's mesh is already laid out for the topology); a subset
+  # of devices may not form the physical mesh `jax.make_mesh` would ask for.
+  used = np.asarray(list(devices)[:members * per_member]).reshape(members, per_member)
+  return jax.sharding.Mesh(used, (MEMBERS_AXIS, steps.DATA_AXIS),
+                           axis_types=(jax.sharding.AxisType.Auto,) * 2)
 
 
 def over_members(fn, *, split: int = 1, member_batch: int | None = None):
