@@ -476,8 +476,9 @@ def _train_group(members: list[Member], *, stop: lifecycle.StopSignals,
   sh = steps.Shardings(mesh)
   mem = members_sharding(mesh)
   print(f"polyjax.sweep: {len(members)} members on {mesh.size} "
-        f"{mesh.devices.flat[0].platform.upper()} devices (members axis "
-        f"{mesh.shape[MEMBERS_AXIS]} x data axis {mesh.shape[steps.DATA_AXIS]})", flush=True)
+        f"{mesh.devices.flat[0].platform.upper()} device{'s' if mesh.size > 1 else ''} "
+        f"(members axis {mesh.shape[MEMBERS_AXIS]} x data axis "
+        f"{mesh.shape[steps.DATA_AXIS]})", flush=True)
   state_M = jax.device_put(_tree_stack([m.state for m in members]), mem)
   like = members[0].state  # Structure and dtypes of one member's state.
   for m in members:

@@ -248,7 +248,8 @@ def test_command_line_splits_the_cpu_between_members(tmp_path):
       cwd=REPO, capture_output=True, text=True, env={**env, "PYTHONPATH": str(REPO)})
   assert proc.returncode == 0, proc.stderr
   count = sweep.cpu_device_count(len(os.sched_getaffinity(0)), [2])
-  assert (f"2 members on {count} CPU devices (members axis {count} x data axis 1)"
+  devices = "devices" if count > 1 else "device"
+  assert (f"2 members on {count} CPU {devices} (members axis {count} x data axis 1)"
           in proc.stdout), proc.stdout
   assert all(run_dir.read_json(tmp_path / "w" / f"seed={s}" / run_dir.SUMMARY)["status"]
              == "completed" for s in (0, 1))
