@@ -58,7 +58,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from polyjax import (checkpointing, data, lifecycle, losses, metrics, run_dir, steps, train,
+from polyjax import (checkpointing, data, lifecycle, losses, run_dir, steps, train,
                      weighting)
 from polyjax import config as config_lib
 from polyjax.data.splits import with_weights
@@ -438,15 +438,14 @@ def _member_state(state_M, m: int) -> Any:
   """Member m's state out of the stack, on the device that holds it (no transfer
   between devices): run only for the members whose state is saved or held."""
 
-  def block(a):  # The first addressable shard holding member m.
-    for shard in a.addressable_shards:
-      if m in range(a.shape[0])[shard.index[0]]:
-        return shard
-    raise ValueError(f"member {m} is not held by this process")
-
+  # Every leaf has the same sharding, so the same shard position holds member m.
   first = jax.tree.leaves(state_M)[0]
-  row = m - range(first.shape[0])[block(first).index[0]].start
-  return _take(jax.tree.map(lambda a: block(a).data, state_M), row)
+  for k, shard in enumerate(first.addressable_shards):
+    rows = range(first.shape[0])[shard.index[0]]
+    if m in rows:
+      return _take(jax.tree.map(lambda a: a.addressable_shards[k].data, state_M),
+                   m - rows.start)
+  raise ValueError(f"member {m} is not held by this process")
 
 
 def _unstack(state_M, count: int) -> list[Any]:
@@ -511,13 +510,9 @@ def _train_group(members: list[Member], *, stop: lifecycle.StopSignals,
   def evaluate_M(state_M) -> list[dict[str, float]]:
     """Every member's `train.evaluate` values, from one call."""
     counts_MxS = jax.device_get(eval_fn(state_M, eval_data, eval_weight_M, loss_params_M))
-    out = [{} for _ in members]
-    for i in range(len(members)):
-      for j, split in enumerate(train.SPLITS):
-        c = {k: v[i, j] for k, v in counts_MxS.items()}
-        for k, v in metrics.finalize(c, train_group_counts=ds.train_group_counts).items():
-          out[i][f"{split}/{k}"] = v
-    return out
+    return [train.split_values({k: v[i] for k, v in counts_MxS.items()}, train.SPLITS,
+                               train_group_counts=ds.train_group_counts)
+            for i in range(len(members))]
 
   active = [True] * len(members)
   alive_M = jax.device_put(np.ones(len(members), bool), mem)

@@ -134,10 +134,17 @@ def evaluate(exp: Experiment, state, data: Any, splits: Sequence[str] = SPLITS
   """All SPEC §6 metrics of `splits` (as given to `eval_data`), keyed like
   'test/reweighted_acc'."""
   counts = jax.device_get(exp.eval_counts(state, data))  # Leading axis: the splits.
+  return split_values(counts, splits, train_group_counts=exp.dataset.train_group_counts)
+
+
+def split_values(counts: dict[str, Any], splits: Sequence[str], *,
+                 train_group_counts) -> dict[str, float]:
+  """Host counts with a leading split axis (in `splits` order) -> the metrics of
+  every split, keyed like 'test/reweighted_acc'."""
   out = {}
   for i, split in enumerate(splits):
     c = {k: v[i] for k, v in counts.items()}
-    for k, v in metrics.finalize(c, train_group_counts=exp.dataset.train_group_counts).items():
+    for k, v in metrics.finalize(c, train_group_counts=train_group_counts).items():
       out[f"{split}/{k}"] = v
   return out
 
