@@ -216,7 +216,7 @@ def train_compiler_options(*, num_params: int, batch_size: int) -> dict[str, str
 
 def use_compilation_cache(directory: str) -> None:
   """Keeps every program XLA compiles from here on (training and evaluation
-  programs, and each operation of the model's eager initialisation) in `directory`,
+  programs, and the model's initialisation) in `directory`,
   so that a later run of the same shapes loads it instead of compiling: JAX's
   persistent cache, keyed by the program, the compile options and the JAX/XLA
   versions, with no minimum compile time, since a small run's programs each compile
