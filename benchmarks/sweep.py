@@ -53,9 +53,10 @@ def summary(run: pathlib.Path) -> dict:
 
 
 def compare(sweep_dir: pathlib.Path, single_dirs: dict[str, pathlib.Path]) -> dict:
-  """Largest difference of final metrics of members completed on both sides; members
-  whose outcome (status, divergence step) differs are listed."""
-  worst, statuses, differ = 0.0, {}, {}
+  """Largest difference of final metrics of members completed on both sides, with
+  the member and metric it is in; members whose outcome (status, divergence step)
+  differs are listed."""
+  worst, where, statuses, differ = 0.0, None, {}, {}
   for name, single in single_dirs.items():
     a, b = summary(sweep_dir / name), summary(single)
     statuses[b["status"]] = statuses.get(b["status"], 0) + 1
@@ -63,9 +64,12 @@ def compare(sweep_dir: pathlib.Path, single_dirs: dict[str, pathlib.Path]) -> di
       differ[name] = {"sweep": [a["status"], a.get("diverged_at")],
                       "single": [b["status"], b.get("diverged_at")]}
     elif b["status"] == "completed":
-      worst = max([worst] + [abs(a["final"][k] - b["final"][k]) for k in b["final"]])
-  return {"max_final_metric_diff": worst, "single_statuses": statuses,
-          "outcome_differs": differ}
+      for k in b["final"]:
+        diff = abs(a["final"][k] - b["final"][k])
+        if diff > worst:
+          worst, where = diff, f"{name} {k} (single {b['final'][k]:.6g})"
+  return {"max_final_metric_diff": worst, "max_final_metric_diff_at": where,
+          "single_statuses": statuses, "outcome_differs": differ}
 
 
 def bench(name: str, entry: list[str], common: list[str], grid: dict[str, list],

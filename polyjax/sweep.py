@@ -234,10 +234,6 @@ def _tree_stack(trees: Sequence[Any]) -> Any:
   return jax.tree.map(lambda *a: jnp.stack(a), *trees)
 
 
-def _tree_take(tree: Any, m: int) -> Any:
-  return jax.tree.map(lambda a: a[m], tree)
-
-
 def _is_key(a) -> bool:
   return jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)
 
@@ -431,26 +427,18 @@ def _prepare(member: Member) -> bool:
   return True
 
 
-_take = jax.jit(_tree_take)  # One small program per block shape; the index is traced.
+class _HostStack:
+  """The members' states in host memory (`checkpointing.host_copy` of the stack),
+  copied once per epoch and only if a member's state is saved or held then; a
+  member's state is a view of its row."""
 
+  def __init__(self, state_M):
+    self._state_M, self._host = state_M, None
 
-def _member_state(state_M, m: int) -> Any:
-  """Member m's state out of the stack, on the device that holds it (no transfer
-  between devices): run only for the members whose state is saved or held."""
-
-  # Every leaf has the same sharding, so the same shard position holds member m.
-  first = jax.tree.leaves(state_M)[0]
-  for k, shard in enumerate(first.addressable_shards):
-    rows = range(first.shape[0])[shard.index[0]]
-    if m in rows:
-      return _take(jax.tree.map(lambda a: a.addressable_shards[k].data, state_M),
-                   m - rows.start)
-  raise ValueError(f"member {m} is not held by this process")
-
-
-def _unstack(state_M, count: int) -> list[Any]:
-  """The members' states as separate trees."""
-  return [_member_state(state_M, i) for i in range(count)]
+  def member(self, m: int) -> Any:
+    if self._host is None:
+      self._host = checkpointing.host_copy(self._state_M)
+    return jax.tree.map(lambda a: a[m], self._host)
 
 
 def _train_group(members: list[Member], *, stop: lifecycle.StopSignals,
@@ -565,6 +553,7 @@ def _train_group(members: list[Member], *, stop: lifecycle.StopSignals,
         # epoch waits for its own: saves of one member run one after another.
         if active[i] and m.checkpoints.due(epoch, force=epoch == num_epochs or stopping):
           m.checkpoints.flush()
+      host = _HostStack(state_M)
       for i, m in enumerate(members):
         if not active[i]:
           continue
@@ -577,7 +566,7 @@ def _train_group(members: list[Member], *, stop: lifecycle.StopSignals,
           values["train/lr"] = train.lr_at(m.config, m.exp, step)
         m.best_epoch, m.best_value = train.record_epoch(
             m.config, m.run, m.checkpoints, epoch=epoch, step=step,
-            state=functools.partial(_member_state, state_M, i), values=values,
+            state=functools.partial(host.member, i), values=values,
             best_epoch=m.best_epoch, best_value=m.best_value, stopping=stopping)
         m.summary["best_epoch"] = m.best_epoch
       if evaluated:
@@ -593,7 +582,7 @@ def _train_group(members: list[Member], *, stop: lifecycle.StopSignals,
     if any(active) and len(done) < sum(active):
       status = "interrupted"
     if done:
-      _finish(members, done, state_M, like, evaluate_M, exp0.shardings.replicated, mem)
+      _finish(members, done, state_M, like, evaluate_M, mem)
   except KeyboardInterrupt:
     status = "interrupted"
     raise
@@ -617,7 +606,7 @@ def _train_group(members: list[Member], *, stop: lifecycle.StopSignals,
 
 
 def _finish(members: list[Member], done: list[int], state_M, like, evaluate_M,
-            replicated, stacked) -> None:
+            stacked) -> None:
   """Final and best values of the members that completed training (`done`): the
   best checkpoints to test are restored and evaluated together, in one stack."""
   if not all(members[i].values for i in done):  # Resumed after the last epoch.
@@ -629,12 +618,13 @@ def _finish(members: list[Member], done: list[int], state_M, like, evaluate_M,
              and members[i].best_epoch != members[i].summary["epochs_completed"]]
   best_M = None
   if restore:
-    states = _unstack(state_M, len(members))
+    host = _HostStack(state_M)
+    rows = [host.member(i) for i in range(len(members))]
     for i in restore:
-      states[i] = members[i].checkpoints.best_state(members[i].best_epoch, like=like)
-    # As the members' states were first stacked (one stacking program).
-    states = jax.device_put(states, replicated)
-    best_M = evaluate_M(jax.device_put(_tree_stack(states), stacked))
+      rows[i] = checkpointing.host_copy(
+          members[i].checkpoints.best_state(members[i].best_epoch, like=like))
+    best_M = evaluate_M(jax.device_put(
+        checkpointing.from_saved(jax.tree.map(lambda *a: np.stack(a), *rows)), stacked))
   for i in done:
     m = members[i]
     best = {}

@@ -18,6 +18,7 @@ import textwrap
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -345,3 +346,22 @@ def test_best_state_is_the_written_copy_or_the_restored_checkpoint(tmp_path):
   np.testing.assert_array_equal(jax.tree.leaves(in_memory.params)[0], 3.0)
   for a, b in zip(jax.tree.leaves(in_memory.params), jax.tree.leaves(from_disk.params)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_saves_write_host_copies_that_restore_as_the_device_state(tmp_path):
+  state = _tiny_state(2.5).replace(step=jnp.asarray(7, jnp.int32))
+  host = checkpointing.host_copy(state)
+  assert all(isinstance(a, np.ndarray) for a in jax.tree.leaves(host))
+  assert host.rng.dtype == np.uint32  # The typed key as its raw data, as stored.
+  ckpts = checkpointing.Checkpoints(tmp_path, every_epochs=1)
+  ckpts.save(1, state, meta={"step": 7}, best_value=1.0)
+  ckpts.save(2, host, meta={"step": 7}, best_value=0.5)  # As a sweep passes a member.
+  ckpts.close()
+  reopened = checkpointing.Checkpoints(tmp_path, read_only=True)
+  for epoch in (1, 2):
+    restored, _ = reopened.restore(epoch, like=state)
+    assert all(isinstance(a, jax.Array) for a in jax.tree.leaves(restored))
+    assert jax.tree.structure(restored) == jax.tree.structure(state)
+    jax.tree.map(np.testing.assert_array_equal, checkpointing.host_copy(restored), host)
+    raw, _ = reopened.restore(epoch)  # As analysis reads it: no model built.
+    np.testing.assert_array_equal(raw["rng"], host.rng)
