@@ -430,7 +430,8 @@ def _prepare(member: Member) -> bool:
 class _HostStack:
   """The members' states in host memory (`checkpointing.host_copy` of the stack),
   copied once per epoch and only if a member's state is saved or held then; a
-  member's state is a view of its row."""
+  member's state is a copy of its row (a view would keep the epoch's whole stack
+  alive while that member's best is held)."""
 
   def __init__(self, state_M):
     self._state_M, self._host = state_M, None
@@ -438,7 +439,7 @@ class _HostStack:
   def member(self, m: int) -> Any:
     if self._host is None:
       self._host = checkpointing.host_copy(self._state_M)
-    return jax.tree.map(lambda a: a[m], self._host)
+    return jax.tree.map(lambda a: a[m].copy(), self._host)
 
 
 def _train_group(members: list[Member], *, stop: lifecycle.StopSignals,
