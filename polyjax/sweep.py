@@ -58,8 +58,8 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from polyjax import (checkpointing, data, lifecycle, losses, run_dir, steps, train,
-                     weighting)
+from polyjax import (checkpointing, data, distributed, lifecycle, losses, run_dir, steps,
+                     train, weighting)
 from polyjax import config as config_lib
 from polyjax.data.splits import with_weights
 
@@ -794,6 +794,21 @@ def split_cpu(count: int) -> None:
         "process") from None
 
 
+_ONE_PROCESS = ("a sweep trains every member in one process, but this is one of "
+                "several ({}), which would all write the same member directories: run "
+                "it as a single process, or run the members as polyjax.main runs "
+                "(scripts/launch_sweep.py)")
+
+
+def check_one_process(environ: Mapping[str, str]) -> None:
+  """Raises ConfigError if the environment launches several processes of this
+  command (an srun step of several tasks, an Open MPI job of several ranks)."""
+  reason = distributed.decide(mode="auto", coordinator_address=None, num_processes=None,
+                              process_id=None, environ=environ, tpu_vm=False)
+  if reason is not None:
+    raise config_lib.ConfigError(_ONE_PROCESS.format(reason))
+
+
 def main(argv) -> int:
   from absl import app, flags, logging
 
@@ -811,6 +826,7 @@ def main(argv) -> int:
         raise config_lib.ConfigError(
             "no grid: pass --grid=field=v1,v2 or define sweep() in the config file")
     members = expand(config, grid)
+    check_one_process(os.environ)
     if _MEMBER_BATCH.value < 0:
       raise config_lib.ConfigError(f"--member_batch must be >= 0, got {_MEMBER_BATCH.value}")
     if _CPU_DEVICES.value < 0:
@@ -821,6 +837,8 @@ def main(argv) -> int:
       count = cpu_device_count(_usable_cores(), [len(g) for g in groups(members)])
       if count > 1:
         split_cpu(count)
+    if jax.process_count() > 1:  # E.g. a runtime started by the platform.
+      raise config_lib.ConfigError(_ONE_PROCESS.format(f"{jax.process_count()} processes"))
     if _COMPILATION_CACHE.value:
       steps.use_compilation_cache(_COMPILATION_CACHE.value)
     summaries = run_sweep(members, _WORKDIR.value,

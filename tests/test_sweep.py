@@ -287,3 +287,25 @@ def test_image_members_are_normalised_and_augmented_like_single_runs(tmp_path):
     for name, cfg in members:
       train.train_and_evaluate(cfg, str(tmp_path / name))
       assert_same_run(tmp_path / "sweep" / name, tmp_path / name)
+
+
+def test_command_line_refuses_to_run_as_one_of_several_processes(tmp_path):
+  """Each task of a multi-task srun step would train the whole grid and write the
+  same member directories: refused before anything is written."""
+  import os
+  import subprocess
+  import sys
+  env = {**os.environ, "PYTHONPATH": str(REPO), "SLURM_STEP_NODELIST": "node[1-2]",
+         "SLURM_NTASKS": "2"}
+  proc = subprocess.run(
+      [sys.executable, "-m", "polyjax.sweep", "--config=configs/digits_poly.py",
+       f"--workdir={tmp_path / 'w'}", "--grid=seed=0,1"],
+      cwd=REPO, capture_output=True, text=True, env=env)
+  assert proc.returncode == 2, proc.stderr
+  lines = proc.stderr.strip().splitlines()
+  assert lines[-1].startswith("polyjax.sweep: error: a sweep trains every member in one "
+                              "process"), proc.stderr
+  assert "SLURM step with several tasks" in lines[-1]
+  assert not (tmp_path / "w").exists()
+  sweep.check_one_process({"SLURM_NTASKS": "2"})  # A batch script outside srun: one process.
+  sweep.check_one_process({})
