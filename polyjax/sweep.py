@@ -293,14 +293,11 @@ def make_sweep_epoch(exp: train.Experiment, *, mesh: jax.sharding.Mesh,
   """
   sh = steps.Shardings(mesh)
   split = mesh.shape[MEMBERS_AXIS]
-  loss_config = dict(loss_config)
-  name = loss_config.pop("name")
-  counts = dict(class_counts=exp.dataset.train_class_counts,
-                group_counts=exp.dataset.train_group_counts)
+  member_loss = _member_loss(exp, loss_config)
   tx = _member_tx(exp)
 
   def member_step(state, batch, loss_params, alive):
-    loss_fn = losses.get_loss(name, **{**loss_config, **loss_params}, **counts)
+    loss_fn = member_loss(loss_params)
     new, obj = steps.make_train_step(model_def=exp.model_def, loss_fn=loss_fn, tx=tx,
                                      reduction=reduction,
                                      preprocess=exp.dataset.preprocess)(state, batch)
@@ -342,13 +339,10 @@ def make_sweep_eval(exp: train.Experiment, *, mesh: jax.sharding.Mesh,
   """
   sh = steps.Shardings(mesh)
   split = mesh.shape[MEMBERS_AXIS]
-  loss_config = dict(loss_config)
-  name = loss_config.pop("name")
-  counts = dict(class_counts=exp.dataset.train_class_counts,
-                group_counts=exp.dataset.train_group_counts)
+  member_loss = _member_loss(exp, loss_config)
 
   def eval_member(state, packed, weight, loss_params):
-    loss_fn = losses.get_loss(name, **{**loss_config, **loss_params}, **counts)
+    loss_fn = member_loss(loss_params)
     eval_counts = steps.make_eval_counts(model_def=exp.model_def, loss_fn=loss_fn,
                                          num_groups=exp.dataset.num_groups,
                                          shardings=sh,
@@ -368,6 +362,17 @@ def make_sweep_eval(exp: train.Experiment, *, mesh: jax.sharding.Mesh,
 def members_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
   """Stacked per-member arrays: the leading (member) axis split along the members axis."""
   return NamedSharding(mesh, P(MEMBERS_AXIS))
+
+
+def _member_loss(exp: train.Experiment, loss_config: Mapping[str, Any]):
+  """`loss_params -> loss_fn`: the group's loss (`loss_config`, with its name) with
+  one member's traced parameters (e.g. alpha) and the training split's counts."""
+  loss_config = dict(loss_config)
+  name = loss_config.pop("name")
+  counts = dict(class_counts=exp.dataset.train_class_counts,
+                group_counts=exp.dataset.train_group_counts)
+  return lambda loss_params: losses.get_loss(name, **{**loss_config, **loss_params},
+                                             **counts)
 
 
 def _member_tx(exp: train.Experiment):
