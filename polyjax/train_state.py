@@ -123,9 +123,13 @@ def _initializer(model_name: str, model_kwargs: tuple, in_shape: tuple[int, ...]
   """The model's initialisation as one compiled program, per model shape.
 
   Run op by op, initialisation compiles every distinct operation of it (about 60
-  small programs for the MLP, 1.4 s); one program compiles in about 0.6 s. The
-  seed is an argument, so members of a sweep share the program. The values equal
-  those of the same initialisation run op by op (tests/test_train_state.py).
+  small programs for the MLP, 1.4 s); one program takes about 0.8 s to its first
+  result, or 0.5 s on CPU without XLA's backend optimisations, which a program run
+  once does not repay (ResNet-50: first result 8.2 -> 5.8 s, of which running it
+  0.2 -> 1.1 s). The seed is an
+  argument, so members of a sweep share the program. The values equal those of the
+  same initialisation run op by op within a few float32 ulps
+  (tests/test_train_state.py).
   """
   out = _Initializer(fn=None)
 
@@ -139,5 +143,6 @@ def _initializer(model_name: str, model_kwargs: tuple, in_shape: tuple[int, ...]
     out.graphdefs = (train_def, nnx.graphdef(eval_model))
     return params, model_state, step_key
 
-  out.fn = jax.jit(init)
+  options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
+  out.fn = jax.jit(init, compiler_options=options)
   return out
