@@ -93,7 +93,8 @@ def create(*, model_name: str, model_kwargs: dict, in_shape: tuple[int, ...],
   pretrained = model_kwargs.pop("pretrained", None)
   init = _initializer(model_name, tuple(sorted(model_kwargs.items())), tuple(in_shape),
                       num_classes)
-  params, model_state, step_key = init.fn(seed)
+  # The key is made outside the program, as for any Python int (even >= 2**31).
+  params, model_state, step_key = init.fn(jax.random.key_data(jax.random.key(seed)))
   train_def, eval_def = init.graphdefs
   if pretrained is not None:
     # Outside the compiled init: inside it, the weights would become constants.
@@ -113,7 +114,7 @@ def create(*, model_name: str, model_kwargs: dict, in_shape: tuple[int, ...],
 
 @dataclasses.dataclass
 class _Initializer:
-  fn: Any  # jitted seed -> (params, model_state, step key).
+  fn: Any  # jitted key data of the run seed -> (params, model_state, step key).
   graphdefs: tuple = ()  # (train, eval) graph definitions, set when `fn` is traced.
 
 
@@ -126,15 +127,14 @@ def _initializer(model_name: str, model_kwargs: tuple, in_shape: tuple[int, ...]
   small programs for the MLP, 1.4 s); one program takes about 0.8 s to its first
   result, or 0.5 s on CPU without XLA's backend optimisations, which a program run
   once does not repay (ResNet-50: first result 8.2 -> 5.8 s, of which running it
-  0.2 -> 1.1 s). The seed is an
-  argument, so members of a sweep share the program. The values equal those of the
-  same initialisation run op by op within a few float32 ulps
-  (tests/test_train_state.py).
+  0.2 -> 1.1 s). The seed's key is an argument, so members of a sweep share the
+  program. The values equal those of the same initialisation run op by op within a
+  few float32 ulps (tests/test_train_state.py).
   """
   out = _Initializer(fn=None)
 
-  def init(seed):
-    init_key, step_key = jax.random.split(jax.random.key(seed))
+  def init(key_data):
+    init_key, step_key = jax.random.split(jax.random.wrap_key_data(key_data))
     model = models.get_model(model_name, in_shape=in_shape, num_classes=num_classes,
                              rngs=nnx.Rngs(params=init_key), **dict(model_kwargs))
     train_def, params, model_state = nnx.split(model, nnx.Param, ...)

@@ -29,7 +29,7 @@ def _create(model_name, in_shape, seed, **kwargs):
     ("cifar_resnet18", (32, 32, 3), {"init_channels": 4}),  # BatchNorm statistics.
 ])
 def test_compiled_init_equals_op_by_op(model_name, in_shape, kwargs):
-  for seed in (0, 7):
+  for seed in (0, 7, 2**31 + 5, -3):  # Any Python int, as jax.random.key takes it.
     _, state = _create(model_name, in_shape, seed, **kwargs)
     params, model_state, step_key = _op_by_op(model_name, in_shape, seed, **kwargs)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
