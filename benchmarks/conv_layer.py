@@ -13,7 +13,10 @@ line per formulation and pass. The ConvNet's conv2 is `--shape 64,30,64,64` at
 batch 64; conv4 is `64,12,128,128`.
 
 Formulations (see docs/BENCHMARKS.md, "ConvNet on CPU: what was tried"):
-  im2col      `models._conv_valid_im2col` differentiated by JAX (what polyjax uses)
+  im2col      `conv.im2col` differentiated by JAX (what polyjax uses for layers
+              with few input channels or an odd output size)
+  winograd    `conv.winograd_2x2_3x3` differentiated by JAX (what polyjax uses
+              for 3x3 kernels with an even output and >= 16 input channels)
   xla         `lax.conv_general_dilated` differentiated by JAX
   im2col_dxconv  im2col forward; custom VJP whose input gradient is a valid XLA
               convolution of the explicitly padded output gradient with the
@@ -35,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from polyjax import models
+from polyjax import conv
 
 _DN = ("NHWC", "HWIO", "NHWC")
 
@@ -77,13 +80,14 @@ def _custom(forward, dk):
 
 
 def _dk_patches(x, g, k):
-  return jax.vjp(lambda k: models._conv_valid_im2col(x, k), k)[1](g)[0]
+  return jax.vjp(lambda k: conv.im2col(x, k), k)[1](g)[0]
 
 
 FORMULATIONS = {
-    "im2col": models._conv_valid_im2col,
+    "im2col": conv.im2col,
+    "winograd": conv.winograd_2x2_3x3,
     "xla": _xla,
-    "im2col_dxconv": _custom(models._conv_valid_im2col, _dk_patches),
+    "im2col_dxconv": _custom(conv.im2col, _dk_patches),
     "xla_canonical": _custom(_xla, lambda x, g, k: _dk_conv(x, g)),
 }
 
@@ -111,13 +115,15 @@ def main(argv=None) -> None:
   parser.add_argument("--steps", type=int, default=4)
   parser.add_argument("--rounds", type=int, default=3)
   # "xla" is left out by default: its gradient takes seconds per step in a loop.
-  parser.add_argument("--only", default="im2col,im2col_dxconv,xla_canonical")
+  parser.add_argument("--only", default="im2col,winograd,im2col_dxconv,xla_canonical")
   args = parser.parse_args(argv)
   b, h, c, o = (int(v) for v in args.shape.split(","))
   names = args.only.split(",")
   unknown = sorted(set(names) - set(FORMULATIONS))
   if unknown or h < 3 or min(b, c, o, args.steps, args.rounds) < 1:
     parser.error(f"--only must name {sorted(FORMULATIONS)}, got {unknown}; sizes must be >= 1, H >= 3")
+  if "winograd" in names and h % 2:
+    parser.error(f"winograd needs an even output size: --shape H must be even, got {h}")
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((args.steps, b, h, h, c), dtype=np.float32))
   k = jnp.asarray(rng.standard_normal((3, 3, c, o), dtype=np.float32))

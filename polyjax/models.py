@@ -10,42 +10,19 @@ from __future__ import annotations
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
+
+from polyjax import conv
 
 
 def _flatten(x: jax.Array) -> jax.Array:
   return x.reshape(x.shape[0], -1)
 
 
-def _conv_valid_im2col(x_BxHxWxC, kernel_KxKxCxO):
-  """Valid, stride-1 convolution as one matmul over shifted copies of the input."""
-  kh, kw, c, o = kernel_KxKxCxO.shape
-  _, h, w, _ = x_BxHxWxC.shape
-  ho, wo = h - kh + 1, w - kw + 1
-  patches_BxHoxWoxKKC = jnp.concatenate(
-      [x_BxHxWxC[:, i:i + ho, j:j + wo, :] for i in range(kh) for j in range(kw)], axis=-1)
-  return jnp.einsum("bhwk,ko->bhwo", patches_BxHoxWoxKKC,
-                    kernel_KxKxCxO.reshape(kh * kw * c, o))
-
-
-def _conv_valid_xla(x_BxHxWxC, kernel_KxKxCxO):
-  return jax.lax.conv_general_dilated(x_BxHxWxC, kernel_KxKxCxO, (1, 1), "VALID",
-                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
-def conv_valid(conv: nnx.Conv, x_BxHxWxC: jax.Array) -> jax.Array:
-  """`conv(x)` for a valid, stride-1 `nnx.Conv`, fast on CPU inside loops.
-
-  XLA:CPU runs a convolution inside a while loop (the whole-epoch `lax.scan`)
-  about 15x slower than the same convolution outside one (jax-ml/jax#12868);
-  as a matmul over shifted inputs it runs at full speed there. Other platforms
-  keep XLA's convolution (cuDNN on GPU). Same parameters, same function.
-  """
-  kernel = conv.kernel[...]
-  out = jax.lax.platform_dependent(x_BxHxWxC, kernel, cpu=_conv_valid_im2col,
-                                   default=_conv_valid_xla)
-  return out + conv.bias[...][None, None, None, :]
+def conv_valid(layer: nnx.Conv, x_BxHxWxC: jax.Array) -> jax.Array:
+  """`layer(x)` for a valid, stride-1 `nnx.Conv`, fast on CPU inside loops
+  (`conv.valid`: matrix products on CPU, XLA's convolution elsewhere)."""
+  return conv.valid(x_BxHxWxC, layer.kernel[...]) + layer.bias[...][None, None, None, :]
 
 
 def max_pool_2x2(x_BxHxWxC: jax.Array) -> jax.Array:
@@ -89,11 +66,11 @@ class ConvNet(nnx.Module):
                rngs: nnx.Rngs):
     h, w, c = in_shape
 
-    def conv(cin, cout):
+    def conv3x3(cin, cout):
       return nnx.Conv(cin, cout, (3, 3), padding="VALID", rngs=rngs)
 
-    self.block1 = nnx.List([conv(c, 64), conv(64, 64)])
-    self.block2 = nnx.List([conv(64, 128), conv(128, 128), conv(128, 128)])
+    self.block1 = nnx.List([conv3x3(c, 64), conv3x3(64, 64)])
+    self.block2 = nnx.List([conv3x3(64, 128), conv3x3(128, 128), conv3x3(128, 128)])
     # Spatial size after two valid 3x3 convs, pool 2, three valid convs, pool 2.
     h, w = (h - 4) // 2, (w - 4) // 2
     h, w = (h - 6) // 2, (w - 6) // 2

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from polyjax import models
+from polyjax import conv, models
 
 
-@pytest.mark.parametrize("shape", [(2, 7, 9, 3), (3, 6, 6, 4)])
+@pytest.mark.parametrize("shape", [(2, 7, 9, 3), (3, 6, 6, 4), (2, 8, 10, 16)])
 def test_conv_valid_matches_nnx_conv(shape):
   conv = nnx.Conv(shape[-1], 5, (3, 3), padding="VALID", rngs=nnx.Rngs(0))
   x = jax.random.normal(jax.random.key(1), shape)
@@ -27,11 +27,76 @@ def test_im2col_gradients_match_xla_conv():
   def loss(conv_fn):
     return lambda k, x: jnp.sum(jnp.sin(conv_fn(x, k)))
 
-  want = jax.grad(loss(models._conv_valid_xla), argnums=(0, 1))(kernel, x)
-  got = jax.grad(loss(models._conv_valid_im2col), argnums=(0, 1))(kernel, x)
+  want = jax.grad(loss(conv.xla), argnums=(0, 1))(kernel, x)
+  got = jax.grad(loss(conv.im2col), argnums=(0, 1))(kernel, x)
   for g, w in zip(got, want):
     assert np.all(np.isfinite(g))
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
+def _numpy_conv(x, kernel):
+  """Independent float64 reference: a sum over the kernel's taps of shifted inputs."""
+  x, kernel = np.asarray(x, np.float64), np.asarray(kernel, np.float64)
+  kh, kw = kernel.shape[:2]
+  ho, wo = x.shape[1] - kh + 1, x.shape[2] - kw + 1
+  return sum(np.einsum("bhwc,co->bhwo", x[:, i:i + ho, j:j + wo], kernel[i, j])
+             for i in range(kh) for j in range(kw))
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 8, 16), (1, 4, 4, 16), (3, 10, 6, 32), (2, 30, 30, 64)])
+def test_winograd_matches_reference_convolution(shape):
+  x = jax.random.normal(jax.random.key(1), shape)
+  kernel = jax.random.normal(jax.random.key(2), (3, 3, shape[-1], 7)) / np.sqrt(9 * shape[-1])
+  want = _numpy_conv(x, kernel)
+  for form in (conv.winograd_2x2_3x3, conv.im2col, conv.xla):
+    np.testing.assert_allclose(form(x, kernel), want, rtol=1e-5, atol=1e-5, err_msg=form.__name__)
+
+
+def test_winograd_gradients_match_xla_conv_and_finite_differences():
+  x = jax.random.normal(jax.random.key(1), (2, 6, 8, 16))
+  kernel = jax.random.normal(jax.random.key(2), (3, 3, 16, 5)) / 12.0
+
+  def loss(conv_fn):
+    return lambda k, x: jnp.sum(jnp.sin(conv_fn(x, k)))
+
+  want = jax.grad(loss(conv.xla), argnums=(0, 1))(kernel, x)
+  got = jax.grad(loss(conv.winograd_2x2_3x3), argnums=(0, 1))(kernel, x)
+  for g, w in zip(got, want):
+    assert np.all(np.isfinite(g))
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+  # Central differences along random unit directions (error O(eps^2) + float32 rounding).
+  f = loss(conv.winograd_2x2_3x3)
+  for seed in range(3):
+    dk, dx = (jax.random.normal(jax.random.key(10 + 2 * seed + i), a.shape)
+              for i, a in enumerate((kernel, x)))
+    norm = jnp.sqrt(jnp.vdot(dk, dk) + jnp.vdot(dx, dx))
+    dk, dx = dk / norm, dx / norm
+    eps = 1e-2
+    numeric = (f(kernel + eps * dk, x + eps * dx) - f(kernel - eps * dk, x - eps * dx)) / (2 * eps)
+    analytic = jnp.vdot(got[0], dk) + jnp.vdot(got[1], dx)
+    np.testing.assert_allclose(numeric, analytic, rtol=1e-3, atol=1e-3)
+
+
+def test_cpu_form_picks_winograd_only_where_it_applies():
+  assert conv.cpu_form((64, 30, 30, 64), (3, 3, 64, 64)) == "winograd"
+  assert conv.cpu_form((64, 30, 30, 16), (3, 3, 16, 64)) == "winograd"
+  assert conv.cpu_form((64, 32, 32, 3), (3, 3, 3, 64)) == "im2col"     # few channels
+  assert conv.cpu_form((64, 30, 30, 15), (3, 3, 15, 64)) == "im2col"
+  assert conv.cpu_form((64, 7, 9, 64), (3, 3, 64, 5)) == "im2col"      # odd output
+  assert conv.cpu_form((64, 8, 7, 64), (3, 3, 64, 5)) == "im2col"
+  assert conv.cpu_form((64, 9, 9, 64), (5, 5, 64, 5)) == "im2col"      # not 3x3
+  with pytest.raises(ValueError, match="even output size"):
+    conv.winograd_2x2_3x3(jnp.zeros((1, 7, 8, 16)), jnp.zeros((3, 3, 16, 2)))
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 6, 16), (2, 7, 9, 16)])
+def test_conv_valid_on_cpu_equals_its_form(shape):
+  """`conv.valid` on CPU runs the form `cpu_form` names, bit for bit."""
+  x = jax.random.normal(jax.random.key(1), shape)
+  kernel = jax.random.normal(jax.random.key(2), (3, 3, shape[-1], 4))
+  form = getattr(conv, {"winograd": "winograd_2x2_3x3", "im2col": "im2col"}[
+      conv.cpu_form(shape, kernel.shape)])
+  np.testing.assert_array_equal(jax.jit(conv.valid)(x, kernel), jax.jit(form)(x, kernel))
 
 
 @pytest.mark.parametrize("hw", [(4, 6), (5, 7)])
@@ -69,15 +134,15 @@ def _conv_layer_benchmark():
 def test_benchmarked_conv_formulations_match_xla_conv():
   """The formulations timed in benchmarks/conv_layer.py compute the same values and gradients."""
   bench = _conv_layer_benchmark()
-  x = jax.random.normal(jax.random.key(1), (2, 7, 9, 3))
-  kernel = jax.random.normal(jax.random.key(2), (3, 3, 3, 5))
+  x = jax.random.normal(jax.random.key(1), (2, 8, 10, 16))
+  kernel = jax.random.normal(jax.random.key(2), (3, 3, 16, 5)) / 12.0
 
   def loss(conv_fn):
     return lambda k, x: jnp.sum(jnp.sin(conv_fn(x, k)))
 
-  want = jax.grad(loss(models._conv_valid_xla), argnums=(0, 1))(kernel, x)
+  want = jax.grad(loss(conv.xla), argnums=(0, 1))(kernel, x)
   for name, conv_fn in bench.FORMULATIONS.items():
-    np.testing.assert_allclose(conv_fn(x, kernel), models._conv_valid_xla(x, kernel),
+    np.testing.assert_allclose(conv_fn(x, kernel), conv.xla(x, kernel),
                                rtol=1e-5, atol=1e-5, err_msg=name)
     got = jax.grad(loss(conv_fn), argnums=(0, 1))(kernel, x)
     for g, w in zip(got, want):

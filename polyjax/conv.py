@@ -1,0 +1,114 @@
+"""Valid, stride-1 2-D convolutions (NHWC input, HWIO kernel) in the forms XLA runs fast.
+
+XLA:CPU runs a convolution inside a while loop (the whole-epoch `lax.scan`) about
+15x slower than the same convolution outside one (jax-ml/jax#12868), so on CPU a
+convolution is written as matrix products, which run at full speed in loops:
+
+- `winograd_2x2_3x3` for 3x3 kernels with an even output size and at least
+  `WINOGRAD_MIN_CHANNELS` input channels: Winograd's minimal filtering F(2x2, 3x3)
+  (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016). Each
+  2x2 output tile comes from a 4x4 input tile through 16 products per channel pair
+  instead of 36, as 16 matrix products; the input, kernel and output transforms
+  are additions that XLA fuses. JAX differentiates it, so the gradients are
+  Winograd-shaped products too.
+- `im2col` otherwise: one matrix product over the K*K shifted copies of the input.
+
+Other platforms keep XLA's convolution (cuDNN on GPU). All forms compute the same
+function up to float32 rounding (tests/test_models_conv.py).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+# Below this many input channels the transforms cost more than the products save
+# (a ConvNet's 3-channel first layer: 72 vs 19 ms of CPU time per batch of 64).
+WINOGRAD_MIN_CHANNELS = 16
+
+
+def xla(x_BxHxWxC: jax.Array, kernel_KxKxCxO: jax.Array) -> jax.Array:
+  """XLA's own convolution."""
+  return jax.lax.conv_general_dilated(x_BxHxWxC, kernel_KxKxCxO, (1, 1), "VALID",
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def im2col(x_BxHxWxC: jax.Array, kernel_KxKxCxO: jax.Array) -> jax.Array:
+  """One matmul of the K*K shifted copies of the input (the patches) with the kernel."""
+  kh, kw, c, o = kernel_KxKxCxO.shape
+  _, h, w, _ = x_BxHxWxC.shape
+  ho, wo = h - kh + 1, w - kw + 1
+  patches_BxHoxWoxKKC = jnp.concatenate(
+      [x_BxHxWxC[:, i:i + ho, j:j + wo, :] for i in range(kh) for j in range(kw)], axis=-1)
+  return jnp.einsum("bhwk,ko->bhwo", patches_BxHoxWoxKKC,
+                    kernel_KxKxCxO.reshape(kh * kw * c, o))
+
+
+# F(2, 3) in one dimension: y = A^T [(G g) * (B^T d)] for 4 inputs d, 3 taps g, 2 outputs.
+def _input_transform(d0, d1, d2, d3):  # B^T d
+  return (d0 - d2, d1 + d2, d2 - d1, d1 - d3)
+
+
+def _kernel_transform(g0, g1, g2):  # G g
+  return (g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2)
+
+
+def _output_transform(m0, m1, m2, m3):  # A^T m
+  return (m0 + m1 + m2, m1 - m2 - m3)
+
+
+def _tile_inputs(x, axis: int, tiles: int):
+  """The 4 inputs of each tile along `axis` (tile t starts at 2t): d0..d3."""
+  # Reshaped into pairs of rows: tile t reads pairs t and t + 1 (no strided slices).
+  x = jax.lax.slice_in_dim(x, 0, 2 * tiles + 2, axis=axis)
+  pairs = x.reshape(x.shape[:axis] + (tiles + 1, 2) + x.shape[axis + 1:])
+
+  def take(first: int, offset: int):
+    p = jax.lax.slice_in_dim(pairs, first, first + tiles, axis=axis)
+    return jax.lax.index_in_dim(p, offset, axis=axis + 1, keepdims=False)
+
+  return take(0, 0), take(0, 1), take(1, 0), take(1, 1)
+
+
+def winograd_2x2_3x3(x_BxHxWxC: jax.Array, kernel_3x3xCxO: jax.Array) -> jax.Array:
+  """Valid 3x3 convolution by Winograd's F(2x2, 3x3); the output's H and W must be even."""
+  b, h, w, c = x_BxHxWxC.shape
+  o = kernel_3x3xCxO.shape[-1]
+  ho, wo = h - 2, w - 2
+  if kernel_3x3xCxO.shape[:2] != (3, 3) or ho % 2 or wo % 2 or ho < 2 or wo < 2:
+    raise ValueError(f"winograd_2x2_3x3 needs a 3x3 kernel and an even output size, "
+                     f"got input {x_BxHxWxC.shape}, kernel {kernel_3x3xCxO.shape}")
+  th, tw = ho // 2, wo // 2
+  v = []  # 16 arrays B x th x tw x C: the transformed tiles, (row, column) position-major.
+  for rows_BxthxWxC in _input_transform(*_tile_inputs(x_BxHxWxC, 1, th)):
+    v.extend(_input_transform(*_tile_inputs(rows_BxthxWxC, 2, tw)))
+  v_16xNxC = jnp.stack(v).reshape(16, b * th * tw, c)
+  u = []
+  for rows_3xCxO in _kernel_transform(*kernel_3x3xCxO):
+    u.extend(_kernel_transform(*rows_3xCxO))
+  m = jnp.einsum("pnc,pco->pno", v_16xNxC, jnp.stack(u))
+  m_4x4xBxthxtwxO = m.reshape(4, 4, b, th, tw, o)
+  by_row = _output_transform(*m_4x4xBxthxtwxO)  # 2 x (4 x B x th x tw x O)
+  y = [_output_transform(*r) for r in by_row]     # y[row offset][column offset]
+  y_Bxthx2xtwx2xO = jnp.stack([jnp.stack(y_row, axis=3) for y_row in y], axis=2)
+  return y_Bxthx2xtwx2xO.reshape(b, ho, wo, o)
+
+
+def cpu_form(in_shape_BxHxWxC: tuple[int, ...], kernel_shape: tuple[int, ...]) -> str:
+  """'winograd' or 'im2col': the form a CPU computes this convolution in."""
+  _, h, w, c = in_shape_BxHxWxC
+  if (tuple(kernel_shape[:2]) == (3, 3) and c >= WINOGRAD_MIN_CHANNELS
+      and h >= 4 and w >= 4 and (h - 2) % 2 == 0 and (w - 2) % 2 == 0):
+    return "winograd"
+  return "im2col"
+
+
+def _cpu(x_BxHxWxC, kernel_KxKxCxO):
+  if cpu_form(x_BxHxWxC.shape, kernel_KxKxCxO.shape) == "winograd":
+    return winograd_2x2_3x3(x_BxHxWxC, kernel_KxKxCxO)
+  return im2col(x_BxHxWxC, kernel_KxKxCxO)
+
+
+def valid(x_BxHxWxC: jax.Array, kernel_KxKxCxO: jax.Array) -> jax.Array:
+  """Valid, stride-1 convolution (no bias): matrix products on CPU, XLA's elsewhere."""
+  return jax.lax.platform_dependent(x_BxHxWxC, kernel_KxKxCxO, cpu=_cpu, default=xla)
