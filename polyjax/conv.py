@@ -22,9 +22,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-# Below this many input channels the transforms cost more than the products save
-# (a ConvNet's 3-channel first layer: 72 vs 19 ms of CPU time per batch of 64).
-WINOGRAD_MIN_CHANNELS = 16
+# Below this many input channels the transforms cost more than the products save.
+# CPU time of a layer's gradient in a loop, batch 64, 30x30 input, 64 outputs,
+# im2col vs Winograd (benchmarks/conv_layer.py): 8 channels 56 vs 84 ms, 16: 86
+# vs 97, 32: 142 vs 126, 64: 259 vs 194.
+WINOGRAD_MIN_CHANNELS = 32
 
 
 def xla(x_BxHxWxC: jax.Array, kernel_KxKxCxO: jax.Array) -> jax.Array:
