@@ -75,6 +75,8 @@ def to_global(tree, sharding: jax.sharding.Sharding):
   """
 
   def put(a):
+    if isinstance(a, jax.Array) and a.sharding == sharding:
+      return a  # Already placed (e.g. restored with this sharding).
     if isinstance(a, jax.Array) and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
       return jax.random.wrap_key_data(put(jax.random.key_data(a)),
                                       impl=jax.random.key_impl(a))

@@ -395,7 +395,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         if best_epoch == summary["epochs_completed"]:
           best = {k: v for k, v in values.items() if k not in TRAIN_ONLY_KEYS}
         else:
-          best_state = checkpoints.best_state(best_epoch, like=state)
+          # Placed like the run's state (the held copy is host arrays), so that the
+          # evaluation program compiled for the epochs is reused.
+          best_state = steps.to_global(checkpoints.best_state(best_epoch, like=state),
+                                       sh.replicated)
           best = evaluate(exp, best_state, eval_inputs)
       summary.update(status="completed", final=values, best=best)
   except KeyboardInterrupt:

@@ -140,3 +140,35 @@ def test_best_metric_is_checked_by_name_before_any_work():
   c.best_metric = "val/class_7_recall"  # Digits is binary: no class 7.
   with pytest.raises(config_lib.ConfigError, match=r"config.best_metric='val/class_7_recall'"):
     train.check_best_metric(c, ds)
+
+
+def test_the_best_state_is_tested_by_the_epochs_evaluation_program(tmp_path, monkeypatch):
+  """The held best (host arrays) is placed like the run's state, so testing it at the
+  end reuses the compiled evaluation instead of compiling it again."""
+  compiles = []
+
+  def listener(event, _, **kwargs):
+    if event.endswith("backend_compile_duration"):
+      compiles.append(event)
+
+  per_call = []
+  evaluate = train.evaluate
+
+  def counted(*args, **kwargs):
+    before = len(compiles)
+    out = evaluate(*args, **kwargs)
+    per_call.append(len(compiles) - before)
+    return out
+
+  monkeypatch.setattr(train, "evaluate", counted)
+  c = digits_poly.get_config()
+  c.num_epochs = c.checkpoint_every_epochs = 8  # The best is held in memory, then written.
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    summary = train.train_and_evaluate(c, str(tmp_path / "run"))
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert summary["best_epoch"] < summary["epochs_completed"] == 8
+  assert summary["best"]["test/n"] == 300
+  assert len(per_call) == 9 and per_call[0] >= 1  # 8 epochs, then the best state.
+  assert per_call[1:] == [0] * 8
