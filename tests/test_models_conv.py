@@ -20,20 +20,6 @@ def test_conv_valid_matches_nnx_conv(shape):
   np.testing.assert_allclose(models.conv_valid(conv, x), conv(x), rtol=1e-5, atol=1e-5)
 
 
-def test_im2col_gradients_match_xla_conv():
-  x = jax.random.normal(jax.random.key(1), (2, 7, 9, 3))
-  kernel = jax.random.normal(jax.random.key(2), (3, 3, 3, 5))
-
-  def loss(conv_fn):
-    return lambda k, x: jnp.sum(jnp.sin(conv_fn(x, k)))
-
-  want = jax.grad(loss(conv.xla), argnums=(0, 1))(kernel, x)
-  got = jax.grad(loss(conv.im2col), argnums=(0, 1))(kernel, x)
-  for g, w in zip(got, want):
-    assert np.all(np.isfinite(g))
-    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
-
-
 def _numpy_conv(x, kernel):
   """Independent float64 reference: a sum over the kernel's taps of shifted inputs."""
   x, kernel = np.asarray(x, np.float64), np.asarray(kernel, np.float64)
@@ -52,20 +38,22 @@ def test_winograd_matches_reference_convolution(shape):
     np.testing.assert_allclose(form(x, kernel), want, rtol=1e-5, atol=1e-5, err_msg=form.__name__)
 
 
-def test_winograd_gradients_match_xla_conv_and_finite_differences():
-  x = jax.random.normal(jax.random.key(1), (2, 6, 8, 16))
-  kernel = jax.random.normal(jax.random.key(2), (3, 3, 16, 5)) / 12.0
+def _sin_loss(conv_fn):
+  return lambda k, x: jnp.sum(jnp.sin(conv_fn(x, k)))
 
-  def loss(conv_fn):
-    return lambda k, x: jnp.sum(jnp.sin(conv_fn(x, k)))
 
-  want = jax.grad(loss(conv.xla), argnums=(0, 1))(kernel, x)
-  got = jax.grad(loss(conv.winograd_2x2_3x3), argnums=(0, 1))(kernel, x)
+@pytest.mark.parametrize("form, shape", [(conv.im2col, (2, 7, 9, 3)),
+                                         (conv.winograd_2x2_3x3, (2, 6, 8, 16))])
+def test_gradients_match_xla_conv_and_finite_differences(form, shape):
+  x = jax.random.normal(jax.random.key(1), shape)
+  kernel = jax.random.normal(jax.random.key(2), (3, 3, shape[-1], 5)) / np.sqrt(9 * shape[-1])
+  want = jax.grad(_sin_loss(conv.xla), argnums=(0, 1))(kernel, x)
+  got = jax.grad(_sin_loss(form), argnums=(0, 1))(kernel, x)
   for g, w in zip(got, want):
     assert np.all(np.isfinite(g))
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
   # Central differences along random unit directions (error O(eps^2) + float32 rounding).
-  f = loss(conv.winograd_2x2_3x3)
+  f = _sin_loss(form)
   for seed in range(3):
     dk, dx = (jax.random.normal(jax.random.key(10 + 2 * seed + i), a.shape)
               for i, a in enumerate((kernel, x)))
@@ -136,15 +124,11 @@ def test_benchmarked_conv_formulations_match_xla_conv():
   bench = _conv_layer_benchmark()
   x = jax.random.normal(jax.random.key(1), (2, 8, 10, 16))
   kernel = jax.random.normal(jax.random.key(2), (3, 3, 16, 5)) / 12.0
-
-  def loss(conv_fn):
-    return lambda k, x: jnp.sum(jnp.sin(conv_fn(x, k)))
-
-  want = jax.grad(loss(conv.xla), argnums=(0, 1))(kernel, x)
+  want = jax.grad(_sin_loss(conv.xla), argnums=(0, 1))(kernel, x)
   for name, conv_fn in bench.FORMULATIONS.items():
     np.testing.assert_allclose(conv_fn(x, kernel), conv.xla(x, kernel),
                                rtol=1e-5, atol=1e-5, err_msg=name)
-    got = jax.grad(loss(conv_fn), argnums=(0, 1))(kernel, x)
+    got = jax.grad(_sin_loss(conv_fn), argnums=(0, 1))(kernel, x)
     for g, w in zip(got, want):
       assert np.all(np.isfinite(g)), name
       np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4, err_msg=name)
