@@ -387,10 +387,8 @@ def _member_tx(exp: train.Experiment):
 def _finite_M(state_M) -> jax.Array:
   """(M,) whether every floating-point array of each member's state is finite
   (`lifecycle.is_finite`, per member)."""
-  leaves = [x for x in jax.tree.leaves(state_M)
-            if jnp.issubdtype(x.dtype, jnp.inexact)]
-  ok = [jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=1) for x in leaves]
-  return jnp.all(jnp.stack(ok), axis=0)
+  leaves = [x for x in jax.tree.leaves(state_M) if not _is_key(x)]
+  return lifecycle.finite_rows(leaves, leaves[0].shape[0])
 
 
 # ----------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from polyjax import checkpointing, config as config_lib, run_dir, train
+from polyjax import checkpointing, config as config_lib, lifecycle, run_dir, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG_FILE = ROOT / "configs" / "digits_poly.py"
@@ -365,3 +365,26 @@ def test_saves_write_host_copies_that_restore_as_the_device_state(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, checkpointing.host_copy(restored), host)
     raw, _ = reopened.restore(epoch)  # As analysis reads it: no model built.
     np.testing.assert_array_equal(raw["rng"], host.rng)
+
+
+def _state_like():
+  return {"w": jnp.ones((3, 4)), "h": jnp.ones((2,), jnp.bfloat16), "lr": jnp.float32(0.1),
+          "step": jnp.int32(7), "key": jax.random.key(0)}
+
+
+@pytest.mark.parametrize("leaf, index, value, finite", [
+    (None, None, None, True), ("w", (1, 2), np.nan, False), ("h", (0,), np.inf, False),
+    ("lr", (), -np.inf, False)])
+def test_is_finite_checks_every_floating_point_leaf(leaf, index, value, finite):
+  state = _state_like()
+  if leaf is not None:
+    state[leaf] = state[leaf].at[index].set(value)
+  assert lifecycle.is_finite(state) is finite
+
+
+def test_finite_rows_checks_each_row_over_dtypes():
+  arrays = [jnp.ones((3, 2, 2)), jnp.ones((3,), jnp.bfloat16), jnp.arange(3)]
+  arrays[0] = arrays[0].at[1, 0, 1].set(np.nan)
+  arrays[1] = arrays[1].at[2].set(-np.inf)
+  np.testing.assert_array_equal(jax.jit(lifecycle.finite_rows, static_argnums=1)(arrays, 3),
+                                [True, False, False])
