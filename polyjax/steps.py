@@ -71,7 +71,8 @@ def to_global(tree, sharding: jax.sharding.Sharding):
   Each process copies only the slices that its addressable devices hold (for a
   batch-sharded array: its slice of every batch), so nothing crosses processes
   and, unlike `jax.device_put`, no cross-process equality check runs. Typed PRNG
-  keys are placed as their key data and rewrapped.
+  keys are placed as their key data and rewrapped. Arrays that already have
+  `sharding` are returned as they are.
   """
 
   def put(a):
