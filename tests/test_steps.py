@@ -96,3 +96,15 @@ def test_packed_splits_keep_every_row_once_with_its_split():
   assert mask.sum(1).tolist() == [1] * 12 + [0] * 3  # Each row in one split; padding in none.
   only = steps.pack_for_eval(splits, 5, keys=("weight",))
   assert only.keys() == {"weight", "mask"} and only["weight"].sum() == 12
+
+
+def test_to_global_places_host_values_and_keeps_placed_arrays():
+  sh = steps.Shardings(steps.make_mesh())
+  tree = {"w": np.arange(6.0, dtype=np.float32).reshape(2, 3), "key": jax.random.key(3)}
+  placed = steps.to_global(tree, sh.replicated)
+  assert all(a.sharding == sh.replicated for a in jax.tree.leaves(placed))
+  np.testing.assert_array_equal(placed["w"], tree["w"])
+  np.testing.assert_array_equal(jax.random.key_data(placed["key"]),
+                                jax.random.key_data(tree["key"]))
+  again = steps.to_global(placed, sh.replicated)
+  assert again["w"] is placed["w"] and again["key"] is placed["key"]
