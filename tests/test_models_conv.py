@@ -65,6 +65,20 @@ def test_gradients_match_xla_conv_and_finite_differences(form, shape):
     np.testing.assert_allclose(numeric, analytic, rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.parametrize("b, th, tw, c", [(2, 1, 1, 3), (1, 3, 2, 4), (3, 2, 5, 2)])
+def test_winograd_transforms_gradients_are_their_transposes(b, th, tw, c):
+  """The hand-written gradients of the input and output transforms equal JAX's own
+  transposes of the forward transforms (including one-tile edges)."""
+  tiles = (b, th, tw)
+  x = jax.random.normal(jax.random.key(1), (b, 2 * th + 2, 2 * tw + 2, c))
+  m = jax.random.normal(jax.random.key(2), (16, b * th * tw, c))
+  for transform, primal in ((conv._winograd_inputs, x), (conv._winograd_outputs, m)):
+    out, vjp = jax.vjp(lambda a: transform(a, tiles), primal)
+    cotangent = jax.random.normal(jax.random.key(3), out.shape)
+    want = jax.linear_transpose(lambda a: transform.fun(a, tiles), primal)(cotangent)
+    np.testing.assert_allclose(vjp(cotangent)[0], want[0], rtol=1e-6, atol=1e-6)
+
+
 def test_cpu_form_picks_winograd_only_where_it_applies():
   assert conv.cpu_form((64, 30, 30, 64), (3, 3, 64, 64)) == "winograd"
   assert conv.cpu_form((64, 30, 30, 32), (3, 3, 32, 64)) == "winograd"
