@@ -110,10 +110,13 @@ def _winograd_inputs(x_BxHxWxC: jax.Array, tiles: tuple[int, int, int]) -> jax.A
   """(16, B * th * tw, C): B^T d B of every 4x4 input tile, (row, column) position-major;
   `tiles` is (B, th, tw)."""
   _, th, tw = tiles
-  v = []
-  for rows_BxthxWxC in _input_transform(*_tile_inputs(x_BxHxWxC, 1, th)):
-    v.extend(_input_transform(*_tile_inputs(rows_BxthxWxC, 2, tw)))
-  return jnp.stack(v).reshape(16, -1, x_BxHxWxC.shape[-1])
+  # Rows first, the 4 row positions stacked, then columns for all of them at once:
+  # 4 + 4 fusions, where one per position (16, each reading the input) ran 1.1x
+  # slower in the ConvNet's epoch.
+  rows_4xBxthxWxC = jnp.stack(_input_transform(*_tile_inputs(x_BxHxWxC, 1, th)))
+  v_4x4xBxthxtwxC = jnp.stack(_input_transform(*_tile_inputs(rows_4xBxthxWxC, 3, tw)),
+                              axis=1)
+  return v_4x4xBxthxtwxC.reshape(16, -1, x_BxHxWxC.shape[-1])
 
 
 def _winograd_inputs_fwd(x_BxHxWxC, tiles):
