@@ -15,7 +15,8 @@ batch 64; conv4 is `64,12,128,128`.
 Formulations (see docs/BENCHMARKS.md, "ConvNet on CPU: what was tried"):
   im2col      `conv.im2col` differentiated by JAX (what polyjax uses for layers
               with few input channels or an odd output size)
-  winograd    `conv.winograd_2x2_3x3` differentiated by JAX (what polyjax uses
+  winograd    `conv.winograd_2x2_3x3`, its transforms with hand-written
+              transposes, the rest differentiated by JAX (what polyjax uses
               for 3x3 kernels with an even output and >= 16 input channels)
   xla         `lax.conv_general_dilated` differentiated by JAX
   im2col_dxconv  im2col forward; custom VJP whose input gradient is a valid XLA

@@ -26,9 +26,9 @@ import jax.numpy as jnp
 
 # Below this many input channels the transforms cost more than the products save.
 # CPU time of a layer's gradient in a loop, batch 64, 30x30 input, 64 outputs,
-# im2col vs Winograd (benchmarks/conv_layer.py): 8 channels 56 vs 84 ms, 16: 86
-# vs 97, 32: 142 vs 126, 64: 259 vs 194.
-WINOGRAD_MIN_CHANNELS = 32
+# im2col vs Winograd (benchmarks/conv_layer.py, 2026-11-23): 8 channels 65 vs 74
+# ms, 16: 98 vs 78, 24: 172 vs 118, 64: 314 vs 195.
+WINOGRAD_MIN_CHANNELS = 16
 
 
 def xla(x_BxHxWxC: jax.Array, kernel_KxKxCxO: jax.Array) -> jax.Array:
