@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import pathlib
 import subprocess
@@ -52,6 +53,16 @@ def summary(run: pathlib.Path) -> dict:
   return json.loads((run / "summary.json").read_text())
 
 
+def _difference(a, b) -> float:
+  """|a - b| of two summary values; run directories write NaN and Inf as strings
+  ('nan', 'inf'). Equal non-finite values differ by 0, a finite and a non-finite one by inf."""
+  a, b = float(a), float(b)
+  if a == b or (math.isnan(a) and math.isnan(b)):
+    return 0.0
+  diff = abs(a - b)
+  return math.inf if math.isnan(diff) else diff
+
+
 def compare(sweep_dir: pathlib.Path, single_dirs: dict[str, pathlib.Path]) -> dict:
   """Largest difference of final metrics of members completed on both sides, with
   the member and metric it is in; members whose outcome (status, divergence step)
@@ -65,9 +76,9 @@ def compare(sweep_dir: pathlib.Path, single_dirs: dict[str, pathlib.Path]) -> di
                       "single": [b["status"], b.get("diverged_at")]}
     elif b["status"] == "completed":
       for k in b["final"]:
-        diff = abs(a["final"][k] - b["final"][k])
+        diff = _difference(a["final"][k], b["final"][k])
         if diff > worst:
-          worst, where = diff, f"{name} {k} (single {b['final'][k]:.6g})"
+          worst, where = diff, f"{name} {k} (single {float(b['final'][k]):.6g})"
   return {"max_final_metric_diff": worst, "max_final_metric_diff_at": where,
           "single_statuses": statuses, "outcome_differs": differ}
 

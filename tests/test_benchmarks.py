@@ -73,3 +73,20 @@ def test_mlp_dots_counts_the_steps_products_and_prints_one_json_line():
   result = json.loads(out.stdout.strip())
   assert result["batch_size"] == 8 and result["products_only_ms_per_step"] > 0
   assert result["whole_step_examples_per_s"] > 0
+
+
+def test_sweep_compare_reads_non_finite_values_written_as_strings(tmp_path):
+  bench = _load("sweep")
+  finals = {"sweep": {"a": {"x": 1.0, "y": "nan", "z": "inf"}, "b": {"x": 2.0, "y": 1.0, "z": 0.0}},
+            "single": {"a": {"x": 1.5, "y": "nan", "z": "inf"}, "b": {"x": 2.0, "y": "nan", "z": 0.0}}}
+  singles = {}
+  for side, members in finals.items():
+    for name, final in members.items():
+      run = tmp_path / side / name
+      run.mkdir(parents=True)
+      (run / "summary.json").write_text(json.dumps({"status": "completed", "final": final}))
+      if side == "single":
+        singles[name] = run
+  got = bench.compare(tmp_path / "sweep", singles)
+  assert got["max_final_metric_diff"] == float("inf")  # b's y: finite in the sweep, NaN alone.
+  assert got["max_final_metric_diff_at"].startswith("b y")
