@@ -17,7 +17,10 @@ Formulations (see docs/BENCHMARKS.md, "ConvNet on CPU: what was tried"):
               with few input channels or an odd output size)
   winograd    `conv.winograd_2x2_3x3`, its transforms with hand-written
               transposes, the rest differentiated by JAX (what polyjax uses
-              for 3x3 kernels with an even output and >= 16 input channels)
+              for 3x3 kernels with >= 16 input channels and an even output
+              size that 4 does not divide)
+  winograd4   `conv.winograd_4x4_3x3`, the same for F(4x4, 3x3) (what polyjax
+              uses where 4 divides the output size)
   xla         `lax.conv_general_dilated` differentiated by JAX
   im2col_dxconv  im2col forward; custom VJP whose input gradient is a valid XLA
               convolution of the explicitly padded output gradient with the
@@ -87,6 +90,7 @@ def _dk_patches(x, g, k):
 FORMULATIONS = {
     "im2col": conv.im2col,
     "winograd": conv.winograd_2x2_3x3,
+    "winograd4": conv.winograd_4x4_3x3,
     "xla": _xla,
     "im2col_dxconv": _custom(conv.im2col, _dk_patches),
     "xla_canonical": _custom(_xla, lambda x, g, k: _dk_conv(x, g)),
@@ -125,6 +129,8 @@ def main(argv=None) -> None:
     parser.error(f"--only must name {sorted(FORMULATIONS)}, got {unknown}; sizes must be >= 1, H >= 3")
   if "winograd" in names and h % 2:
     parser.error(f"winograd needs an even output size: --shape H must be even, got {h}")
+  if "winograd4" in names and (h - 2) % 4:
+    parser.error(f"winograd4 needs an output size divisible by 4: --shape H - 2, got {h - 2}")
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((args.steps, b, h, h, c), dtype=np.float32))
   k = jnp.asarray(rng.standard_normal((3, 3, c, o), dtype=np.float32))

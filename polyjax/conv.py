@@ -48,45 +48,59 @@ def im2col(x_BxHxWxC: jax.Array, kernel_KxKxCxO: jax.Array) -> jax.Array:
                     kernel_KxKxCxO.reshape(kh * kw * c, o))
 
 
-# F(2, 3) in one dimension: y = A^T [(G g) * (B^T d)] for 4 inputs d, 3 taps g, 2 outputs.
-def _input_transform(d0, d1, d2, d3):  # B^T d
-  return (d0 - d2, d1 + d2, d2 - d1, d1 - d3)
+# Winograd's F(m, 3) in one dimension (Lavin & Gray 2016): the m outputs of a
+# 3-tap filter g over n = m + 2 inputs d are  y = A^T [(G g) * (B^T d)].
+# F(2, 3) uses the points 0, 1, -1 and infinity: every coefficient is 0, +-1 or
+# 1/2. F(4, 3) adds +-2: coefficients up to 8 and 1/24, and about 15x the float32
+# rounding error of F(2, 3) (1e-5 against 8e-7 for outputs of size 1).
+_F = {
+    2: dict(BT=((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1)),
+            G=((1, 0, 0), (1 / 2, 1 / 2, 1 / 2), (1 / 2, -1 / 2, 1 / 2), (0, 0, 1)),
+            AT=((1, 1, 1, 0), (0, 1, -1, -1))),
+    4: dict(BT=((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0),
+                (0, -2, -1, 2, 1, 0), (0, 2, -1, -2, 1, 0), (0, 4, 0, -5, 0, 1)),
+            G=((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6),
+               (1 / 24, 1 / 12, 1 / 6), (1 / 24, -1 / 12, 1 / 6), (0, 0, 1)),
+            AT=((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0),
+                (0, 1, -1, 8, -8, 1))),
+}
 
 
-def _input_transform_T(g0, g1, g2, g3):  # B g: its transpose, for the gradient.
-  return (g0, g1 - g2 + g3, g1 + g2 - g0, -g3)
+def _combine(matrix, xs):
+  """[sum_i matrix[p][i] * xs[i] for each row p], as additions where a coefficient is +-1."""
+  out = []
+  for row in matrix:
+    terms = [x if c == 1 else -x if c == -1 else c * x for c, x in zip(row, xs) if c != 0]
+    total = terms[0]
+    for t in terms[1:]:
+      total = total + t
+    out.append(total)
+  return out
 
 
-def _kernel_transform(g0, g1, g2):  # G g
-  return (g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2)
+def _transposed(matrix):
+  return tuple(zip(*matrix))
 
 
-def _output_transform(m0, m1, m2, m3):  # A^T m
-  return (m0 + m1 + m2, m1 - m2 - m3)
+def _tile_inputs(x, axis: int, tiles: int, m: int):
+  """The n = m + 2 inputs of each tile along `axis` (tile t starts at m t): d_0..d_{n-1}.
+  `x` has m * tiles + 2 entries along `axis`."""
+  if m > 2:  # Padded to whole groups of m.
+    x = jax.lax.pad(x, jnp.zeros((), x.dtype),
+                    [(0, m - 2 if a == axis else 0, 0) for a in range(x.ndim)])
+  # Reshaped into groups of m entries: tile t reads group t and the first two entries
+  # of group t + 1 (no strided slices).
+  groups = x.reshape(x.shape[:axis] + (tiles + 1, m) + x.shape[axis + 1:])
+  return [jax.lax.index_in_dim(
+      jax.lax.slice_in_dim(groups, i // m, i // m + tiles, axis=axis), i % m, axis + 1,
+      keepdims=False) for i in range(m + 2)]
 
 
-def _output_transform_T(g0, g1):  # A g: its transpose, for the gradient.
-  return (g0, g0 + g1, g0 - g1, -g1)
-
-
-def _tile_inputs(x, axis: int, tiles: int):
-  """The 4 inputs of each tile along `axis` (tile t starts at 2t): d0..d3.
-  `x` has 2 * tiles + 2 entries along `axis`."""
-  # Reshaped into pairs of rows: tile t reads pairs t and t + 1 (no strided slices).
-  pairs = x.reshape(x.shape[:axis] + (tiles + 1, 2) + x.shape[axis + 1:])
-
-  def take(first: int, offset: int):
-    p = jax.lax.slice_in_dim(pairs, first, first + tiles, axis=axis)
-    return jax.lax.index_in_dim(p, offset, axis=axis + 1, keepdims=False)
-
-  return take(0, 0), take(0, 1), take(1, 0), take(1, 1)
-
-
-def _tile_inputs_T(d0, d1, d2, d3, axis: int, tiles: int):
+def _tile_inputs_T(ds, axis: int, tiles: int, m: int):
   """The transpose of `_tile_inputs`: each entry sums what the (at most two) tiles
-  that read it received, written as one concatenation per pair offset."""
+  that read it received, one concatenation per offset in a group."""
 
-  def overlap_add(first, second):  # pairs[t] = first[t] + second[t - 1], t = 0..tiles
+  def overlap_add(first, second):  # group[t] = first[t] + second[t - 1], t = 0..tiles
     parts = [jax.lax.slice_in_dim(first, 0, 1, axis=axis)]
     if tiles > 1:
       parts.append(jax.lax.slice_in_dim(first, 1, tiles, axis=axis)
@@ -94,8 +108,14 @@ def _tile_inputs_T(d0, d1, d2, d3, axis: int, tiles: int):
     parts.append(jax.lax.slice_in_dim(second, tiles - 1, tiles, axis=axis))
     return jnp.concatenate(parts, axis=axis)
 
-  pairs = jnp.stack([overlap_add(d0, d2), overlap_add(d1, d3)], axis=axis + 1)
-  return pairs.reshape(d0.shape[:axis] + (2 * tiles + 2,) + d0.shape[axis + 1:])
+  def last_padded(first):  # Offsets >= 2 of the last group are the padding.
+    return jax.lax.pad(first, jnp.zeros((), first.dtype),
+                       [(0, 1 if a == axis else 0, 0) for a in range(first.ndim)])
+
+  groups = jnp.stack([overlap_add(ds[j], ds[m + j]) if j < 2 else last_padded(ds[j])
+                      for j in range(m)], axis=axis + 1)
+  x = groups.reshape(groups.shape[:axis] + (m * (tiles + 1),) + groups.shape[axis + 2:])
+  return jax.lax.slice_in_dim(x, 0, m * tiles + 2, axis=axis)
 
 
 # The input and output transforms have hand-written gradients (their transposes).
@@ -106,91 +126,111 @@ def _tile_inputs_T(d0, d1, d2, d3, axis: int, tiles: int):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _winograd_inputs(x_BxHxWxC: jax.Array, tiles: tuple[int, int, int]) -> jax.Array:
-  """(16, B * th * tw, C): B^T d B of every 4x4 input tile, (row, column) position-major;
-  `tiles` is (B, th, tw)."""
-  _, th, tw = tiles
-  # Rows first, the 4 row positions stacked, then columns for all of them at once:
-  # 4 + 4 fusions, where one per position (16, each reading the input) ran 1.1x
+def _winograd_inputs(x_BxHxWxC: jax.Array, spec: tuple[int, int, int, int]) -> jax.Array:
+  """(n * n, B * th * tw, C): B^T d B of every n x n input tile, (row, column)
+  position-major; `spec` is (m, B, th, tw)."""
+  m, _, th, tw = spec
+  bt = _F[m]["BT"]
+  # Rows first, the n row positions stacked, then columns for all of them at once:
+  # 2n fusions, where one per position (n * n, each reading the input) ran 1.1x
   # slower in the ConvNet's epoch.
-  rows_4xBxthxWxC = jnp.stack(_input_transform(*_tile_inputs(x_BxHxWxC, 1, th)))
-  v_4x4xBxthxtwxC = jnp.stack(_input_transform(*_tile_inputs(rows_4xBxthxWxC, 3, tw)),
+  rows_nxBxthxWxC = jnp.stack(_combine(bt, _tile_inputs(x_BxHxWxC, 1, th, m)))
+  v_nxnxBxthxtwxC = jnp.stack(_combine(bt, _tile_inputs(rows_nxBxthxWxC, 3, tw, m)),
                               axis=1)
-  return v_4x4xBxthxtwxC.reshape(16, -1, x_BxHxWxC.shape[-1])
+  return v_nxnxBxthxtwxC.reshape((m + 2) ** 2, -1, x_BxHxWxC.shape[-1])
 
 
-def _winograd_inputs_fwd(x_BxHxWxC, tiles):
-  return _winograd_inputs(x_BxHxWxC, tiles), None
+def _winograd_inputs_fwd(x_BxHxWxC, spec):
+  return _winograd_inputs(x_BxHxWxC, spec), None
 
 
-def _winograd_inputs_bwd(tiles, _, dv_16xNxC):
-  b, th, tw = tiles
-  dv = dv_16xNxC.reshape(4, 4, b, th, tw, -1)
-  rows = [_tile_inputs_T(*_input_transform_T(*dv[i]), axis=2, tiles=tw) for i in range(4)]
-  return (_tile_inputs_T(*_input_transform_T(*rows), axis=1, tiles=th),)
+def _winograd_inputs_bwd(spec, _, dv):
+  m, b, th, tw = spec
+  n, b_t = m + 2, _transposed(_F[m]["BT"])
+  dv = dv.reshape(n, n, b, th, tw, -1)
+  rows = [_tile_inputs_T(_combine(b_t, list(dv[i])), 2, tw, m) for i in range(n)]
+  return (_tile_inputs_T(_combine(b_t, rows), 1, th, m),)
 
 
 _winograd_inputs.defvjp(_winograd_inputs_fwd, _winograd_inputs_bwd)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _winograd_outputs(m_16xNxO: jax.Array, tiles: tuple[int, int, int]) -> jax.Array:
-  """(B, 2 th, 2 tw, O): A^T m A of every tile's products, the 2x2 outputs in place;
-  `tiles` is (B, th, tw)."""
-  b, th, tw = tiles
-  m_4x4xBxthxtwxO = m_16xNxO.reshape(4, 4, b, th, tw, -1)
-  by_row = _output_transform(*m_4x4xBxthxtwxO)  # 2 x (4 x B x th x tw x O)
-  y = [_output_transform(*r) for r in by_row]     # y[row offset][column offset]
-  y_Bxthx2xtwx2xO = jnp.stack([jnp.stack(y_row, axis=3) for y_row in y], axis=2)
-  return y_Bxthx2xtwx2xO.reshape(b, 2 * th, 2 * tw, -1)
+def _winograd_outputs(products: jax.Array, spec: tuple[int, int, int, int]) -> jax.Array:
+  """(B, m th, m tw, O): A^T M A of every tile's (n x n) products, the m x m outputs
+  in place; `spec` is (m, B, th, tw)."""
+  m, b, th, tw = spec
+  n, at = m + 2, _F[m]["AT"]
+  products = products.reshape(n, n, b, th, tw, -1)
+  by_row = _combine(at, list(products))                # m x (n x B x th x tw x O)
+  y = [_combine(at, list(r)) for r in by_row]         # y[row offset][column offset]
+  y_Bxthxmxtwxmxo = jnp.stack([jnp.stack(y_row, axis=3) for y_row in y], axis=2)
+  return y_Bxthxmxtwxmxo.reshape(b, m * th, m * tw, -1)
 
 
-def _winograd_outputs_fwd(m_16xNxO, tiles):
-  return _winograd_outputs(m_16xNxO, tiles), None
+def _winograd_outputs_fwd(products, spec):
+  return _winograd_outputs(products, spec), None
 
 
-def _winograd_outputs_bwd(tiles, _, dy_BxHoxWoxO):
-  b, th, tw = tiles
-  dy = dy_BxHoxWoxO.reshape(b, th, 2, tw, 2, -1)
+def _winograd_outputs_bwd(spec, _, dy_BxHoxWoxO):
+  m, b, th, tw = spec
+  n, a = m + 2, _transposed(_F[m]["AT"])
+  dy = dy_BxHoxWoxO.reshape(b, th, m, tw, m, -1)
   # by_col[r][q]: the gradient of by_row[r] at column position q.
-  by_col = [_output_transform_T(dy[:, :, r, :, 0], dy[:, :, r, :, 1]) for r in range(2)]
-  by_pos = [_output_transform_T(by_col[0][q], by_col[1][q]) for q in range(4)]  # [q][p]
-  dm = [by_pos[q][p] for p in range(4) for q in range(4)]
-  return (jnp.stack(dm).reshape(16, b * th * tw, -1),)
+  by_col = [_combine(a, [dy[:, :, r, :, s] for s in range(m)]) for r in range(m)]
+  by_pos = [_combine(a, [by_col[r][q] for r in range(m)]) for q in range(n)]  # [q][p]
+  return (jnp.stack([by_pos[q][p] for p in range(n) for q in range(n)]
+                    ).reshape(n * n, b * th * tw, -1),)
 
 
 _winograd_outputs.defvjp(_winograd_outputs_fwd, _winograd_outputs_bwd)
 
 
-def winograd_2x2_3x3(x_BxHxWxC: jax.Array, kernel_3x3xCxO: jax.Array) -> jax.Array:
-  """Valid 3x3 convolution by Winograd's F(2x2, 3x3); the output's H and W must be even."""
+def _winograd(x_BxHxWxC: jax.Array, kernel_3x3xCxO: jax.Array, m: int) -> jax.Array:
   b, h, w, _ = x_BxHxWxC.shape
   ho, wo = h - 2, w - 2
-  if kernel_3x3xCxO.shape[:2] != (3, 3) or ho % 2 or wo % 2 or ho < 2 or wo < 2:
-    raise ValueError(f"winograd_2x2_3x3 needs a 3x3 kernel and an even output size, "
-                     f"got input {x_BxHxWxC.shape}, kernel {kernel_3x3xCxO.shape}")
-  th, tw = ho // 2, wo // 2
-  v_16xNxC = _winograd_inputs(x_BxHxWxC, (b, th, tw))
+  if kernel_3x3xCxO.shape[:2] != (3, 3) or ho % m or wo % m or ho < m or wo < m:
+    raise ValueError(f"winograd_{m}x{m}_3x3 needs a 3x3 kernel and an output size "
+                     f"divisible by {m}, got input {x_BxHxWxC.shape}, kernel "
+                     f"{kernel_3x3xCxO.shape}")
+  spec = (m, b, ho // m, wo // m)
+  g = _F[m]["G"]
   u = []
-  for rows_3xCxO in _kernel_transform(*kernel_3x3xCxO):
-    u.extend(_kernel_transform(*rows_3xCxO))
-  m_16xNxO = jnp.einsum("pnc,pco->pno", v_16xNxC, jnp.stack(u))
-  return _winograd_outputs(m_16xNxO, (b, th, tw))
+  for rows_3xCxO in _combine(g, list(kernel_3x3xCxO)):
+    u.extend(_combine(g, list(rows_3xCxO)))
+  products = jnp.einsum("pnc,pco->pno", _winograd_inputs(x_BxHxWxC, spec), jnp.stack(u))
+  return _winograd_outputs(products, spec)
+
+
+def winograd_2x2_3x3(x_BxHxWxC: jax.Array, kernel_3x3xCxO: jax.Array) -> jax.Array:
+  """Valid 3x3 convolution by Winograd's F(2x2, 3x3); the output's H and W must be even."""
+  return _winograd(x_BxHxWxC, kernel_3x3xCxO, 2)
+
+
+def winograd_4x4_3x3(x_BxHxWxC: jax.Array, kernel_3x3xCxO: jax.Array) -> jax.Array:
+  """Valid 3x3 convolution by Winograd's F(4x4, 3x3): 6x6 input tiles, 36 products per
+  4x4 output tile (2.25 per output, against 4 for F(2x2)); H and W of the output must
+  divide by 4."""
+  return _winograd(x_BxHxWxC, kernel_3x3xCxO, 4)
 
 
 def cpu_form(in_shape_BxHxWxC: tuple[int, ...], kernel_shape: tuple[int, ...]) -> str:
-  """'winograd' or 'im2col': the form a CPU computes this convolution in."""
+  """'winograd4', 'winograd' or 'im2col': the form a CPU computes this convolution in."""
   _, h, w, c = in_shape_BxHxWxC
-  if (tuple(kernel_shape[:2]) == (3, 3) and c >= WINOGRAD_MIN_CHANNELS
-      and h >= 4 and w >= 4 and (h - 2) % 2 == 0 and (w - 2) % 2 == 0):
-    return "winograd"
+  if tuple(kernel_shape[:2]) == (3, 3) and c >= WINOGRAD_MIN_CHANNELS:
+    ho, wo = h - 2, w - 2
+    if ho >= 4 and wo >= 4 and ho % 4 == 0 and wo % 4 == 0:
+      return "winograd4"
+    if ho >= 2 and wo >= 2 and ho % 2 == 0 and wo % 2 == 0:
+      return "winograd"
   return "im2col"
 
 
+CPU_FORMS = {"winograd4": winograd_4x4_3x3, "winograd": winograd_2x2_3x3, "im2col": im2col}
+
+
 def _cpu(x_BxHxWxC, kernel_KxKxCxO):
-  if cpu_form(x_BxHxWxC.shape, kernel_KxKxCxO.shape) == "winograd":
-    return winograd_2x2_3x3(x_BxHxWxC, kernel_KxKxCxO)
-  return im2col(x_BxHxWxC, kernel_KxKxCxO)
+  return CPU_FORMS[cpu_form(x_BxHxWxC.shape, kernel_KxKxCxO.shape)](x_BxHxWxC, kernel_KxKxCxO)
 
 
 def valid(x_BxHxWxC: jax.Array, kernel_KxKxCxO: jax.Array) -> jax.Array:
