@@ -148,8 +148,9 @@ def _winograd_inputs_bwd(spec, _, dv):
   m, b, th, tw = spec
   n, b_t = m + 2, _transposed(_F[m]["BT"])
   dv = dv.reshape(n, n, b, th, tw, -1)
-  rows = [_tile_inputs_T(_combine(b_t, list(dv[i])), 2, tw, m) for i in range(n)]
-  return (_tile_inputs_T(_combine(b_t, rows), 1, th, m),)
+  # Columns for all row positions at once, then rows (as the forward pass).
+  rows_nxBxthxWxC = _tile_inputs_T(_combine(b_t, [dv[:, q] for q in range(n)]), 3, tw, m)
+  return (_tile_inputs_T(_combine(b_t, list(rows_nxBxthxWxC)), 1, th, m),)
 
 
 _winograd_inputs.defvjp(_winograd_inputs_fwd, _winograd_inputs_bwd)
@@ -162,10 +163,11 @@ def _winograd_outputs(products: jax.Array, spec: tuple[int, int, int, int]) -> j
   m, b, th, tw = spec
   n, at = m + 2, _F[m]["AT"]
   products = products.reshape(n, n, b, th, tw, -1)
-  by_row = _combine(at, list(products))                # m x (n x B x th x tw x O)
-  y = [_combine(at, list(r)) for r in by_row]         # y[row offset][column offset]
-  y_Bxthxmxtwxmxo = jnp.stack([jnp.stack(y_row, axis=3) for y_row in y], axis=2)
-  return y_Bxthxmxtwxmxo.reshape(b, m * th, m * tw, -1)
+  # Rows, stacked, then columns for all of them at once: y[s][r] is at offset (r, s).
+  by_row_mxnxBxthxtwxO = jnp.stack(_combine(at, list(products)))
+  y_mxBxthxtwxmxO = jnp.stack(
+      _combine(at, [by_row_mxnxBxthxtwxO[:, q] for q in range(n)]), axis=4)
+  return jnp.moveaxis(y_mxBxthxtwxmxO, 0, 2).reshape(b, m * th, m * tw, -1)
 
 
 def _winograd_outputs_fwd(products, spec):
@@ -175,12 +177,10 @@ def _winograd_outputs_fwd(products, spec):
 def _winograd_outputs_bwd(spec, _, dy_BxHoxWoxO):
   m, b, th, tw = spec
   n, a = m + 2, _transposed(_F[m]["AT"])
-  dy = dy_BxHoxWoxO.reshape(b, th, m, tw, m, -1)
-  # by_col[r][q]: the gradient of by_row[r] at column position q.
-  by_col = [_combine(a, [dy[:, :, r, :, s] for s in range(m)]) for r in range(m)]
-  by_pos = [_combine(a, [by_col[r][q] for r in range(m)]) for q in range(n)]  # [q][p]
-  return (jnp.stack([by_pos[q][p] for p in range(n) for q in range(n)]
-                    ).reshape(n * n, b * th * tw, -1),)
+  dy_mxBxthxtwxmxO = jnp.moveaxis(dy_BxHoxWoxO.reshape(b, th, m, tw, m, -1), 2, 0)
+  # The gradient of the rows' products (m x n), then of the products (n x n).
+  by_row = jnp.stack(_combine(a, [dy_mxBxthxtwxmxO[..., s, :] for s in range(m)]), axis=1)
+  return (jnp.stack(_combine(a, list(by_row))).reshape(n * n, b * th * tw, -1),)
 
 
 _winograd_outputs.defvjp(_winograd_outputs_fwd, _winograd_outputs_bwd)
