@@ -4,13 +4,14 @@ XLA:CPU runs a convolution inside a while loop (the whole-epoch `lax.scan`) abou
 15x slower than the same convolution outside one (jax-ml/jax#12868), so on CPU a
 convolution is written as matrix products, which run at full speed in loops:
 
-- `winograd_2x2_3x3` for 3x3 kernels with an even output size and at least
-  `WINOGRAD_MIN_CHANNELS` input channels: Winograd's minimal filtering F(2x2, 3x3)
-  (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016). Each
-  2x2 output tile comes from a 4x4 input tile through 16 products per channel pair
-  instead of 36, as 16 matrix products; the input, kernel and output transforms
-  are additions that XLA fuses. The gradients are Winograd-shaped products
-  too, with the transforms' transposes written out.
+- `winograd_4x4_3x3` and `winograd_2x2_3x3` for 3x3 kernels with at least
+  `WINOGRAD_MIN_CHANNELS` input channels, where 4 (or else 2) divides the output
+  size: Winograd's minimal filtering F(m x m, 3 x 3) (Lavin & Gray, "Fast
+  Algorithms for Convolutional Neural Networks", 2016). Each m x m output tile
+  comes from an (m + 2) x (m + 2) input tile through (m + 2)^2 matrix products
+  (2.25 multiply-adds per output and channel pair for m = 4, 4 for m = 2, against
+  9 directly); the input, kernel and output transforms are weighted sums that XLA
+  fuses, and their transposes (the gradients) are written out by hand.
 - `im2col` otherwise: one matrix product over the K*K shifted copies of the input.
 
 Other platforms keep XLA's convolution (cuDNN on GPU). All forms compute the same
@@ -24,10 +25,10 @@ import functools
 import jax
 import jax.numpy as jnp
 
-# Below this many input channels the transforms cost more than the products save.
-# CPU time of a layer's gradient in a loop, batch 64, 30x30 input, 64 outputs,
-# im2col vs Winograd (benchmarks/conv_layer.py, 2026-11-23): 8 channels 65 vs 74
-# ms, 16: 98 vs 78, 24: 172 vs 118, 64: 314 vs 195.
+# Below this many input channels the transforms cost about what the products save.
+# CPU ms of a layer's gradient in a loop, batch 64, 64 outputs (benchmarks/conv_layer.py,
+# 2026-11-23 01:52), im2col / F(2x2) / F(4x4): 3 channels (32x32 input) 38 / 65 / -,
+# 8 channels (30x30) 58 / 53 / 42, 16 channels 102 / 63 / 46.
 WINOGRAD_MIN_CHANNELS = 16
 
 
