@@ -187,10 +187,15 @@ def _winograd_outputs_bwd(spec, _, dy_BxHoxWoxO):
 _winograd_outputs.defvjp(_winograd_outputs_fwd, _winograd_outputs_bwd)
 
 
+def _tiles_fit(ho: int, wo: int, m: int) -> bool:
+  """Whether an ho x wo output splits into whole m x m tiles."""
+  return ho >= m and wo >= m and ho % m == 0 and wo % m == 0
+
+
 def _winograd(x_BxHxWxC: jax.Array, kernel_3x3xCxO: jax.Array, m: int) -> jax.Array:
   b, h, w, _ = x_BxHxWxC.shape
   ho, wo = h - 2, w - 2
-  if kernel_3x3xCxO.shape[:2] != (3, 3) or ho % m or wo % m or ho < m or wo < m:
+  if kernel_3x3xCxO.shape[:2] != (3, 3) or not _tiles_fit(ho, wo, m):
     raise ValueError(f"winograd_{m}x{m}_3x3 needs a 3x3 kernel and an output size "
                      f"divisible by {m}, got input {x_BxHxWxC.shape}, kernel "
                      f"{kernel_3x3xCxO.shape}")
@@ -219,11 +224,9 @@ def cpu_form(in_shape_BxHxWxC: tuple[int, ...], kernel_shape: tuple[int, ...]) -
   """'winograd4', 'winograd' or 'im2col': the form a CPU computes this convolution in."""
   _, h, w, c = in_shape_BxHxWxC
   if tuple(kernel_shape[:2]) == (3, 3) and c >= WINOGRAD_MIN_CHANNELS:
-    ho, wo = h - 2, w - 2
-    if ho >= 4 and wo >= 4 and ho % 4 == 0 and wo % 4 == 0:
-      return "winograd4"
-    if ho >= 2 and wo >= 2 and ho % 2 == 0 and wo % 2 == 0:
-      return "winograd"
+    for m, form in ((4, "winograd4"), (2, "winograd")):
+      if _tiles_fit(h - 2, w - 2, m):
+        return form
   return "im2col"
 
 
