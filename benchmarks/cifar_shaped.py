@@ -9,10 +9,13 @@ polyjax.sweep with the remaining arguments. The shapes follow the imbalanced bin
 CIFAR-10 of SPEC §3 (4000 + 400 training images of 32x32x3, about 4400 as after the
 80/20 split of 5000 + 500); the pixels are Gaussian noise shifted by a class mean,
 so the models have something to learn, but only the time and memory are measured.
+At exit it prints the first device's peak allocation where the backend reports one
+(GPU, TPU): `cifar_shaped: device_peak_bytes N`.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 
@@ -41,8 +44,16 @@ def cifar_shaped(*, seed: int = 0, **_) -> Dataset:
                  num_classes=2, num_groups=2)
 
 
+def _print_device_peak_memory() -> None:
+  import jax
+  stats = jax.local_devices()[0].memory_stats() or {}  # None on CPU.
+  if "peak_bytes_in_use" in stats:
+    print(f"cifar_shaped: device_peak_bytes {stats['peak_bytes_in_use']}", flush=True)
+
+
 def _run() -> None:
   data.DATASETS["cifar_shaped"] = cifar_shaped
+  atexit.register(_print_device_peak_memory)
   command = sys.argv.pop(1)
   if command == "main":
     from polyjax import main

@@ -38,15 +38,22 @@ PY = sys.executable
 def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
   """Runs `cmd`; returns (wall seconds, maxrss in MiB). Raises if it fails (exit 1, a
   diverged polyjax.main run, is a result)."""
+  wall, rss, _ = timed_with_output(cmd, env)
+  return wall, rss
+
+
+def timed_with_output(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
+  """`timed`, and the command's stdout and stderr."""
   t0 = time.perf_counter()
   with tempfile.TemporaryFile() as log:
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
+    log.seek(0)
+    output = log.read().decode(errors="replace")
     if os.waitstatus_to_exitcode(status) not in (0, 1):
-      log.seek(0)
-      raise RuntimeError(f"{' '.join(cmd)} failed:\n{log.read().decode()[-3000:]}")
-  return wall, usage.ru_maxrss / 1024
+      raise RuntimeError(f"{' '.join(cmd)} failed:\n{output[-3000:]}")
+  return wall, usage.ru_maxrss / 1024, output
 
 
 def summary(run: pathlib.Path) -> dict:
@@ -152,7 +159,8 @@ def main() -> None:
                            "sequential runs; the ratio takes its median")
   parser.add_argument("--out", default=None)
   args = parser.parse_args()
-  env = {**os.environ, "PYTHONPATH": str(REPO)}
+  env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+      p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
   env.pop("XLA_FLAGS", None)  # No forced device count, as a user's CPU run.
   cfg = "--config=configs/digits_poly.py"
   ckpt = ([] if args.checkpoint_every_epochs is None else

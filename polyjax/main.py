@@ -65,13 +65,14 @@ def main(argv) -> int:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
+  config = _CONFIG.value
+  steps.set_deterministic(config.deterministic)  # Before JAX starts its backends.
   try:  # Before any other JAX call (the device count below is one).
     distributed.initialize(mode=_DISTRIBUTED.value, coordinator_address=_COORDINATOR.value,
                            num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
   except distributed.DistributedError as e:
     print(f"polyjax: error: {e}", file=sys.stderr)
     return 2
-  config = _CONFIG.value
   try:
     config_lib.validate(config, device_count=jax.device_count())
     if _COMPILATION_CACHE.value:

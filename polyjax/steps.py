@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Callable, Sequence
+from typing import Callable, MutableMapping, Sequence
 
 import grain
 import jax
@@ -215,6 +215,21 @@ def train_compiler_options(*, num_params: int, batch_size: int) -> dict[str, str
     return None
   return {"xla_cpu_experimental_ynn_fusion_type": "",
           "xla_cpu_experimental_xnn_fusion_type": ""}
+
+
+DETERMINISTIC_GPU_FLAG = "--xla_gpu_deterministic_ops"
+
+
+def set_deterministic(on: bool, environ: MutableMapping[str, str] = os.environ) -> None:
+  """With `on`, asks XLA:GPU for deterministic programs (`--xla_gpu_deterministic_ops`
+  in XLA_FLAGS: no autotuning, whose pick of convolution algorithm varies between
+  processes, and deterministic reductions and scatters); XLA reads XLA_FLAGS when
+  its backend starts, so this runs before JAX's first computation. An XLA_FLAGS that
+  already names the flag is left as the user set it. CPU programs are deterministic
+  either way."""
+  flags = environ.get("XLA_FLAGS", "")
+  if on and DETERMINISTIC_GPU_FLAG not in flags:
+    environ["XLA_FLAGS"] = f"{flags} {DETERMINISTIC_GPU_FLAG}=true".strip()
 
 
 def use_compilation_cache(directory: str) -> None:

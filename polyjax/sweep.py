@@ -797,6 +797,17 @@ def split_cpu(count: int) -> None:
         "process") from None
 
 
+def process_deterministic(members: list[tuple[str, ml_collections.ConfigDict]]) -> bool:
+  """The members' `deterministic`, which is set for the whole process (XLA_FLAGS);
+  raises ConfigError if it differs between them."""
+  values = {config.deterministic for _, config in members}
+  if len(values) > 1:
+    raise config_lib.ConfigError(
+        "deterministic applies to the whole process: it cannot vary within a sweep "
+        "(run one sweep per value)")
+  return values.pop()
+
+
 _ONE_PROCESS = ("a sweep trains every member in one process, but this is one of "
                 "several ({}), which would all write the same member directories: run "
                 "it as a single process, or run the members as polyjax.main runs "
@@ -829,6 +840,7 @@ def main(argv) -> int:
         raise config_lib.ConfigError(
             "no grid: pass --grid=field=v1,v2 or define sweep() in the config file")
     members = expand(config, grid)
+    steps.set_deterministic(process_deterministic(members))  # Before JAX starts.
     check_one_process(os.environ)
     if _MEMBER_BATCH.value < 0:
       raise config_lib.ConfigError(f"--member_batch must be >= 0, got {_MEMBER_BATCH.value}")

@@ -90,3 +90,17 @@ def test_sweep_compare_reads_non_finite_values_written_as_strings(tmp_path):
   got = bench.compare(tmp_path / "sweep", singles)
   assert got["max_final_metric_diff"] == float("inf")  # b's y: finite in the sweep, NaN alone.
   assert got["max_final_metric_diff_at"].startswith("b y")
+
+
+def test_long_runs_splits_a_runs_time_into_start_epochs_and_between():
+  long_runs = _load("long_runs")
+  lines = [(0.5, "polyjax: run directory /tmp/x (1 processes, 1 devices)"),
+           (10.0, "epoch 1/3  step 68  train/objective 1.0  (6.00s)"),
+           (11.0, "epoch 2/3  step 136  train/objective 0.9  (0.50s)"),
+           (12.0, "epoch 3/3  step 204  train/objective 0.8  (0.70s)"),
+           (13.0, "cifar_shaped: device_peak_bytes 2097152")]
+  out = long_runs.parse_output(lines, wall=14.0)
+  assert out["epochs_printed"] == 3 and out["epoch_s_median"] == 0.7
+  assert out["start_s"] == 4.0 and out["first_epoch_s"] == 6.0
+  assert out["between_epochs_s"] == 0.4  # (12 - 10 - 0.5 - 0.7) / 2
+  assert out["end_s"] == 2.0 and out["device_peak_mib"] == 2

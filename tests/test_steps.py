@@ -108,3 +108,20 @@ def test_to_global_places_host_values_and_keeps_placed_arrays():
                                 jax.random.key_data(tree["key"]))
   again = steps.to_global(placed, sh.replicated)
   assert again["w"] is placed["w"] and again["key"] is placed["key"]
+
+
+def test_set_deterministic_adds_the_gpu_flag_once_and_keeps_the_users():
+  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  steps.set_deterministic(True, env)
+  assert env["XLA_FLAGS"] == ("--xla_force_host_platform_device_count=2 "
+                              "--xla_gpu_deterministic_ops=true")
+  steps.set_deterministic(True, env)
+  assert env["XLA_FLAGS"].count("--xla_gpu_deterministic_ops") == 1
+  users = {"XLA_FLAGS": "--xla_gpu_deterministic_ops=false"}
+  steps.set_deterministic(True, users)
+  assert users == {"XLA_FLAGS": "--xla_gpu_deterministic_ops=false"}
+  empty: dict[str, str] = {}
+  steps.set_deterministic(False, empty)
+  assert empty == {}
+  steps.set_deterministic(True, empty)
+  assert empty == {"XLA_FLAGS": "--xla_gpu_deterministic_ops=true"}

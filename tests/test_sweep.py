@@ -309,3 +309,12 @@ def test_command_line_refuses_to_run_as_one_of_several_processes(tmp_path):
   assert not (tmp_path / "w").exists()
   sweep.check_one_process({"SLURM_NTASKS": "2"})  # A batch script outside srun: one process.
   sweep.check_one_process({})
+
+
+def test_deterministic_is_one_value_for_the_whole_sweep_process():
+  c = small_config()
+  assert sweep.process_deterministic(sweep.expand(c, {"seed": [0, 1]})) is True
+  c.deterministic = False
+  assert sweep.process_deterministic(sweep.expand(c, {"seed": [0, 1]})) is False
+  with pytest.raises(config_lib.ConfigError, match="deterministic"):
+    sweep.process_deterministic(sweep.expand(c, {"deterministic": [True, False]}))

@@ -172,3 +172,24 @@ def test_the_best_state_is_tested_by_the_epochs_evaluation_program(tmp_path, mon
   assert summary["best"]["test/n"] == 300
   assert len(per_call) == 9 and per_call[0] >= 1  # 8 epochs, then the best state.
   assert per_call[1:] == [0] * 8
+
+
+@pytest.mark.parametrize("flag, expected", [([], "--xla_gpu_deterministic_ops=true"),
+                                            (["--config.deterministic=false"], "")])
+def test_main_sets_deterministic_gpu_programs_before_jax_starts(tmp_path, flag, expected):
+  # The run itself is replaced by a print of the XLA_FLAGS it would start JAX with.
+  script = (
+      "import os, sys\n"
+      "from polyjax import main, train\n"
+      "def run(config, workdir, **_):\n"
+      "  print('FLAGS', os.environ.get('XLA_FLAGS', ''))\n"
+      "  raise SystemExit(0)\n"
+      "train.train_and_evaluate = run\n"
+      "main.run()\n")
+  env = dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS="")
+  out = subprocess.run(
+      [sys.executable, "-c", script, "--config=configs/digits_poly.py",
+       f"--workdir={tmp_path / 'run'}", *flag],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=True)
+  line, = [l for l in out.stdout.splitlines() if l.startswith("FLAGS")]
+  assert line.strip() == f"FLAGS {expected}".strip()
