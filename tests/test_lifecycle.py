@@ -327,7 +327,10 @@ def test_resume_changes_names_the_fields_that_matter():
   changed.num_epochs = 99
   changed.wandb.mode = "online"
   changed.data.data_dir = "/elsewhere"
+  changed.deterministic = False
   assert config_lib.resume_changes(same, changed.to_dict()) == ["lr", "model.hidden"]
+  older = {k: v for k, v in same.items() if k != "deterministic"}  # Saved before the field.
+  assert config_lib.resume_changes(older, base) == []
   changed.lr_schedule = "cosine"  # The cosine decays over num_epochs: now it matters.
   assert "num_epochs" in config_lib.resume_changes(same, changed.to_dict())
 
