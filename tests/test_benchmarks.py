@@ -104,3 +104,14 @@ def test_long_runs_splits_a_runs_time_into_start_epochs_and_between():
   assert out["start_s"] == 4.0 and out["first_epoch_s"] == 6.0
   assert out["between_epochs_s"] == 0.4  # (12 - 10 - 0.5 - 0.7) / 2
   assert out["end_s"] == 2.0 and out["device_peak_mib"] == 2
+
+
+def test_stacked_members_times_the_sequential_and_stacked_epochs():
+  out = subprocess.run(
+      [sys.executable, "benchmarks/stacked_members.py", "--members", "2", "--steps", "1",
+       "--batch-size", "4", "--variants", "vmap", "--forms", "im2col", "--rounds", "1"],
+      cwd=ROOT, capture_output=True, text=True, check=True,
+      env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+  result = json.loads(out.stdout.strip())
+  assert result["members"] == 2 and result["sequential_s"] > 0
+  assert result["vmap_im2col"]["epoch_s"] > 0 and "vmap_xla" not in result
