@@ -18,6 +18,7 @@ current call with a checkpoint and status 'interrupted'.
 from __future__ import annotations
 
 import dataclasses
+import os
 import platform
 import time
 from typing import Any, Sequence
@@ -166,6 +167,8 @@ def run_record(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any
       "device_count": jax.device_count(),
       "device_kind": jax.devices()[0].device_kind,
       "process_count": jax.process_count(),
+      # What XLA was started with (the GPU determinism flag of `config.deterministic`).
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
   }
 
 

@@ -27,7 +27,7 @@ def test_two_epoch_run_writes_the_whole_run_directory(tmp_path):
 
   config = json.loads((workdir / "config.json").read_text())
   assert config["lr"] == c.lr and config["loss"]["name"] == "poly"
-  for key in ("seed", "workdir", "data_dir", "host", "versions", "device_count"):
+  for key in ("seed", "workdir", "data_dir", "host", "versions", "device_count", "xla_flags"):
     assert key in config
   assert config["workdir"] == str(workdir) and config["device_count"] == 8
   assert {"jax", "flax", "optax"} <= set(config["versions"])
