@@ -2,7 +2,6 @@
 
 import json
 import math
-import os
 import pathlib
 import shutil
 import subprocess
@@ -18,6 +17,7 @@ from polyjax import config as config_lib
 from polyjax import train
 from polyjax.analysis import __main__ as cli
 from polyjax.analysis import collect, plots, report, results, runs, tasks
+import subprocess_env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 METHODS = ("none", "reweighted")
@@ -116,7 +116,7 @@ def _sorted(df):
 
 
 def test_four_concurrent_collectors_equal_one(made, tmp_path):
-  env = {**os.environ, "PYTHONPATH": str(REPO)}
+  env = subprocess_env.env()
   cmd = [sys.executable, "-m", "polyjax.analysis", "collect", "--runs", str(made),
          "--task", "logged", "--split", "test,val"]
   single = tmp_path / "one.csv"

@@ -6,6 +6,7 @@ import json
 import pathlib
 import subprocess
 import sys
+import subprocess_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -44,7 +45,7 @@ def test_run_prints_one_json_line():
   out = subprocess.run(
       [sys.executable, "benchmarks/run.py", "mlp", "--batch-size", "8", "--steps", "3"],
       cwd=ROOT, capture_output=True, text=True, check=True,
-      env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+      env={"PYTHONPATH": subprocess_env.pythonpath(), "PATH": "/usr/bin:/bin"})
   result = json.loads(out.stdout.strip())
   assert result["workload"] == "mlp" and result["steps"] == 3
   assert result["examples_per_s"] > 0 and result["seconds"] > 0
@@ -54,7 +55,7 @@ def test_fig1_times_the_runs_own_calls():
   out = subprocess.run(
       [sys.executable, "benchmarks/run.py", "fig1", "--steps", "600"],  # Two calls.
       cwd=ROOT, capture_output=True, text=True, check=True,
-      env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+      env={"PYTHONPATH": subprocess_env.pythonpath(), "PATH": "/usr/bin:/bin"})
   result = json.loads(out.stdout.strip())
   assert result["workload"] == "fig1" and result["steps"] == 600 and result["steps_per_s"] > 0
 
@@ -69,7 +70,7 @@ def test_mlp_dots_counts_the_steps_products_and_prints_one_json_line():
       [sys.executable, "benchmarks/mlp_dots.py", "--batch-size", "8", "--steps", "3",
        "--rounds", "1"],
       cwd=ROOT, capture_output=True, text=True, check=True,
-      env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+      env={"PYTHONPATH": subprocess_env.pythonpath(), "PATH": "/usr/bin:/bin"})
   result = json.loads(out.stdout.strip())
   assert result["batch_size"] == 8 and result["products_only_ms_per_step"] > 0
   assert result["whole_step_examples_per_s"] > 0
@@ -111,7 +112,7 @@ def test_stacked_members_times_the_sequential_and_stacked_epochs():
       [sys.executable, "benchmarks/stacked_members.py", "--members", "2", "--steps", "1",
        "--batch-size", "4", "--variants", "vmap", "--forms", "im2col", "--rounds", "1"],
       cwd=ROOT, capture_output=True, text=True, check=True,
-      env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+      env={"PYTHONPATH": subprocess_env.pythonpath(), "PATH": "/usr/bin:/bin"})
   result = json.loads(out.stdout.strip())
   assert result["members"] == 2 and result["sequential_s"] > 0
   assert result["vmap_im2col"]["epoch_s"] > 0 and "vmap_xla" not in result

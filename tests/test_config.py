@@ -8,6 +8,7 @@ import pytest
 
 from configs import digits_poly, gaussians_poly
 from polyjax import config as config_lib
+import subprocess_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -69,8 +70,7 @@ def test_shipped_configs_are_valid():
 
 def _cli(tmp_path, *overrides):
   workdir = tmp_path / "run"
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             PYTHONPATH=REPO)
+  env = subprocess_env.env(XLA_FLAGS="--xla_force_host_platform_device_count=2")
   proc = subprocess.run(
       [sys.executable, "-m", "polyjax.main", "--config=configs/digits_poly.py",
        f"--workdir={workdir}", *overrides],

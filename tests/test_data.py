@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from polyjax import data, weighting
+import subprocess_env
 
 
 def test_digits_counts_and_balanced_test():
@@ -90,7 +91,7 @@ print([m for m in heavy if m in sys.modules])
 data.load("digits", weighting_mode="none", exponent=1.0)
 print("sklearn" in sys.modules)
 """
-  env = {**os.environ, "PYTHONPATH": str(root), "JAX_PLATFORMS": "cpu"}
+  env = {**os.environ, "PYTHONPATH": subprocess_env.pythonpath(root), "JAX_PLATFORMS": "cpu"}
   out = subprocess.run([sys.executable, "-c", script], cwd=root, env=env, capture_output=True,
                        text=True, timeout=120)
   assert out.returncode == 0, out.stderr[-2000:]

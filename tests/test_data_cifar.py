@@ -12,6 +12,7 @@ import mock_tfds
 from polyjax import config as config_lib
 from polyjax import data, steps, train
 from polyjax.data import cifar
+import subprocess_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -161,8 +162,8 @@ def test_main_runs_cifar_poly_config_on_mock_data(tmp_path):
           "--config.data.data_dir=/nonexistent", "--config.num_epochs=2",
           "--config.batch_size=16", "--config.eval_batch_size=64", "--config.data.augment=True",
           "--config.lr=0.001"]  # the mock images are trivially separable
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  env = subprocess_env.env(JAX_PLATFORMS="cpu",
+                           XLA_FLAGS="--xla_force_host_platform_device_count=2")
   proc = subprocess.run([sys.executable, "-c", RUN_MAIN.format(tests=os.path.join(ROOT, "tests"),
                                                                args=args)],
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

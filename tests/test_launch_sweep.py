@@ -3,12 +3,12 @@
 import importlib.util
 import json
 import pathlib
-import os
 import shlex
 import subprocess
 import sys
 
 import pytest
+import subprocess_env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = "configs/digits_poly.py"
@@ -56,7 +56,7 @@ def test_wandb_sweep_file(launch, tmp_path, monkeypatch):
 
 def test_local_runs_each_point_and_skips_finished(launch, tmp_path, monkeypatch, capsys):
   monkeypatch.chdir(REPO)
-  monkeypatch.setenv("PYTHONPATH", str(REPO))
+  monkeypatch.setenv("PYTHONPATH", subprocess_env.pythonpath())
   args = [f"--config={CONFIG}", f"--workdir={tmp_path}", "--mode=local", "--parallel=2",
           "--grid=seed=0,1", "--config.num_epochs=1", "--config.model.hidden=16"]
   assert launch.main(args) == 0
@@ -79,7 +79,7 @@ def test_commands_share_a_compilation_cache_and_its_runs_equal_uncached_ones(
   assert launch.main([f"--config={CONFIG}", "--grid=seed=0", "--compilation_cache_dir="]) == 0
   assert "compilation_cache" not in capsys.readouterr().out
   # The real CLI: a run that fills the cache, one that reads it, one without it.
-  monkeypatch.setenv("PYTHONPATH", str(REPO))
+  monkeypatch.setenv("PYTHONPATH", subprocess_env.pythonpath())
   cache = tmp_path / "cache"
   common = [sys.executable, "-m", "polyjax.main", f"--config={CONFIG}",
             "--config.num_epochs=2", "--config.model.hidden=16"]
@@ -102,7 +102,7 @@ def test_an_unwritable_compilation_cache_is_a_one_line_error(tmp_path):
   out = subprocess.run(
       [sys.executable, "-m", "polyjax.main", f"--config={CONFIG}",
        f"--workdir={tmp_path / 'run'}", f"--compilation_cache_dir={blocker / 'cache'}"],
-      cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+      cwd=REPO, env=subprocess_env.env(), capture_output=True, text=True,
       timeout=300)
   assert out.returncode == 2
   assert out.stderr.strip().count("\n") == 0 and "--compilation_cache_dir" in out.stderr

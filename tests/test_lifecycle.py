@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from polyjax import checkpointing, config as config_lib, lifecycle, run_dir, train
+import subprocess_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG_FILE = ROOT / "configs" / "digits_poly.py"
@@ -62,7 +63,7 @@ def _compilation_cache(tmp_path_factory):
 
 
 def _env():
-  return {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled",
+  return {**subprocess_env.env(), "WANDB_MODE": "disabled",
           "JAX_COMPILATION_CACHE_DIR": _CACHE["dir"],
           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}

@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 from polyjax import run_dir, steps, train
+import subprocess_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "digits_poly.py"
@@ -47,7 +48,7 @@ def one_device_env() -> dict[str, str]:
   env = dict(os.environ)
   env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
   env["JAX_PLATFORMS"] = "cpu"
-  env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+  env["PYTHONPATH"] = subprocess_env.pythonpath()
   return env
 
 

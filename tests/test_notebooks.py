@@ -12,6 +12,7 @@ import nbclient
 import nbformat
 import pytest
 from jupyter_client.kernelspec import NATIVE_KERNEL_NAME
+import subprocess_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -25,7 +26,7 @@ def test_there_are_notebooks():
 def test_notebook_runs(path, tmp_path):
   nb = nbformat.read(path, as_version=4)
   env = dict(os.environ, POLYJAX_SMOKE="1", MPLBACKEND="Agg", TMPDIR=str(tmp_path),
-             PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+             PYTHONPATH=subprocess_env.pythonpath())
   client = nbclient.NotebookClient(
       nb, timeout=300, kernel_name=NATIVE_KERNEL_NAME,
       resources={"metadata": {"path": str(ROOT)}})

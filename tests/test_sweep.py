@@ -7,6 +7,7 @@ import pytest
 
 from polyjax import config as config_lib
 from polyjax import run_dir, sweep, train
+import subprocess_env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Run-record fields that name the run's place, not its content.
@@ -200,8 +201,7 @@ def test_command_line_rejects_a_bad_grid_before_writing(tmp_path):
   proc = subprocess.run(
       [sys.executable, "-m", "polyjax.sweep", "--config=configs/digits_poly.py",
        f"--workdir={tmp_path / 'w'}", "--grid=lr=0.1", "--grid=loss.alpha=-1"],
-      cwd=REPO, capture_output=True, text=True, env={**__import__("os").environ,
-                                                      "PYTHONPATH": str(REPO)})
+      cwd=REPO, capture_output=True, text=True, env=subprocess_env.env())
   assert proc.returncode == 2, proc.stderr
   assert "config.loss.alpha" in proc.stderr
   assert not (tmp_path / "w").exists()
@@ -245,7 +245,8 @@ def test_command_line_splits_the_cpu_between_members(tmp_path):
       [sys.executable, "-m", "polyjax.sweep", "--config=configs/digits_poly.py",
        f"--workdir={tmp_path / 'w'}", "--grid=seed=0,1", "--config.num_epochs=1",
        "--config.model.hidden=16"],
-      cwd=REPO, capture_output=True, text=True, env={**env, "PYTHONPATH": str(REPO)})
+      cwd=REPO, capture_output=True, text=True,
+      env={**env, "PYTHONPATH": subprocess_env.pythonpath()})
   assert proc.returncode == 0, proc.stderr
   count = sweep.cpu_device_count(len(os.sched_getaffinity(0)), [2])
   devices = "devices" if count > 1 else "device"
@@ -292,10 +293,9 @@ def test_image_members_are_normalised_and_augmented_like_single_runs(tmp_path):
 def test_command_line_refuses_to_run_as_one_of_several_processes(tmp_path):
   """Each task of a multi-task srun step would train the whole grid and write the
   same member directories: refused before anything is written."""
-  import os
   import subprocess
   import sys
-  env = {**os.environ, "PYTHONPATH": str(REPO), "SLURM_STEP_NODELIST": "node[1-2]",
+  env = {**subprocess_env.env(), "SLURM_STEP_NODELIST": "node[1-2]",
          "SLURM_NTASKS": "2"}
   proc = subprocess.run(
       [sys.executable, "-m", "polyjax.sweep", "--config=configs/digits_poly.py",

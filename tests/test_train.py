@@ -11,6 +11,7 @@ import pytest
 from configs import digits_poly, gaussians_poly
 from polyjax import checkpointing, steps, train
 from polyjax import config as config_lib
+import subprocess_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPLIT_KEYS = {"n", "loss", "weighted_loss", "acc", "reweighted_acc", "train_reweighted_acc",
@@ -77,7 +78,7 @@ def test_gaussians_full_batch_learns_the_true_boundary(tmp_path):
 
 def test_nan_run_is_recorded_as_diverged(tmp_path):
   workdir = tmp_path / "nan"
-  env = dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = subprocess_env.env(XLA_FLAGS="--xla_force_host_platform_device_count=1")
   proc = subprocess.run(
       [sys.executable, "-m", "polyjax.main", "--config=configs/digits_poly.py",
        f"--workdir={workdir}", "--config.lr=1e30", "--config.loss.name=ce",
@@ -186,7 +187,7 @@ def test_main_sets_deterministic_gpu_programs_before_jax_starts(tmp_path, flag, 
       "  raise SystemExit(0)\n"
       "train.train_and_evaluate = run\n"
       "main.run()\n")
-  env = dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS="")
+  env = subprocess_env.env(XLA_FLAGS="")
   out = subprocess.run(
       [sys.executable, "-c", script, "--config=configs/digits_poly.py",
        f"--workdir={tmp_path / 'run'}", *flag],
