@@ -34,7 +34,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.lr_step_epochs = ()  # step: epochs after which the lr is multiplied by lr_step_factor, increasing.
   c.lr_step_factor = 0.1  # step: the factor applied at each of lr_step_epochs.
   c.lr_final_frac = 0.0  # cosine: the lr at the last step as a fraction of lr.
-  c.checkpoint_every_epochs = 1  # Save the latest state every this many epochs (also: last epoch, SIGTERM/SIGINT; a new best is written with the next save).
+  c.checkpoint_every_epochs = 1  # Save the latest state every this many epochs (deferred while the last save is still being written, one process); also: last epoch, SIGTERM/SIGINT; a new best is written with the next save.
   c.best_metric = "val/reweighted_acc"  # Metric that picks the best checkpoint (early stopping, 'ES'); '<split>/<metric>'.
   c.best_mode = "max"  # 'max' or 'min': which direction of best_metric is better.
   c.test_on_best = True  # At the end, also evaluate the best checkpoint (summary.json 'best').

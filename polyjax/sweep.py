@@ -556,7 +556,7 @@ def _train_group(members: list[Member], *, stop: lifecycle.StopSignals,
         # Start every held best's (background) write before a member's save of this
         # epoch waits for its own: saves of one member run one after another.
         if active[i] and m.checkpoints.due(epoch, force=epoch == num_epochs or stopping):
-          m.checkpoints.flush()
+          m.checkpoints.flush_best()
       host = _HostStack(state_M)
       for i, m in enumerate(members):
         if not active[i]:
@@ -719,7 +719,7 @@ def _run_group(todo: list[Member], *, mesh, stop: lifecycle.StopSignals,
     checkpointing.check_writable(m.run.path, "run directory")
     m.checkpoints = checkpointing.Checkpoints(
         m.run.checkpoints, every_epochs=m.config.checkpoint_every_epochs,
-        best_mode=m.config.best_mode)
+        best_mode=m.config.best_mode, defer_while_writing=True)  # One process.
     m.state = m.exp.state
     latest = m.checkpoints.latest_epoch()
     if latest is not None:

@@ -209,10 +209,11 @@ def record_epoch(config, run: run_dir.RunDir, checkpoints: checkpointing.Checkpo
                  ) -> tuple[int | None, float | None]:
   """The end of a finished epoch: writes its metrics rows (`values`, None when the
   epoch was not evaluated), tracks the best epoch and saves the checkpoint (with
-  its meta) when the policy, the last epoch or a stop asks for it. A new best
-  that is not saved now is held and written before the next save
-  (`Checkpoints.hold_best`). `state` is the train state, or a function returning
-  it (called only when the state is saved or held).
+  its meta) when the policy, the last epoch or a stop asks for it (an interval save
+  may be deferred while the previous one is being written). A new best that is
+  not saved now is held and written before the next save (`Checkpoints.hold_best`).
+  `state` is the train state, or a function returning it (called only when the
+  state is saved or held).
 
   Returns the new (best_epoch, best_value).
   """
@@ -229,11 +230,14 @@ def record_epoch(config, run: run_dir.RunDir, checkpoints: checkpointing.Checkpo
       best_epoch, best_value = epoch, value
   get_state = state if callable(state) else lambda: state
   meta = {"step": step, "best_epoch": best_epoch, "best_value": best_value}
-  if checkpoints.due(epoch, force=epoch == config.num_epochs or stopping):
+  force = epoch == config.num_epochs or stopping
+  saved = False
+  if checkpoints.due(epoch, force=force):
     run.sync_metrics()
-    checkpoints.save(epoch, get_state(), best_value=value, meta=meta, force=True)
-  elif best_epoch == epoch:
+    saved = checkpoints.save(epoch, get_state(), best_value=value, meta=meta, force=force)
+  if not saved and best_epoch == epoch:  # Not due, or deferred.
     checkpoints.hold_best(epoch, get_state(), meta=meta, best_value=value)
+  checkpoints.write_deferred()
   return best_epoch, best_value
 
 
@@ -299,7 +303,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   checkpointing.check_writable(run.path, "run directory")
   checkpoints = checkpointing.Checkpoints(run.checkpoints,
                                           every_epochs=config.checkpoint_every_epochs,
-                                          best_mode=config.best_mode)
+                                          best_mode=config.best_mode,
+                                          defer_while_writing=jax.process_count() == 1)
   state = exp.state
   start_epoch, best_epoch, best_value, prior_seconds = 0, None, None, 0.0
   resumes = list((saved_config or {}).get("resumes", []))

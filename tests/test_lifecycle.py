@@ -318,6 +318,61 @@ def test_a_held_best_is_written_just_before_the_next_save(tmp_path):
   assert checkpointing.Checkpoints(tmp_path, read_only=True).best_epoch() == 7
 
 
+def _writing(ckpts, monkeypatch, now: bool) -> dict:
+  """Makes `ckpts` see a write in progress while the returned dict's 'now' is True."""
+  writing = {"now": now}
+  monkeypatch.setattr(ckpts._manager, "is_saving_in_progress", lambda: writing["now"])
+  return writing
+
+
+def _meta(epoch):
+  return {"step": epoch, "best_epoch": epoch, "best_value": float(epoch)}
+
+
+def test_a_save_due_while_one_is_being_written_is_deferred_not_waited_for(
+    tmp_path, monkeypatch):
+  ckpts = checkpointing.Checkpoints(tmp_path, every_epochs=1, defer_while_writing=True)
+  writing = _writing(ckpts, monkeypatch, True)
+  state1 = _tiny_state(1.0)
+  assert not ckpts.save(1, state1, meta=_meta(1))  # Deferred: a host copy is kept.
+  jax.tree.map(lambda a: a.delete(), jax.tree.leaves(state1.params))  # Donated next epoch.
+  ckpts.write_deferred()  # Still writing: nothing.
+  assert not ckpts.save(2, _tiny_state(2.0), meta=_meta(2))  # Replaces the deferred 1.
+  writing["now"] = False
+  ckpts.write_deferred()
+  ckpts.wait()
+  assert ckpts.all_epochs() == [2]
+  writing["now"] = True
+  assert ckpts.save(3, _tiny_state(3.0), meta=_meta(3), force=True)  # The last epoch, a stop.
+  ckpts.wait()
+  assert ckpts.all_epochs() == [3]
+  ckpts.close()
+  plain = checkpointing.Checkpoints(tmp_path / "plain", every_epochs=1)
+  _writing(plain, monkeypatch, True)
+  assert plain.save(1, _tiny_state(1.0), meta=_meta(1))  # Without deferral: written.
+  plain.close()
+
+
+def test_a_deferred_save_is_written_after_the_older_held_best(tmp_path, monkeypatch):
+  ckpts = checkpointing.Checkpoints(tmp_path, every_epochs=2, defer_while_writing=True)
+  writing = _writing(ckpts, monkeypatch, False)
+  ckpts.hold_best(1, _tiny_state(1.0), meta=_meta(1), best_value=1.0)
+  # Free: the held best is written, and the save waits for a later call rather than
+  # for that write.
+  assert not ckpts.save(2, _tiny_state(2.0), meta=_meta(1), best_value=0.5)
+  ckpts.wait()
+  assert ckpts.all_epochs() == [1]
+  writing["now"] = True
+  ckpts.hold_best(3, _tiny_state(3.0), meta=_meta(3), best_value=3.0)
+  assert not ckpts.save(4, _tiny_state(4.0), meta=_meta(3), best_value=0.1)
+  ckpts.flush()  # E.g. the run diverges: the best and the deferred save, in order.
+  ckpts.wait()
+  assert ckpts.all_epochs() == [3, 4] and ckpts.best_epoch() == 3
+  restored, meta = ckpts.restore(4, like=_tiny_state(0.0))
+  np.testing.assert_array_equal(jax.tree.leaves(restored.params)[0], 4.0)
+  ckpts.close()
+
+
 def test_resume_changes_names_the_fields_that_matter():
   base = config_lib.base_config().to_dict()
   same = json.loads(json.dumps(base))  # As read back from config.json: tuples are lists.
