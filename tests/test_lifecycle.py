@@ -29,7 +29,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG_FILE = ROOT / "configs" / "digits_poly.py"
 # Small enough to be quick, long enough to interrupt: every epoch is evaluated,
 # the latest is saved every 3 epochs, so a new best is often held until the next save.
-OVERRIDES = {"num_epochs": 12, "checkpoint_every_epochs": 3, "eval_every_epochs": 1,
+NUM_EPOCHS = 20  # Long enough that a run killed mid-way has epochs left after a commit.
+OVERRIDES = {"num_epochs": NUM_EPOCHS, "checkpoint_every_epochs": 3, "eval_every_epochs": 1,
              "model.hidden": 32}
 
 
@@ -87,6 +88,20 @@ def _wait_for_epoch(proc, workdir, epoch, timeout=120.0):
   raise TimeoutError(f"no epoch {epoch} within {timeout}s")
 
 
+def _wait_for_checkpoint(proc, workdir, timeout=120.0):
+  """Polls until a checkpoint is committed (Orbax renames its directory to the epoch
+  when the write is complete); saves are written in the background, and a save that
+  comes due during a write waits in memory, so the disk can lag the epochs."""
+  path = pathlib.Path(workdir) / run_dir.CHECKPOINTS
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    assert proc.poll() is None, proc.communicate()
+    if path.exists() and any(p.name.isdigit() for p in path.iterdir()):
+      return
+    time.sleep(0.005)
+  raise TimeoutError(f"no checkpoint within {timeout}s")
+
+
 def _restore(workdir, epoch):
   """The saved state tree (nested dicts of arrays) and its JSON record."""
   ckpts = checkpointing.Checkpoints(pathlib.Path(workdir) / run_dir.CHECKPOINTS, read_only=True)
@@ -129,6 +144,7 @@ def test_kill9_mid_training_then_rerun_ends_bit_identical(reference, tmp_path):
   ref_dir, ref_summary = reference
   proc = _popen(tmp_path)
   _wait_for_epoch(proc, tmp_path, 5)
+  _wait_for_checkpoint(proc, tmp_path)  # So that the rerun resumes from one.
   proc.kill()
   proc.wait()
   assert proc.returncode == -signal.SIGKILL
@@ -137,8 +153,8 @@ def test_kill9_mid_training_then_rerun_ends_bit_identical(reference, tmp_path):
   proc = _run(tmp_path)
   assert proc.returncode == 0, proc.stderr
   assert "resuming" in proc.stdout
-  state, meta = _restore(tmp_path, 12)
-  ref_state, ref_meta = _restore(ref_dir, 12)
+  state, meta = _restore(tmp_path, NUM_EPOCHS)
+  ref_state, ref_meta = _restore(ref_dir, NUM_EPOCHS)
   _assert_bitwise_equal(state, ref_state)
   assert meta == ref_meta
   # The metrics file has the same rows: none lost, none duplicated.
@@ -160,7 +176,7 @@ def test_sigterm_saves_exits_cleanly_and_resumes_exactly(reference, tmp_path):
   summary = run_dir.RunDir(tmp_path).read_summary()
   done = summary["epochs_completed"]
   assert summary["status"] == "interrupted" and summary["signal"] == "SIGTERM"
-  assert 4 <= done < 12
+  assert 4 <= done < NUM_EPOCHS
   ckpts = checkpointing.Checkpoints(tmp_path / run_dir.CHECKPOINTS, read_only=True)
   assert ckpts.latest_epoch() == done  # Saved at the epoch it stopped, off the interval.
   ckpts.close()
@@ -170,7 +186,7 @@ def test_sigterm_saves_exits_cleanly_and_resumes_exactly(reference, tmp_path):
   assert proc.returncode == 0, proc.stderr
   summary = run_dir.RunDir(tmp_path).read_summary()
   assert summary["status"] == "completed" and summary["final"] == ref_summary["final"]
-  _assert_bitwise_equal(_restore(tmp_path, 12)[0], _restore(ref_dir, 12)[0])
+  _assert_bitwise_equal(_restore(tmp_path, NUM_EPOCHS)[0], _restore(ref_dir, NUM_EPOCHS)[0])
   assert run_dir.RunDir(tmp_path).read_metrics() == run_dir.RunDir(ref_dir).read_metrics()
 
 
@@ -183,7 +199,7 @@ def test_best_checkpoint_is_the_argmax_of_the_val_metric(reference):
   assert summary["best_epoch"] == best_epoch
   ckpts = checkpointing.Checkpoints(ref_dir / run_dir.CHECKPOINTS, read_only=True)
   assert ckpts.best_epoch() == best_epoch
-  assert set(ckpts.all_epochs()) == {best_epoch, 12}  # Only the best and the latest are kept.
+  assert set(ckpts.all_epochs()) == {best_epoch, NUM_EPOCHS}  # Only the best and the latest are kept.
   ckpts.close()
   # `best` is the evaluation of the restored best checkpoint: it matches the rows
   # written when that epoch was trained.
@@ -191,7 +207,7 @@ def test_best_checkpoint_is_the_argmax_of_the_val_metric(reference):
              if r["epoch"] == best_epoch for k, v in r.items()
              if k not in ("epoch", "step", "split", "objective", "lr")}
   assert summary["best"] == pytest.approx(at_best, rel=1e-6)
-  if best_epoch != 12:
+  if best_epoch != NUM_EPOCHS:
     assert summary["best"] != summary["final"]
 
 
@@ -208,12 +224,12 @@ def test_resume_with_changed_model_width_is_refused(reference, tmp_path):
     train.train_and_evaluate(_config(**{"model.hidden": 48}), str(workdir),
                              allow_config_change=True)
   # Fields that do not change training may differ: here the run is extended by 2 epochs.
-  proc = _run(workdir, num_epochs=14, **{"wandb.project": "elsewhere"})
+  proc = _run(workdir, num_epochs=NUM_EPOCHS + 2, **{"wandb.project": "elsewhere"})
   assert proc.returncode == 0, proc.stderr
   summary = run_dir.RunDir(workdir).read_summary()
-  assert summary["status"] == "completed" and summary["epochs_completed"] == 14
+  assert summary["status"] == "completed" and summary["epochs_completed"] == NUM_EPOCHS + 2
   epochs = [r["epoch"] for r in run_dir.RunDir(workdir).read_metrics() if r["split"] == "val"]
-  assert epochs == list(range(1, 15))
+  assert epochs == list(range(1, NUM_EPOCHS + 3))
 
 
 def test_huge_lr_diverges_without_a_nonfinite_checkpoint(tmp_path):
