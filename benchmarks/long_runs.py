@@ -24,42 +24,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from sweep import PY, REPO  # noqa: E402
+from sweep import PY, repo_env, timed_lines, write_json  # noqa: E402
 
 _EPOCH_SECONDS = re.compile(r"^epoch \d+/\d+ .*\(([0-9.]+)s\)$", re.M)
 _PEAK = re.compile(r"^cifar_shaped: device_peak_bytes (\d+)$", re.M)
-
-
-def timed_lines(cmd: list[str], env: dict[str, str], log: pathlib.Path | None = None
-                ) -> tuple[float, float, list]:
-  """Runs `cmd`; returns (wall seconds, maxrss in MiB, [(seconds since the start,
-  line), ...] of its stdout and stderr), each line also appended to `log` as it
-  comes. Raises if it fails (exit 1, a diverged polyjax.main run, is a result)."""
-  t0 = time.perf_counter()
-  proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, errors="replace")
-  lines = []
-  for line in proc.stdout:
-    lines.append((time.perf_counter() - t0, line.rstrip("\n")))
-    if log:
-      with log.open("a") as f:
-        f.write(f"{lines[-1][0]:.3f} {lines[-1][1]}\n")
-  _, status, usage = os.wait4(proc.pid, 0)
-  wall = time.perf_counter() - t0
-  if os.waitstatus_to_exitcode(status) not in (0, 1):
-    tail = "\n".join(line for _, line in lines[-40:])
-    raise RuntimeError(f"{' '.join(cmd)} failed:\n{tail}")
-  return wall, usage.ru_maxrss / 1024, lines
 
 
 def parse_output(lines: list[tuple[float, str]], wall: float) -> dict:
@@ -104,8 +79,7 @@ def main() -> None:
   parser.add_argument("--log_dir", default=None,
                       help="each run's console lines, timed, as they come (single.log, sweep.log)")
   args = parser.parse_args()
-  env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-      p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+  env = repo_env()
   common = ["--config=configs/cifar_poly.py", "--config.data.name=cifar_shaped",
             f"--config.num_epochs={args.epochs}", f"--config.lr={args.lr}",
             "--config.wandb.mode=disabled"]
@@ -139,10 +113,7 @@ def main() -> None:
         sequential = args.seeds * out["single"]["wall_s"]
         out["sweep"].update(sequential_estimate_s=round(sequential, 1),
                             ratio_to_estimate=round(sequential / wall, 2))
-  text = json.dumps(out, indent=1)
-  print(text)
-  if args.out:
-    pathlib.Path(args.out).write_text(text + "\n")
+  write_json(out, args.out)
 
 
 if __name__ == "__main__":

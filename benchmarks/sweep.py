@@ -38,22 +38,43 @@ PY = sys.executable
 def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
   """Runs `cmd`; returns (wall seconds, maxrss in MiB). Raises if it fails (exit 1, a
   diverged polyjax.main run, is a result)."""
-  wall, rss, _ = timed_with_output(cmd, env)
+  wall, rss, _ = timed_lines(cmd, env)
   return wall, rss
 
 
-def timed_with_output(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
-  """`timed`, and the command's stdout and stderr."""
+def timed_lines(cmd: list[str], env: dict[str, str], log: pathlib.Path | None = None
+                ) -> tuple[float, float, list[tuple[float, str]]]:
+  """`timed`, and [(seconds since the start, line), ...] of the command's stdout and
+  stderr, each line also appended to `log` as it comes."""
   t0 = time.perf_counter()
-  with tempfile.TemporaryFile() as log:
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    log.seek(0)
-    output = log.read().decode(errors="replace")
-    if os.waitstatus_to_exitcode(status) not in (0, 1):
-      raise RuntimeError(f"{' '.join(cmd)} failed:\n{output[-3000:]}")
-  return wall, usage.ru_maxrss / 1024, output
+  proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, errors="replace")
+  lines = []
+  for line in proc.stdout:
+    lines.append((time.perf_counter() - t0, line.rstrip("\n")))
+    if log:
+      with log.open("a") as f:
+        f.write(f"{lines[-1][0]:.3f} {lines[-1][1]}\n")
+  _, status, usage = os.wait4(proc.pid, 0)
+  wall = time.perf_counter() - t0
+  if os.waitstatus_to_exitcode(status) not in (0, 1):
+    tail = "\n".join(line for _, line in lines[-40:])
+    raise RuntimeError(f"{' '.join(cmd)} failed:\n{tail}")
+  return wall, usage.ru_maxrss / 1024, lines
+
+
+def repo_env() -> dict[str, str]:
+  """This environment with the checkout first on PYTHONPATH (the caller's entries kept)."""
+  return {**os.environ, "PYTHONPATH": os.pathsep.join(
+      p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+
+
+def write_json(out: dict, path: str | None) -> None:
+  """Prints `out` as indented JSON, and writes it to `path` if given."""
+  text = json.dumps(out, indent=1)
+  print(text)
+  if path:
+    pathlib.Path(path).write_text(text + "\n")
 
 
 def summary(run: pathlib.Path) -> dict:
@@ -159,8 +180,7 @@ def main() -> None:
                            "sequential runs; the ratio takes its median")
   parser.add_argument("--out", default=None)
   args = parser.parse_args()
-  env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-      p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+  env = repo_env()
   env.pop("XLA_FLAGS", None)  # No forced device count, as a user's CPU run.
   cfg = "--config=configs/digits_poly.py"
   ckpt = ([] if args.checkpoint_every_epochs is None else
@@ -194,10 +214,7 @@ def main() -> None:
           epochs=args.cnn_epochs, train_images=int(4400 * args.cnn_train_scale),
           member_batch=args.cnn_member_batch)
   out["load_after"] = os.getloadavg()
-  text = json.dumps(out, indent=1)
-  print(text)
-  if args.out:
-    pathlib.Path(args.out).write_text(text + "\n")
+  write_json(out, args.out)
 
 
 if __name__ == "__main__":

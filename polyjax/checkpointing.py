@@ -203,7 +203,11 @@ class Checkpoints:
                 best_value: float) -> None:
     """Keeps a copy of a new best state, to be written before the next save
     (or by `flush`); it replaces an earlier held best, which was not as good."""
-    self._held = (epoch, host_copy(state), best_value, dict(meta))
+    if self._deferred is not None and self._deferred[0] == epoch:
+      copy = self._deferred[1]  # The epoch's save was deferred: its copy serves.
+    else:
+      copy = host_copy(state)
+    self._held = (epoch, copy, best_value, dict(meta))
 
   def flush(self) -> None:
     """Writes the held best state and the deferred save now, if there are any (e.g.

@@ -553,8 +553,9 @@ def _train_group(members: list[Member], *, stop: lifecycle.StopSignals,
       values_M = evaluate_M(state_M) if evaluated else None
       stopping = epoch < num_epochs and stop.received_anywhere()
       for i, m in enumerate(members):
-        # Start every held best's (background) write before a member's save of this
-        # epoch waits for its own: saves of one member run one after another.
+        # Start every held best's (background) write first, so that the members'
+        # writes overlap: a member's forced save then waits only for its own (an
+        # interval save that finds its write in progress is deferred).
         if active[i] and m.checkpoints.due(epoch, force=epoch == num_epochs or stopping):
           m.checkpoints.flush_best()
       host = _HostStack(state_M)
