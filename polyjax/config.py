@@ -38,6 +38,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.best_metric = "val/reweighted_acc"  # Metric that picks the best checkpoint (early stopping, 'ES'); '<split>/<metric>'.
   c.best_mode = "max"  # 'max' or 'min': which direction of best_metric is better.
   c.test_on_best = True  # At the end, also evaluate the best checkpoint (summary.json 'best').
+  c.matmul_precision = "default"  # Products and convolutions of float32 arrays: 'default' (the platform's: TF32 on NVIDIA GPUs from Ampere on, bfloat16 passes on TPU), 'tensorfloat32', 'bfloat16' or 'float32' (full float32 everywhere, slower on GPU/TPU; CPUs always compute float32).
   c.deterministic = True  # GPU: XLA's deterministic kernels, so the same seed on the same machine gives the same run (a few % slower steps); False lets XLA autotune. Whole process; no effect on CPU.
 
   c.data = ml_collections.ConfigDict()
@@ -147,7 +148,7 @@ def _check(ok: bool, field: str, rule: str, value) -> None:
 def validate(config: ml_collections.ConfigDict, *, device_count: int) -> None:
   """Raises ConfigError naming the first field whose value cannot be trained."""
   # Registries are imported here so that loading a config file stays light.
-  from polyjax import data, losses, models, schedules, weighting
+  from polyjax import data, losses, models, schedules, steps, weighting
 
   c = config
   _known("data.name", c.data.name, data.DATASETS)
@@ -159,6 +160,7 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int) -> None:
     _known("wandb.mode", c.wandb.mode, ("online", "offline", "disabled"))
   _check(c.wandb.init_timeout > 0, "wandb.init_timeout", "> 0", c.wandb.init_timeout)
   _known("lr_schedule", c.lr_schedule, schedules.SCHEDULES)
+  _known("matmul_precision", c.matmul_precision, steps.MATMUL_PRECISIONS)
   _check(c.warmup_epochs >= 0, "warmup_epochs", ">= 0", c.warmup_epochs)
   step_epochs = tuple(c.lr_step_epochs)
   _check(all(int(e) == e and e > c.warmup_epochs for e in step_epochs)
@@ -219,8 +221,7 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int) -> None:
 # trajectory nor what the run's files mean. `num_epochs` may grow (or shrink to no
 # fewer than the epochs done) unless the lr schedule's shape depends on it.
 # `deterministic` changes only which GPU kernels compute the same thing (their
-# rounding), as eval_batch_size changes the order of evaluation sums; a run saved
-# before the field existed resumes with it.
+# rounding), as eval_batch_size changes the order of evaluation sums.
 RESUMABLE_FIELDS = ("num_epochs", "checkpoint_every_epochs", "eval_batch_size",
                     "test_on_best", "deterministic", "data.data_dir", "data.pipeline",
                     "wandb.*")
@@ -241,10 +242,13 @@ def resume_changes(saved: dict, current: dict) -> list[str]:
   in a way that matters for resuming it (everything but RESUMABLE_FIELDS).
 
   Both are plain dicts (`ConfigDict.to_dict()`, or config.json); tuples and lists
-  compare equal, as JSON has no tuples.
+  compare equal, as JSON has no tuples. A field that a saved config lacks (saved
+  before the field existed) counts as its `base_config()` default, which is always
+  the behaviour from before the field.
   """
   # Compare as JSON sees them (tuples, nested ones included, become lists).
-  old, new = (_flatten(json.loads(json.dumps(d))) for d in (saved, current))
+  old, new, defaults = (_flatten(json.loads(json.dumps(d)))
+                        for d in (saved, current, base_config().to_dict()))
   free = {f for f in RESUMABLE_FIELDS if not f.endswith(".*")}
   free_prefixes = tuple(f[:-1] for f in RESUMABLE_FIELDS if f.endswith(".*"))
   if current.get("lr_schedule", "constant") == "cosine":
@@ -253,6 +257,7 @@ def resume_changes(saved: dict, current: dict) -> list[str]:
   for field in sorted(set(old) | set(new)):
     if field in free or field.startswith(free_prefixes):
       continue
-    if old.get(field, "<missing>") != new.get(field, "<missing>"):
+    missing = defaults.get(field, "<missing>")
+    if old.get(field, missing) != new.get(field, missing):
       changed.append(field)
   return changed

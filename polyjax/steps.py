@@ -232,6 +232,34 @@ def set_deterministic(on: bool, environ: MutableMapping[str, str] = os.environ) 
     environ["XLA_FLAGS"] = f"{flags} {DETERMINISTIC_GPU_FLAG}=true".strip()
 
 
+# config.matmul_precision -> jax_default_matmul_precision ('default': the platform's
+# choice, e.g. TF32 products and convolutions on NVIDIA GPUs from Ampere on).
+MATMUL_PRECISIONS = {"default": None, "bfloat16": "bfloat16",
+                     "tensorfloat32": "tensorfloat32", "float32": "float32"}
+
+
+class WithMatmulPrecision:
+  """`fn` (a jitted program, or a function that calls some) traced under
+  `config.matmul_precision`: every product and convolution whose precision is not
+  set explicitly, the model's, the loss's and the custom CPU convolution forms'
+  alike. JAX keys its compiled programs by this setting, so the wrapped program
+  does not change what other callers of `fn` get."""
+
+  def __init__(self, fn: Callable, matmul_precision: str):
+    if matmul_precision not in MATMUL_PRECISIONS:
+      raise ConfigError(f"config.matmul_precision={matmul_precision!r} is not known; "
+                        f"valid: {', '.join(MATMUL_PRECISIONS)}")
+    self.fn, self.precision = fn, MATMUL_PRECISIONS[matmul_precision]
+
+  def __call__(self, *args, **kwargs):
+    with jax.default_matmul_precision(self.precision):
+      return self.fn(*args, **kwargs)
+
+  def lower(self, *args, **kwargs):
+    with jax.default_matmul_precision(self.precision):
+      return self.fn.lower(*args, **kwargs)
+
+
 def use_compilation_cache(directory: str) -> None:
   """Keeps every program XLA compiles from here on (training and evaluation
   programs, and the model's initialisation) in `directory`,

@@ -21,8 +21,9 @@ same files `polyjax.main` writes for that member's config (config.json,
 metrics.jsonl with `train/lr`, summary.json with the best epoch and its test
 values, checkpoints/ with the latest and the best checkpoint and their meta), so
 analysis treats members as ordinary runs: the end of each epoch is
-`train.record_epoch`, as in `train.train_and_evaluate`. (Members do not log to
-wandb.) A member whose objective becomes NaN/Inf is marked diverged (its
+`train.record_epoch`, as in `train.train_and_evaluate`. Each member logs to its own
+wandb run (and `wandb.json`), as `polyjax.main` would, grouped under the sweep
+directory's name. A member whose objective becomes NaN/Inf is marked diverged (its
 summary says so, as a single run's would); from that step on its updates are
 masked, so it keeps its last good state and the others go on. A member whose train
 state becomes non-finite is marked diverged too. Running the same command again
@@ -59,7 +60,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from polyjax import (checkpointing, data, distributed, lifecycle, losses, run_dir, steps,
-                     train, weighting)
+                     train, wandb_logger, weighting)
 from polyjax import config as config_lib
 from polyjax.data.splits import with_weights
 
@@ -410,8 +411,10 @@ class Member:
   resumes: list = dataclasses.field(default_factory=list)
   changed: list = dataclasses.field(default_factory=list)
   steps_done: int = 0
+  record: dict[str, Any] = dataclasses.field(default_factory=dict)  # train.run_record.
   values: dict[str, float] = dataclasses.field(default_factory=dict)
   summary: dict[str, Any] = dataclasses.field(default_factory=dict)
+  wandb: wandb_logger.WandbLogger | None = None  # While it trains.
 
 
 def _prepare(member: Member) -> bool:
@@ -494,10 +497,12 @@ def _train_group(members: list[Member], *, stop: lifecycle.StopSignals,
 
   reduction = weighting.make_reduction(cfg0.weighting.mode, num_groups=ds.num_groups,
                                        adv_probs_lr=cfg0.weighting.adv_probs_lr)
-  epoch_fn = make_sweep_epoch(exp0, mesh=mesh, loss_config=loss_config, reduction=reduction,
-                              member_batch=member_batch)
-  eval_fn = make_sweep_eval(exp0, mesh=mesh, loss_config=loss_config,
-                            member_batch=member_batch)
+  epoch_fn = steps.WithMatmulPrecision(  # The group's (a field that splits groups).
+      make_sweep_epoch(exp0, mesh=mesh, loss_config=loss_config, reduction=reduction,
+                       member_batch=member_batch), cfg0.matmul_precision)
+  eval_fn = steps.WithMatmulPrecision(
+      make_sweep_eval(exp0, mesh=mesh, loss_config=loss_config, member_batch=member_batch),
+      cfg0.matmul_precision)
 
   def evaluate_M(state_M) -> list[dict[str, float]]:
     """Every member's `train.evaluate` values, from one call."""
@@ -509,6 +514,13 @@ def _train_group(members: list[Member], *, stop: lifecycle.StopSignals,
   active = [True] * len(members)
   alive_M = jax.device_put(np.ones(len(members), bool), mem)
   idx_sharding = NamedSharding(mesh, P(None, MEMBERS_AXIS, steps.DATA_AXIS))
+  for m in members:  # Each member its own wandb run, as `polyjax.main` would log it.
+    c = m.config
+    m.wandb = wandb_logger.WandbLogger(
+        workdir=m.run.path, mode=c.wandb.mode, project=c.wandb.project,
+        entity=c.wandb.entity, name=c.wandb.name, tags=c.wandb.tags,
+        config={**c.to_dict(), **m.record}, init_timeout=c.wandb.init_timeout,
+        group=m.run.path.parent.name)
   start = time.time()
   status = "completed"
   try:
@@ -543,6 +555,7 @@ def _train_group(members: list[Member], *, stop: lifecycle.StopSignals,
         m.checkpoints.flush()  # Its held best is a finite, evaluated state: keep it.
         m.checkpoints.close()
         m.run.write_summary(m.summary)
+        m.wandb.finish(m.summary)
         print(f"polyjax.sweep: {m.name} diverged: {why}", flush=True)
       if not any(active):
         break
@@ -569,6 +582,7 @@ def _train_group(members: list[Member], *, stop: lifecycle.StopSignals,
           values = m.values = values_M[i]
           values["train/objective"] = float(obj_MxS[i].mean())
           values["train/lr"] = train.lr_at(m.config, m.exp, step)
+          m.wandb.log(step, {"epoch": epoch, **values})
         m.best_epoch, m.best_value = train.record_epoch(
             m.config, m.run, m.checkpoints, epoch=epoch, step=step,
             state=functools.partial(host.member, i), values=values,
@@ -608,6 +622,7 @@ def _train_group(members: list[Member], *, stop: lifecycle.StopSignals,
         m.checkpoints.close()
       finally:
         m.run.write_summary(m.summary)
+        m.wandb.finish(m.summary)
 
 
 def _finish(members: list[Member], done: list[int], state_M, like, evaluate_M,
@@ -742,8 +757,8 @@ def _run_group(todo: list[Member], *, mesh, stop: lifecycle.StopSignals,
       print(f"polyjax.sweep: {m.name} resumes after epoch {latest}", flush=True)
     if saved is not None:
       m.run.truncate_metrics(m.start_epoch)
-    m.run.write_config(m.config.to_dict(), **train.run_record(m.config, m.run.path),
-                       resumes=m.resumes)
+    m.record = train.run_record(m.config, m.run.path)
+    m.run.write_config(m.config.to_dict(), **m.record, resumes=m.resumes)
     m.summary = {"status": "running", "epochs_completed": m.start_epoch, "final": {},
                  "best": {}, "best_metric": m.config.best_metric, "best_epoch": m.best_epoch}
   by_start: dict[int, list[Member]] = {}

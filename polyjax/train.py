@@ -113,7 +113,8 @@ def build(config: ml_collections.ConfigDict, *, mesh=None,
     eval_counts = steps.make_eval_counts(**eval_kwargs)
   return Experiment(
       dataset=dataset, model_def=model_def, state=state, shardings=shardings,
-      train_epoch=train_epoch, eval_counts=eval_counts,
+      train_epoch=steps.WithMatmulPrecision(train_epoch, config.matmul_precision),
+      eval_counts=steps.WithMatmulPrecision(eval_counts, config.matmul_precision),
       order_seed=order_seed, lr_factor=lr_factor,
       sample_p=weighting.sampling_probs(dataset.train.group, dataset.train_group_counts,
                                         mode=config.weighting.mode,

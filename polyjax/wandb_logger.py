@@ -14,6 +14,10 @@ error is reported as one warning, after which the run goes on without wandb.
 
 `<workdir>/wandb.json` keeps the wandb run id and the last step logged, so a
 resumed run continues the same wandb run and never logs a step twice.
+
+Each logger owns its own wandb run (`reinit='create_new'`), so one process can log
+many runs at once: `polyjax.sweep` logs every member as the run `polyjax.main`
+would, grouped under the sweep directory's name.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ class WandbLogger:
 
   def __init__(self, *, workdir: str | os.PathLike, mode: str | None, project: str,
                entity: str | None, name: str | None, tags, config: Mapping[str, Any],
-               init_timeout: float):
+               init_timeout: float, group: str | None = None):
     self.mode = resolve_mode(mode)
     self._state_path = pathlib.Path(workdir) / STATE_FILE
     saved = run_dir.read_json(self._state_path) if self._state_path.exists() else {}
@@ -68,7 +72,8 @@ class WandbLogger:
       self._run = wandb.init(
           project=project, entity=entity, name=name or pathlib.Path(workdir).name,
           tags=list(tags), config=dict(config), dir=str(workdir), id=self.run_id,
-          resume="allow", mode=self.mode,
+          group=group, resume="allow", mode=self.mode,
+          reinit="create_new",  # Runs side by side in one process (a sweep's members).
           settings=wandb.Settings(init_timeout=init_timeout, console="off",
                                   save_code=False, silent=True))
     except Exception as e:  # wandb raises many types (CommError, UsageError, ...).

@@ -29,6 +29,7 @@ BAD = [
     ("loss.kind", "cubic", "config.loss.kind"),
     ("momentum", 1.0, "config.momentum"),
     ("wandb.mode", "sometimes", "config.wandb.mode"),
+    ("matmul_precision", "highest", "config.matmul_precision"),
 ]
 
 

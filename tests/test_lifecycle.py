@@ -403,6 +403,14 @@ def test_resume_changes_names_the_fields_that_matter():
   assert config_lib.resume_changes(same, changed.to_dict()) == ["lr", "model.hidden"]
   older = {k: v for k, v in same.items() if k != "deterministic"}  # Saved before the field.
   assert config_lib.resume_changes(older, base) == []
+  # A field the saved config lacks counts as its default: the behaviour before it.
+  older = {k: v for k, v in same.items() if k != "matmul_precision"}
+  older["model"] = {k: v for k, v in same["model"].items() if k != "depth"}
+  assert config_lib.resume_changes(older, base) == []
+  full = config_lib.base_config()
+  full.matmul_precision, full.model.depth = "float32", 2
+  assert config_lib.resume_changes(older, full.to_dict()) == ["matmul_precision",
+                                                              "model.depth"]
   changed.lr_schedule = "cosine"  # The cosine decays over num_epochs: now it matters.
   assert "num_epochs" in config_lib.resume_changes(same, changed.to_dict())
 

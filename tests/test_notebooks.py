@@ -25,6 +25,9 @@ def test_there_are_notebooks():
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_runs(path, tmp_path):
   nb = nbformat.read(path, as_version=4)
+  # Every notebook trains: its runs must be deterministic on a GPU, as the commands'.
+  nb.cells.append(nbformat.v4.new_code_cell(
+      "import os\nprint('XLA_FLAGS=' + os.environ.get('XLA_FLAGS', ''))"))
   env = dict(os.environ, POLYJAX_SMOKE="1", MPLBACKEND="Agg", TMPDIR=str(tmp_path),
              PYTHONPATH=subprocess_env.pythonpath())
   client = nbclient.NotebookClient(
@@ -35,3 +38,5 @@ def test_notebook_runs(path, tmp_path):
             for out in cell.get("outputs", []) if out.get("output_type") == "error"]
   assert not errors
   assert all(cell.get("execution_count") for cell in nb.cells if cell.cell_type == "code")
+  printed = "".join(out.get("text", "") for out in nb.cells[-1].outputs)
+  assert "--xla_gpu_deterministic_ops=true" in printed.split("XLA_FLAGS=")[1]

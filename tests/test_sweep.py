@@ -318,3 +318,27 @@ def test_deterministic_is_one_value_for_the_whole_sweep_process():
   assert sweep.process_deterministic(sweep.expand(c, {"seed": [0, 1]})) is False
   with pytest.raises(config_lib.ConfigError, match="deterministic"):
     sweep.process_deterministic(sweep.expand(c, {"deterministic": [True, False]}))
+
+
+def test_members_train_and_evaluate_under_their_matmul_precision(tmp_path, monkeypatch):
+  """matmul_precision splits the grid into groups, each traced under its own value."""
+  import jax
+
+  seen = []
+  for make in ("make_sweep_epoch", "make_sweep_eval"):
+    def spy(*args, _make=getattr(sweep, make), _name=make, **kwargs):
+      fn = _make(*args, **kwargs)
+
+      def call(*a):
+        seen.append((_name, jax.config.jax_default_matmul_precision))
+        return fn(*a)
+      return call
+    monkeypatch.setattr(sweep, make, spy)
+  members = sweep.expand(small_config(num_epochs=1),
+                         {"matmul_precision": ["float32", "default"]})
+  assert len(sweep.groups(members)) == 2
+  summaries = sweep.run_sweep(members, str(tmp_path))
+  assert {s["status"] for s in summaries.values()} == {"completed"}
+  assert sorted(set(seen), key=str) == sorted(
+      {(m, p) for m in ("make_sweep_epoch", "make_sweep_eval") for p in ("float32", None)},
+      key=str)

@@ -194,3 +194,31 @@ def test_main_sets_deterministic_gpu_programs_before_jax_starts(tmp_path, flag, 
       cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=True)
   line, = [l for l in out.stdout.splitlines() if l.startswith("FLAGS")]
   assert line.strip() == f"FLAGS {expected}".strip()
+
+
+def _epoch_args(exp, config, epochs=1):
+  data = steps.to_global(steps.split_arrays(exp.dataset.train), exp.shardings.replicated)
+  idx = steps.epochs_indices(len(exp.dataset.train), config.batch_size, seed=0,
+                             epochs=range(1, epochs + 1))
+  return exp.state, data, steps.to_global(idx, exp.shardings.stacked_batches)
+
+
+def test_matmul_precision_reaches_every_product_of_the_programs():
+  """config.matmul_precision sets the precision of the training and evaluation
+  programs' products (XLA:GPU would otherwise use TF32 for them); the CPU computes
+  float32 either way, so the objectives are equal."""
+  objectives = {}
+  for precision in ("default", "float32"):
+    c = digits_poly.get_config()
+    c.matmul_precision = precision
+    exp = train.build(c, mesh=steps.make_mesh(jax.devices()[:1]))
+    args = _epoch_args(exp, c)
+    texts = [exp.train_epoch.lower(*args).as_text(),
+             exp.eval_counts.lower(exp.state, train.eval_data(exp, c)).as_text()]
+    for text in texts:
+      dots = [l for l in text.splitlines() if "stablehlo.dot_general" in l]
+      assert dots
+      highest = [l for l in dots if "precision = [HIGHEST, HIGHEST]" in l]
+      assert highest == (dots if precision == "float32" else []), precision
+    objectives[precision] = jax.device_get(exp.train_epoch(*args)[1])
+  assert (objectives["default"] == objectives["float32"]).all()

@@ -140,3 +140,32 @@ def test_online_with_unreachable_server_goes_on_within_the_bound(tmp_path, monke
   assert "polyjax: warning: wandb: could not start in mode 'online'" in err
   assert len(run_dir.RunDir(tmp_path).read_metrics()) == 2 * 3  # Metrics all written.
   print(f"online-unreachable: wandb start {timings['init']:.1f}s, run {total:.1f}s")
+
+
+def test_sweep_members_log_their_own_runs_like_single_runs(tmp_path):
+  """Each member of a sweep is its own offline wandb run, in one process, with the
+  member's config and the steps of its metrics.jsonl, grouped under the sweep."""
+  from polyjax import sweep
+
+  workdir = tmp_path / "lr_sweep"
+  members = sweep.expand(_config(2, mode="offline"), {"seed": [0, 1]})
+  sweep.run_sweep(members, str(workdir))
+  run_ids = set()
+  for name, seed in (("seed=0", 0), ("seed=1", 1)):
+    member = workdir / name
+    run_id = run_dir.read_json(member / wandb_logger.STATE_FILE)["run_id"]
+    run_ids.add(run_id)
+    [path] = glob.glob(f"{member}/wandb/offline-run-*/run-{run_id}.wandb")
+    steps, config, group = [], None, None
+    for record in _records(path):
+      kind = record.WhichOneof("record_type")
+      if kind == "run":
+        config = {u.key: json.loads(u.value_json) for u in record.run.config.update}
+        group = record.run.run_group
+      elif kind == "history":
+        steps.append({".".join(i.nested_key) or i.key: json.loads(i.value_json)
+                      for i in record.history.item}["_step"])
+    assert config["seed"] == seed and config["workdir"] == str(member)
+    assert group == "lr_sweep"
+    assert steps == sorted({r["step"] for r in run_dir.RunDir(member).read_metrics()})
+  assert len(run_ids) == 2
