@@ -2,7 +2,8 @@
 
     PYTHONPATH=$PWD python benchmarks/long_runs.py [--epochs=400] [--seeds=10]
         [--member_batch=0] [--lr=0.005] [--checkpoint_every_epochs=N]
-        [--parts=single,sweep] [--log_dir=DIR] [--out=FILE.json]
+        [--matmul_precision=default] [--parts=single,sweep] [--log_dir=DIR]
+        [--out=FILE.json]
 
 configs/cifar_poly.py (ConvNet, poly loss, importance weights, batch 64, evaluation and
 a checkpoint every epoch) on `benchmarks/cifar_shaped.py`'s random images, shaped like
@@ -23,6 +24,7 @@ measures the sequential side itself. Prints one JSON object.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import pathlib
 import re
@@ -61,8 +63,10 @@ def parse_output(lines: list[tuple[float, str]], wall: float) -> dict:
   return out
 
 
-def _statuses(run_dirs: list[pathlib.Path]) -> list[str]:
-  return [json.loads((d / "summary.json").read_text())["status"] for d in run_dirs]
+def _statuses(run_dirs: list[pathlib.Path]) -> dict[str, int]:
+  """How many of the runs ended with each status."""
+  return dict(collections.Counter(
+      json.loads((d / "summary.json").read_text())["status"] for d in run_dirs))
 
 
 def main() -> None:
@@ -75,6 +79,8 @@ def main() -> None:
   parser.add_argument("--checkpoint_every_epochs", type=int, default=None,
                       help="both parts' --config.checkpoint_every_epochs (default: the "
                            "config's 1)")
+  parser.add_argument("--matmul_precision", default="default",
+                      help="config.matmul_precision of every run (TF32 or float32 on GPUs)")
   parser.add_argument("--out", default=None)
   parser.add_argument("--log_dir", default=None,
                       help="each run's console lines, timed, as they come (single.log, sweep.log)")
@@ -82,11 +88,12 @@ def main() -> None:
   env = repo_env()
   common = ["--config=configs/cifar_poly.py", "--config.data.name=cifar_shaped",
             f"--config.num_epochs={args.epochs}", f"--config.lr={args.lr}",
-            "--config.wandb.mode=disabled"]
+            "--config.wandb.mode=disabled",
+            f"--config.matmul_precision={args.matmul_precision}"]
   if args.checkpoint_every_epochs:
     common.append(f"--config.checkpoint_every_epochs={args.checkpoint_every_epochs}")
   entry = lambda cmd: [PY, "benchmarks/cifar_shaped.py", cmd]  # noqa: E731
-  out = {"epochs": args.epochs, "lr": args.lr,
+  out = {"epochs": args.epochs, "lr": args.lr, "matmul_precision": args.matmul_precision,
          "checkpoint_every_epochs": args.checkpoint_every_epochs or 1}
   if args.log_dir:
     pathlib.Path(args.log_dir).mkdir(parents=True, exist_ok=True)
@@ -97,7 +104,8 @@ def main() -> None:
       wall, rss, lines = timed_lines(
           entry("main") + common + [f"--workdir={root / 'single'}"], env, log("single"))
       out["single"] = {"wall_s": round(wall, 1), "maxrss_mib": round(rss),
-                       "status": _statuses([root / "single"])[0], **parse_output(lines, wall)}
+                       "status": next(iter(_statuses([root / "single"]))),
+                       **parse_output(lines, wall)}
       print(json.dumps(out), flush=True)
     if "sweep" in args.parts:
       seeds = ",".join(map(str, range(args.seeds)))
@@ -108,7 +116,7 @@ def main() -> None:
       members = sorted(p.parent for p in (root / "sweep").glob("*/summary.json"))
       out["sweep"] = {"members": len(members), "member_batch": args.member_batch,
                       "wall_s": round(wall, 1), "maxrss_mib": round(rss),
-                      "statuses": sorted(set(_statuses(members))), **parse_output(lines, wall)}
+                      "statuses": _statuses(members), **parse_output(lines, wall)}
       if "single" in out:
         sequential = args.seeds * out["single"]["wall_s"]
         out["sweep"].update(sequential_estimate_s=round(sequential, 1),

@@ -167,11 +167,16 @@ def main(argv=None) -> None:
   parser.add_argument("--steps", type=int, default=32)
   parser.add_argument("--mode", choices=("epoch", "step"), default="epoch",
                       help="epoch: the whole-epoch compiled call; step: one jitted step per batch")
+  parser.add_argument("--matmul_precision", choices=tuple(steps.MATMUL_PRECISIONS),
+                      default="default", help="as config.matmul_precision")
   args = parser.parse_args(argv)
   if args.batch_size < 1 or args.steps < 1:
     parser.error("--batch-size and --steps must be >= 1")
-  print(json.dumps(run(args.workload, batch_size=args.batch_size, num_steps=args.steps,
-                       mode=args.mode)), flush=True)
+  # What `steps.WithMatmulPrecision` does for a run's programs.
+  with jax.default_matmul_precision(steps.MATMUL_PRECISIONS[args.matmul_precision]):
+    result = run(args.workload, batch_size=args.batch_size, num_steps=args.steps,
+                 mode=args.mode)
+  print(json.dumps({**result, "matmul_precision": args.matmul_precision}), flush=True)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ would, grouped under the sweep directory's name.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import pathlib
 import sys
@@ -49,8 +50,17 @@ def _warn(message: str) -> None:
   print(f"polyjax: warning: wandb: {message}", file=sys.stderr, flush=True)
 
 
+# wandb starts in the background, so that its import and its service's start-up
+# (about 1.5 s of a short run) overlap the run's data loading and compilation. One
+# thread starts every logger's run in turn: a sweep's members start one after another.
+_STARTER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="wandb-init")
+
+
 class WandbLogger:
-  """One run's wandb logger; every method is a no-op once wandb is off or has failed."""
+  """One run's wandb logger; every method is a no-op once wandb is off or has failed.
+
+  The wandb run starts in the background; the first `log` or `finish` waits for it
+  (wandb bounds its start by `init_timeout`)."""
 
   def __init__(self, *, workdir: str | os.PathLike, mode: str | None, project: str,
                entity: str | None, name: str | None, tags, config: Mapping[str, Any],
@@ -62,28 +72,37 @@ class WandbLogger:
     self.run_id: str | None = saved.get("run_id")
     self._timeout = init_timeout
     self._run = None
+    self._starting: concurrent.futures.Future | None = None
     if self.mode == "disabled":
       return
+    if self.run_id is None:
+      self.run_id = uuid.uuid4().hex[:12]
+      self._save_state()  # Before init: an init that dies still leaves the id.
+    kwargs = dict(project=project, entity=entity, name=name or pathlib.Path(workdir).name,
+                  tags=list(tags), config=dict(config), dir=str(workdir), id=self.run_id,
+                  group=group, resume="allow", mode=self.mode,
+                  reinit="create_new")  # Runs side by side in one process (a sweep).
+    self._starting = _STARTER.submit(self._start, kwargs)
+
+  def _start(self, kwargs: dict[str, Any]):
     try:
       import wandb  # Imported here: a disabled run never pays for it.
-      if self.run_id is None:
-        self.run_id = uuid.uuid4().hex[:12]
-        self._save_state()  # Before init: an init that dies still leaves the id.
-      self._run = wandb.init(
-          project=project, entity=entity, name=name or pathlib.Path(workdir).name,
-          tags=list(tags), config=dict(config), dir=str(workdir), id=self.run_id,
-          group=group, resume="allow", mode=self.mode,
-          reinit="create_new",  # Runs side by side in one process (a sweep's members).
-          settings=wandb.Settings(init_timeout=init_timeout, console="off",
-                                  save_code=False, silent=True))
+      return wandb.init(**kwargs, settings=wandb.Settings(
+          init_timeout=self._timeout, console="off", save_code=False, silent=True))
     except Exception as e:  # wandb raises many types (CommError, UsageError, ...).
-      _warn(f"could not start in mode {self.mode!r} within {init_timeout:g}s "
+      _warn(f"could not start in mode {self.mode!r} within {self._timeout:g}s "
             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
             f"training goes on without wandb, metrics.jsonl has every metric")
-      self._run = None
+      return None
+
+  def _started(self) -> None:
+    """Waits for the background start (once)."""
+    if self._starting is not None:
+      self._run, self._starting = self._starting.result(), None
 
   @property
   def active(self) -> bool:
+    self._started()
     return self._run is not None
 
   def _save_state(self) -> None:
@@ -92,6 +111,7 @@ class WandbLogger:
   def log(self, step: int, values: Mapping[str, float]) -> None:
     """Logs `values` at `step` unless that step was already logged (by this or an
     earlier session of the run)."""
+    self._started()
     if self._run is None or step <= self.last_step:
       return
     try:
@@ -105,6 +125,7 @@ class WandbLogger:
 
   def finish(self, summary: Mapping[str, Any]) -> None:
     """Adds the run summary and closes the run, waiting at most `init_timeout` seconds."""
+    self._started()
     if self._run is None:
       return
     run, self._run = self._run, None
