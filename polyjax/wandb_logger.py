@@ -51,7 +51,7 @@ def _warn(message: str) -> None:
 
 
 # wandb starts in the background, so that its import and its service's start-up
-# (about 1.5 s of a short run) overlap the run's data loading and compilation. One
+# (about 1.5 s of a short run) overlap the compilation of the run's programs. One
 # thread starts every logger's run in turn: a sweep's members start one after another.
 _STARTER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="wandb-init")
 
