@@ -54,6 +54,9 @@ def _warn(message: str) -> None:
 # (about 1.5 s of a short run) overlap the compilation of the run's programs. One
 # thread starts every logger's run in turn: a sweep's members start one after another.
 _STARTER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="wandb-init")
+# Modes whose start failed in this process. Later runs (a sweep's other members) do
+# not try again: each would wait out `init_timeout` for the same reason.
+_FAILED_MODES: set[str] = set()
 
 
 class WandbLogger:
@@ -85,11 +88,16 @@ class WandbLogger:
     self._starting = _STARTER.submit(self._start, kwargs)
 
   def _start(self, kwargs: dict[str, Any]):
+    if self.mode in _FAILED_MODES:
+      _warn(f"not started in mode {self.mode!r}: it failed for an earlier run of this "
+            f"process; metrics.jsonl has every metric")
+      return None
     try:
       import wandb  # Imported here: a disabled run never pays for it.
       return wandb.init(**kwargs, settings=wandb.Settings(
           init_timeout=self._timeout, console="off", save_code=False, silent=True))
     except Exception as e:  # wandb raises many types (CommError, UsageError, ...).
+      _FAILED_MODES.add(self.mode)
       _warn(f"could not start in mode {self.mode!r} within {self._timeout:g}s "
             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
             f"training goes on without wandb, metrics.jsonl has every metric")

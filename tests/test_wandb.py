@@ -174,3 +174,30 @@ def test_sweep_members_log_their_own_runs_like_single_runs(tmp_path):
     assert group == "lr_sweep"
     assert steps == sorted({r["step"] for r in run_dir.RunDir(member).read_metrics()})
   assert len(run_ids) == 2
+
+
+def test_a_sweep_tries_a_failing_wandb_start_once(tmp_path, monkeypatch, capsys):
+  """Members share the process's reasons to fail (network, login): after the first
+  failed start the others go on without wandb at once, instead of each waiting out
+  init_timeout."""
+  import wandb
+
+  from polyjax import sweep
+
+  monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{_closed_port()}")
+  monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+  monkeypatch.setattr(wandb_logger, "_FAILED_MODES", set())
+  starts = []
+  real_init = wandb.init
+
+  def counted(*args, **kwargs):
+    starts.append(kwargs["id"])
+    return real_init(*args, **kwargs)
+  monkeypatch.setattr(wandb, "init", counted)
+  members = sweep.expand(_config(1, mode="online", init_timeout=3.0), {"seed": [0, 1, 2]})
+  summaries = sweep.run_sweep(members, str(tmp_path))
+  assert {s["status"] for s in summaries.values()} == {"completed"}
+  assert len(starts) == 1
+  err = capsys.readouterr().err
+  assert err.count("could not start in mode 'online'") == 1
+  assert err.count("not started in mode 'online'") == 2
