@@ -25,6 +25,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import pathlib
+import queue
 import sys
 import threading
 import uuid
@@ -50,10 +51,37 @@ def _warn(message: str) -> None:
   print(f"polyjax: warning: wandb: {message}", file=sys.stderr, flush=True)
 
 
-# wandb starts in the background, so that its import and its service's start-up
-# (about 1.5 s of a short run) overlap the compilation of the run's programs. One
-# thread starts every logger's run in turn: a sweep's members start one after another.
-_STARTER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="wandb-init")
+class _Worker:
+  """One daemon thread that runs the submitted calls in order. Daemon: a call stuck
+  on a dead network never holds the process's exit."""
+
+  def __init__(self, name: str):
+    self._name, self._queue = name, queue.SimpleQueue()
+    self._thread: threading.Thread | None = None
+    self._lock = threading.Lock()
+
+  def submit(self, fn, *args) -> concurrent.futures.Future:
+    future: concurrent.futures.Future = concurrent.futures.Future()
+    with self._lock:
+      if self._thread is None:
+        self._thread = threading.Thread(target=self._loop, daemon=True, name=self._name)
+        self._thread.start()
+    self._queue.put((future, fn, args))
+    return future
+
+  def _loop(self) -> None:
+    while True:
+      future, fn, args = self._queue.get()
+      try:
+        future.set_result(fn(*args))
+      except BaseException as e:  # Handed to whoever waits on the future.
+        future.set_exception(e)
+
+
+# Every wandb call runs on this thread, in order, so the training loop never waits for
+# wandb's import and its service's start-up (about 1.5 s of a short run) or a log;
+# only `finish` waits. A sweep's members start one after another.
+_WORKER = _Worker("wandb")
 # Modes whose start failed in this process. Later runs (a sweep's other members) do
 # not try again: each would wait out `init_timeout` for the same reason.
 _FAILED_MODES: set[str] = set()
@@ -62,8 +90,8 @@ _FAILED_MODES: set[str] = set()
 class WandbLogger:
   """One run's wandb logger; every method is a no-op once wandb is off or has failed.
 
-  The wandb run starts in the background; the first `log` or `finish` waits for it
-  (wandb bounds its start by `init_timeout`)."""
+  The methods queue their work for the wandb thread (`_WORKER`) and return at once;
+  `finish` waits for the queue up to the close of the run."""
 
   def __init__(self, *, workdir: str | os.PathLike, mode: str | None, project: str,
                entity: str | None, name: str | None, tags, config: Mapping[str, Any],
@@ -71,59 +99,51 @@ class WandbLogger:
     self.mode = resolve_mode(mode)
     self._state_path = pathlib.Path(workdir) / STATE_FILE
     saved = run_dir.read_json(self._state_path) if self._state_path.exists() else {}
-    self.last_step: int = saved.get("last_step", -1)
+    self.last_step: int = saved.get("last_step", -1)  # Updated by the wandb thread.
+    self._logged_before = self.last_step  # By earlier sessions of the run.
     self.run_id: str | None = saved.get("run_id")
     self._timeout = init_timeout
-    self._run = None
-    self._starting: concurrent.futures.Future | None = None
-    if self.mode == "disabled":
+    self._run = None  # Touched by the wandb thread only.
+    self._open = self.mode != "disabled"
+    if not self._open:
       return
     if self.run_id is None:
       self.run_id = uuid.uuid4().hex[:12]
       self._save_state()  # Before init: an init that dies still leaves the id.
-    kwargs = dict(project=project, entity=entity, name=name or pathlib.Path(workdir).name,
-                  tags=list(tags), config=dict(config), dir=str(workdir), id=self.run_id,
-                  group=group, resume="allow", mode=self.mode,
-                  reinit="create_new")  # Runs side by side in one process (a sweep).
-    self._starting = _STARTER.submit(self._start, kwargs)
+    _WORKER.submit(self._start, dict(
+        project=project, entity=entity, name=name or pathlib.Path(workdir).name,
+        tags=list(tags), config=dict(config), dir=str(workdir), id=self.run_id,
+        group=group, resume="allow", mode=self.mode,
+        reinit="create_new"))  # Runs side by side in one process (a sweep).
 
-  def _start(self, kwargs: dict[str, Any]):
+  def _start(self, kwargs: dict[str, Any]) -> None:
     if self.mode in _FAILED_MODES:
       _warn(f"not started in mode {self.mode!r}: it failed for an earlier run of this "
             f"process; metrics.jsonl has every metric")
-      return None
+      return
     try:
       import wandb  # Imported here: a disabled run never pays for it.
-      return wandb.init(**kwargs, settings=wandb.Settings(
+      self._run = wandb.init(**kwargs, settings=wandb.Settings(
           init_timeout=self._timeout, console="off", save_code=False, silent=True))
     except Exception as e:  # wandb raises many types (CommError, UsageError, ...).
       _FAILED_MODES.add(self.mode)
       _warn(f"could not start in mode {self.mode!r} within {self._timeout:g}s "
             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
             f"training goes on without wandb, metrics.jsonl has every metric")
-      return None
-
-  def _started(self) -> None:
-    """Waits for the background start (once)."""
-    if self._starting is not None:
-      self._run, self._starting = self._starting.result(), None
-
-  @property
-  def active(self) -> bool:
-    self._started()
-    return self._run is not None
 
   def _save_state(self) -> None:
     run_dir.write_json(self._state_path, {"run_id": self.run_id, "last_step": self.last_step})
 
   def log(self, step: int, values: Mapping[str, float]) -> None:
-    """Logs `values` at `step` unless that step was already logged (by this or an
-    earlier session of the run)."""
-    self._started()
-    if self._run is None or step <= self.last_step:
+    """Queues `values` at `step` unless an earlier session of the run logged that step."""
+    if self._open and step > self._logged_before:
+      _WORKER.submit(self._log, step, dict(values))
+
+  def _log(self, step: int, values: dict[str, float]) -> None:
+    if self._run is None:
       return
     try:
-      self._run.log(dict(values), step=step)
+      self._run.log(values, step=step)
     except Exception as e:
       _warn(f"logging failed ({type(e).__name__}: {e}); going on without wandb")
       self._run = None
@@ -132,26 +152,29 @@ class WandbLogger:
     self._save_state()
 
   def finish(self, summary: Mapping[str, Any]) -> None:
-    """Adds the run summary and closes the run, waiting at most `init_timeout` seconds."""
-    self._started()
-    if self._run is None:
+    """Adds the run summary and closes the run. Waits for the queued work at most
+    twice `init_timeout` (a start still under way, then the close): uploads can
+    stall on a dead network, and must never hold the run's exit."""
+    if not self._open:
       return
-    run, self._run = self._run, None
+    self._open = False
     flat = {"status": summary.get("status"), "epochs_completed": summary.get("epochs_completed"),
             "best_epoch": summary.get("best_epoch")}
     for key in ("final", "best"):
       flat.update({f"{key}/{k}": v for k, v in (summary.get(key) or {}).items()})
+    closed = _WORKER.submit(self._close, {k: v for k, v in flat.items() if v is not None},
+                            0 if summary.get("status") == "completed" else 1)
+    try:
+      closed.result(timeout=2 * self._timeout)
+    except concurrent.futures.TimeoutError:
+      _warn(f"did not finish within {2 * self._timeout:g}s; leaving it behind")
 
-    def close():
-      try:
-        run.summary.update({k: v for k, v in flat.items() if v is not None})
-        run.finish(exit_code=0 if summary.get("status") == "completed" else 1)
-      except Exception as e:
-        _warn(f"finishing the run failed ({type(e).__name__}: {e})")
-
-    # Uploads can stall on a dead network; never let that hold the run's exit.
-    closer = threading.Thread(target=close, daemon=True, name="wandb-finish")
-    closer.start()
-    closer.join(self._timeout)
-    if closer.is_alive():
-      _warn(f"did not finish within {self._timeout:g}s; leaving it behind")
+  def _close(self, flat: dict[str, Any], exit_code: int) -> None:
+    run, self._run = self._run, None
+    if run is None:
+      return
+    try:
+      run.summary.update(flat)
+      run.finish(exit_code=exit_code)
+    except Exception as e:
+      _warn(f"finishing the run failed ({type(e).__name__}: {e})")

@@ -123,10 +123,10 @@ def test_online_with_unreachable_server_goes_on_within_the_bound(tmp_path, monke
       super().__init__(**kwargs)
       timings["init"] = time.time() - t0
 
-    def _started(self):  # The first log waits here for the background start.
+    def log(self, step, values):
       t0 = time.time()
-      super()._started()
-      timings["init"] += time.time() - t0
+      super().log(step, values)
+      timings["log"] = timings.get("log", 0.0) + time.time() - t0
 
     def finish(self, summary):
       t0 = time.time()
@@ -139,12 +139,13 @@ def test_online_with_unreachable_server_goes_on_within_the_bound(tmp_path, monke
                                      str(tmp_path))
   total = time.time() - t0
   assert summary["status"] == "completed" and summary["epochs_completed"] == 2
-  assert timings["init"] <= timeout + 3.0
-  assert timings["finish"] <= 1.0
+  # The loop never waits for wandb; the end waits for the failing start at most.
+  assert timings["init"] + timings["log"] <= 0.5
+  assert timings["finish"] <= timeout + 3.0
   err = capsys.readouterr().err
   assert "polyjax: warning: wandb: could not start in mode 'online'" in err
   assert len(run_dir.RunDir(tmp_path).read_metrics()) == 2 * 3  # Metrics all written.
-  print(f"online-unreachable: wandb start {timings['init']:.1f}s, run {total:.1f}s")
+  print(f"online-unreachable: wandb finish {timings['finish']:.1f}s, run {total:.1f}s")
 
 
 def test_sweep_members_log_their_own_runs_like_single_runs(tmp_path):
