@@ -270,6 +270,29 @@ def test_margins_task(made, tmp_path):
       _logged(run.path, 2, "train")["acc"], abs=1.5 / len(y))
 
 
+def test_checkpoint_programs_run_under_the_runs_matmul_precision(made, tmp_path):
+  """A run trained with float32 products is analysed with them too (on a GPU the
+  default would be TF32): its evaluation and its logits."""
+  import jax
+
+  path = _copy_run(made / "sweep" / "reweighted-s1", tmp_path / "f32")
+  record = json.loads((path / "config.json").read_text())
+  record["matmul_precision"] = "float32"
+  (path / "config.json").write_text(json.dumps(record))
+  loaded = tasks.load_checkpoint(runs.load_run(path), "last")
+  seen, model_def = [], loaded.exp.model_def
+
+  class Spy:  # The model, as traced inside the analysis' own jitted program.
+    def apply(self, *args, **kwargs):
+      seen.append(jax.config.jax_default_matmul_precision)
+      return model_def.apply(*args, **kwargs)
+  loaded.exp.model_def = Spy()
+  tasks.logits(loaded, "test")
+  assert seen == ["float32"]
+  # The evaluation is the run's own program (`train.build`), under the same value.
+  assert loaded.exp.eval_counts.precision == "float32"
+
+
 def test_boundary_task(made, tmp_path):
   out = tmp_path / "r.csv"
   with pytest.warns(collect.RunSkipped, match="needs a linear model on 2-D inputs"):

@@ -112,8 +112,10 @@ def logits(loaded: Loaded, split: str) -> np.ndarray:
   s = _split(loaded, split)
   padded = steps.pack_for_eval([s], _eval_batch_size(loaded.run))
   sh = loaded.exp.shardings
-  apply = jax.jit(lambda state, x: loaded.exp.model_def.apply(state, x, train=False)[0],
-                  in_shardings=(sh.replicated, sh.batch), out_shardings=sh.replicated)
+  apply = steps.WithMatmulPrecision(  # As the run's own programs computed them.
+      jax.jit(lambda state, x: loaded.exp.model_def.apply(state, x, train=False)[0],
+              in_shardings=(sh.replicated, sh.batch), out_shardings=sh.replicated),
+      loaded.run.config.matmul_precision)
   out = [np.asarray(apply(loaded.state, x)) for x in padded["x"]]
   return np.concatenate(out)[: len(s)]
 
