@@ -101,8 +101,12 @@ def train_linear_gd(x_NxD: np.ndarray, y_N: np.ndarray, weight_SxN: np.ndarray,
         final[name], fns[name], w_by_loss[name]) for name in names}
     return final, values
 
-  final, values = run({name: jnp.asarray(weight_SxN[index[name]], jnp.float32)
-                       for name in names})
+  # Full float32 products on every platform: the boundary's direction converges
+  # slowly over 10^6 steps, and TF32 (a GPU's default) would round the logits to
+  # about 1e-3 relative, far coarser than the changes being followed.
+  with jax.default_matmul_precision("float32"):
+    final, values = run({name: jnp.asarray(weight_SxN[index[name]], jnp.float32)
+                         for name in names})
   W = np.zeros((len(loss_names), dim, num_classes), np.float32)
   b = np.zeros((len(loss_names), num_classes), np.float32)
   value = np.zeros(len(loss_names), np.float32)

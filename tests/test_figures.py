@@ -62,6 +62,27 @@ def test_train_linear_gd_matches_numpy_reference():
     np.testing.assert_allclose(b[s], b_ref, rtol=2e-4, atol=2e-5)
 
 
+def test_train_linear_gd_uses_full_float32_products(monkeypatch):
+  """Whatever the platform's default (TF32 on GPUs), Figure 1's steps are traced
+  with float32 products."""
+  import jax
+
+  seen, real = [], figures._loss_fns
+
+  def spied(alpha):
+    def wrap(fn):
+      def loss(*args):
+        seen.append(jax.config.jax_default_matmul_precision)
+        return fn(*args)
+      return loss
+    return {name: wrap(fn) for name, fn in real(alpha).items()}
+  monkeypatch.setattr(figures, "_loss_fns", spied)
+  x = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+  figures.train_linear_gd(x, np.array([0, 1]), np.ones((1, 2), np.float32), ["ce"],
+                          lr=0.1, steps=2)
+  assert seen and set(seen) == {"float32"}
+
+
 def test_figure1_weights_turn_poly_boundary_not_ce(tmp_path):
   fig1 = figures.figure1(steps=2000)
   res = {(r["loss"], r["iw"]): r for r in fig1["results"]}
