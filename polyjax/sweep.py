@@ -515,12 +515,8 @@ def _train_group(members: list[Member], *, stop: lifecycle.StopSignals,
   alive_M = jax.device_put(np.ones(len(members), bool), mem)
   idx_sharding = NamedSharding(mesh, P(None, MEMBERS_AXIS, steps.DATA_AXIS))
   for m in members:  # Each member its own wandb run, as `polyjax.main` would log it.
-    c = m.config
-    m.wandb = wandb_logger.WandbLogger(
-        workdir=m.run.path, mode=c.wandb.mode, project=c.wandb.project,
-        entity=c.wandb.entity, name=c.wandb.name, tags=c.wandb.tags,
-        config={**c.to_dict(), **m.record}, init_timeout=c.wandb.init_timeout,
-        group=m.run.path.parent.name)
+    m.wandb = wandb_logger.for_run(m.config, m.run.path, m.record,
+                                   group=m.run.path.parent.name)
   start = time.time()
   status = "completed"
   try:

@@ -336,11 +336,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   record = run_record(config, workdir)
   run.write_config(config.to_dict(), **record, resumes=resumes)
-  wandb = wandb_logger.WandbLogger(
-      workdir=workdir, mode=config.wandb.mode if run.is_writer else "disabled",
-      project=config.wandb.project,
-      entity=config.wandb.entity, name=config.wandb.name, tags=config.wandb.tags,
-      config={**config.to_dict(), **record}, init_timeout=config.wandb.init_timeout)
+  wandb = wandb_logger.for_run(config, workdir, record, enabled=run.is_writer)
 
   summary: dict[str, Any] = {
       "status": "running", "epochs_completed": start_epoch, "final": {}, "best": {},

@@ -178,3 +178,15 @@ class WandbLogger:
       run.finish(exit_code=exit_code)
     except Exception as e:
       _warn(f"finishing the run failed ({type(e).__name__}: {e})")
+
+
+def for_run(config, workdir: str | os.PathLike, record: Mapping[str, Any], *,
+            enabled: bool = True, group: str | None = None) -> WandbLogger:
+  """The logger of a run of `config` (its `wandb` section), with the config and the
+  run record (`train.run_record`) as the wandb run's config; `enabled=False` (a
+  process that does not write the run) disables it."""
+  w = config.wandb
+  return WandbLogger(workdir=workdir, mode=w.mode if enabled else "disabled",
+                     project=w.project, entity=w.entity, name=w.name, tags=w.tags,
+                     config={**config.to_dict(), **record}, init_timeout=w.init_timeout,
+                     group=group)
