@@ -116,3 +116,29 @@ def test_stacked_members_times_the_sequential_and_stacked_epochs():
   result = json.loads(out.stdout.strip())
   assert result["members"] == 2 and result["sequential_s"] > 0
   assert result["vmap_im2col"]["epoch_s"] > 0 and "vmap_xla" not in result
+
+
+def test_precision_finds_the_largest_difference_and_where(tmp_path):
+  precision = _load("precision")
+  for name, loss in (("ref", 0.5), ("run", 0.75)):
+    (tmp_path / name).mkdir()
+    lines = [{"epoch": 1, "step": 10, "split": "train", "acc": 0.9, "loss": loss},
+             {"epoch": 1, "step": 10, "split": "test", "acc": 0.8, "loss": "inf"},
+             {"epoch": 2, "step": 20, "split": "test", "acc": 0.8, "loss": 1.0}]
+    (tmp_path / name / "metrics.jsonl").write_text("\n".join(map(json.dumps, lines)))
+  out = precision.largest_differences(tmp_path / "run", tmp_path / "ref")
+  assert out == [{"epoch": 1, "max_abs_diff": 0.25, "at": "train/loss"},
+                 {"epoch": 2, "max_abs_diff": 0.0, "at": "test/acc"}]
+
+
+def test_precision_on_cpu_float32_equals_the_cpu_reference():
+  """On a CPU every setting computes float32 products: no difference at all."""
+  out = subprocess.run(
+      [sys.executable, "benchmarks/precision.py", "--config=configs/digits_poly.py",
+       "--data=digits", "--epochs=1", "--lr=0.1", "--precisions=float32"],
+      cwd=ROOT, capture_output=True, text=True, check=True,
+      env=subprocess_env.env(JAX_PLATFORMS="cpu"))
+  result = json.loads(out.stdout)
+  run = result["runs"]["default_platform_float32"]
+  assert run["status"] == "completed" and run["device_kind"] == "cpu"
+  assert run["against_cpu"] == [{"epoch": 1, "max_abs_diff": 0.0, "at": run["against_cpu"][0]["at"]}]
