@@ -7,7 +7,8 @@ digits: 16 members (4 lrs x 4 seeds) of configs/digits_poly.py (MLP 3x200, 40 ep
 convnet: 10 seeds of the ConvNet on CIFAR-shaped random images (benchmarks/cifar_shaped.py;
   4400 training images of 32x32x3 unless --cnn_train_scale shrinks it), lr 0.005.
 Each side is timed as whole processes (start-up, compilation, training, evaluation and
-files), one after another, so the ratio is what a user waits. The digits sweep runs
+files), one after another, so the ratio is what a user waits. Both sides log to wandb
+as the environment says (offline unless WANDB_MODE is set; the JSON's `wandb_mode`). The digits sweep runs
 --sweep_rounds times, interleaved with the single runs (its median is the figure). Peak memory is the
 largest maxrss (os.wait4) of the processes of a side. The final metrics of the two
 sides are compared, member by member. --checkpoint_every_epochs=N sets the same
@@ -185,7 +186,9 @@ def main() -> None:
   cfg = "--config=configs/digits_poly.py"
   ckpt = ([] if args.checkpoint_every_epochs is None else
           [f"--config.checkpoint_every_epochs={args.checkpoint_every_epochs}"])
+  from polyjax import wandb_logger  # Both sides log as the environment says.
   out = {"host_cpus": os.cpu_count(), "load_before": os.getloadavg(),
+         "wandb_mode": wandb_logger.resolve_mode(None),
          "checkpoint_every_epochs": args.checkpoint_every_epochs,
          "compilation_cache": args.compilation_cache}
   with tempfile.TemporaryDirectory() as tmp:
