@@ -85,6 +85,9 @@ _WORKER = _Worker("wandb")
 # Modes whose start failed in this process. Later runs (a sweep's other members) do
 # not try again: each would wait out `init_timeout` for the same reason.
 _FAILED_MODES: set[str] = set()
+# Modes whose close timed out in this process: later runs' closes (a sweep's other
+# members) are not waited for, as each would wait out the same stall.
+_STALLED_MODES: set[str] = set()
 
 
 class WandbLogger:
@@ -153,8 +156,9 @@ class WandbLogger:
 
   def finish(self, summary: Mapping[str, Any]) -> None:
     """Adds the run summary and closes the run. Waits for the queued work at most
-    twice `init_timeout` (a start still under way, then the close): uploads can
-    stall on a dead network, and must never hold the run's exit."""
+    twice `init_timeout` (a start still under way, then the close), and not at all
+    once a close of this process has timed out: uploads can stall on a dead
+    network, and must never hold the run's exit."""
     if not self._open:
       return
     self._open = False
@@ -164,10 +168,12 @@ class WandbLogger:
       flat.update({f"{key}/{k}": v for k, v in (summary.get(key) or {}).items()})
     closed = _WORKER.submit(self._close, {k: v for k, v in flat.items() if v is not None},
                             0 if summary.get("status") == "completed" else 1)
+    wait = 0.0 if self.mode in _STALLED_MODES else 2 * self._timeout
     try:
-      closed.result(timeout=2 * self._timeout)
+      closed.result(timeout=wait)
     except concurrent.futures.TimeoutError:
-      _warn(f"did not finish within {2 * self._timeout:g}s; leaving it behind")
+      _STALLED_MODES.add(self.mode)
+      _warn(f"did not finish within {wait:g}s; leaving it behind")
 
   def _close(self, flat: dict[str, Any], exit_code: int) -> None:
     run, self._run = self._run, None

@@ -202,3 +202,23 @@ def test_a_sweep_tries_a_failing_wandb_start_once(tmp_path, monkeypatch, capsys)
   err = capsys.readouterr().err
   assert err.count("could not start in mode 'online'") == 1
   assert err.count("not started in mode 'online'") == 2
+
+
+def test_a_stalled_close_is_waited_for_once(tmp_path, monkeypatch, capsys):
+  """A close that stalls (an upload on a dead network) holds the first run's end
+  for at most twice init_timeout; later runs of the process do not wait for theirs."""
+  monkeypatch.setattr(wandb_logger, "_STALLED_MODES", set())
+  monkeypatch.setattr(wandb_logger.WandbLogger, "_start", lambda self, kwargs: None)
+  monkeypatch.setattr(wandb_logger.WandbLogger, "_close",
+                      lambda self, flat, exit_code: time.sleep(0.5))
+  loggers = []
+  for i in range(3):
+    (tmp_path / str(i)).mkdir()
+    loggers.append(wandb_logger.WandbLogger(
+        workdir=tmp_path / str(i), mode="offline", project="p", entity=None, name=None,
+        tags=(), config={}, init_timeout=0.1))
+  t0 = time.time()
+  for logger in loggers:
+    logger.finish({"status": "completed"})
+  assert time.time() - t0 < 0.45  # 0.2 s for the first, nothing for the others.
+  assert capsys.readouterr().err.count("did not finish within") == 3
