@@ -33,7 +33,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from sweep import PY, repo_env, timed_lines, write_json  # noqa: E402
+from sweep import PY, repo_env, summary, timed_lines, write_json  # noqa: E402
 
 _EPOCH_SECONDS = re.compile(r"^epoch \d+/\d+ .*\(([0-9.]+)s\)$", re.M)
 _PEAK = re.compile(r"^cifar_shaped: device_peak_bytes (\d+)$", re.M)
@@ -65,8 +65,7 @@ def parse_output(lines: list[tuple[float, str]], wall: float) -> dict:
 
 def _statuses(run_dirs: list[pathlib.Path]) -> dict[str, int]:
   """How many of the runs ended with each status."""
-  return dict(collections.Counter(
-      json.loads((d / "summary.json").read_text())["status"] for d in run_dirs))
+  return dict(collections.Counter(summary(d)["status"] for d in run_dirs))
 
 
 def main() -> None:

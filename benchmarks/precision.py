@@ -18,22 +18,19 @@ one JSON object.
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 import tempfile
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from sweep import PY, _difference, repo_env, timed, write_json  # noqa: E402
+from sweep import PY, _difference, repo_env, summary, timed, write_json  # noqa: E402
+
+from polyjax import run_dir  # noqa: E402
 
 
 def rows(run: pathlib.Path) -> dict[tuple[int, str], dict]:
   """metrics.jsonl as {(epoch, split): row}."""
-  out = {}
-  for line in (run / "metrics.jsonl").read_text().splitlines():
-    row = json.loads(line)
-    out[row["epoch"], row["split"]] = row
-  return out
+  return {(row["epoch"], row["split"]): row for row in run_dir.RunDir(run).read_metrics()}
 
 
 def largest_differences(run: pathlib.Path, reference: pathlib.Path) -> list[dict]:
@@ -83,8 +80,8 @@ def main() -> None:
       workdir = root / name
       wall, _ = timed([PY, "benchmarks/cifar_shaped.py", "main", *common, *extra,
                        f"--workdir={workdir}"], run_env)
-      status = json.loads((workdir / "summary.json").read_text())["status"]
-      kind = json.loads((workdir / "config.json").read_text())["device_kind"]
+      status = summary(workdir)["status"]
+      kind = run_dir.RunDir(workdir).read_config()["device_kind"]
       out["runs"][name] = {"device_kind": kind, "wall_s": round(wall, 1), "status": status}
       return workdir
 

@@ -171,16 +171,21 @@ class Checkpoints:
     """
     if not self.due(epoch, force=force):
       return False
-    if self._defer and not force and self._manager.is_saving_in_progress():
-      self._deferred = (epoch, host_copy(state), best_value, dict(meta))
-      return False
+    deferrable = self._defer and not force
+    if deferrable and self._manager.is_saving_in_progress():
+      return self._defer_save(epoch, state, best_value, meta)
     self._deferred = None  # Older than this save, which supersedes it.
     if self._held is not None and self._held[0] < epoch:
       self._write_held()
-      if self._defer and not force:  # Rather than wait for that write here.
-        self._deferred = (epoch, host_copy(state), best_value, dict(meta))
-        return False
+      if deferrable:  # Rather than wait for that write here.
+        return self._defer_save(epoch, state, best_value, meta)
     return self._write(epoch, host_copy(state), meta=meta, best_value=best_value)
+
+  def _defer_save(self, epoch: int, state: TrainState, best_value: float | None,
+                  meta: dict[str, Any]) -> bool:
+    """Keeps this save for `write_deferred` (it replaces an older one); False."""
+    self._deferred = (epoch, host_copy(state), best_value, dict(meta))
+    return False
 
   def write_deferred(self) -> None:
     """Starts the deferred save if the writer is free (called once per epoch): the
