@@ -8,7 +8,10 @@ weight gradients. This times those 11 products and nothing else (no bias, ReLU,
 loss, optimizer or gather), inside a `lax.scan` over steps like the epoch program,
 and the whole step (`benchmarks/run.py mlp`) in the same process, alternately. The
 ratio of the two says how much of the step is the products; the products' rate
-says how far any step built from XLA:CPU's dots can go. Prints one JSON line.
+says how far any step built from XLA:CPU's dots can go. For scale it also times one
+large square product (`--peak-size`, 2048 x 2048 by default), the most favourable
+shape for a matrix library: its rate is about as close to the machine's peak
+arithmetic as XLA gets. Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -60,11 +63,27 @@ def make_products(batch: int, num_steps: int):
   return jax.jit(loop), ws
 
 
+def large_product_gflop_per_s(n: int, repeats: int = 10) -> float:
+  """XLA's rate on one n x n @ n x n float32 product: the best of `repeats` calls."""
+  a = jax.random.normal(jax.random.key(1), (n, n))
+  b = jax.random.normal(jax.random.key(2), (n, n))
+  product = jax.jit(jnp.matmul)
+  jax.block_until_ready(product(a, b))
+  best = float("inf")
+  for _ in range(repeats):
+    t = time.perf_counter()
+    jax.block_until_ready(product(a, b))
+    best = min(best, time.perf_counter() - t)
+  return 2 * n ** 3 / best / 1e9
+
+
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--batch-size", type=int, default=512)
   p.add_argument("--steps", type=int, default=200)
   p.add_argument("--rounds", type=int, default=5)
+  p.add_argument("--peak-size", type=int, default=2048,
+                 help="side of the large square product timed for scale")
   args = p.parse_args(argv)
   products, ws = make_products(args.batch_size, args.steps)
   jax.block_until_ready(products(ws))
@@ -77,6 +96,7 @@ def main(argv=None) -> None:
     step_s.append(r["seconds"] / args.steps)
   dots, step = statistics.median(dots_s), statistics.median(step_s)
   flops = products_flops(args.batch_size)
+  peak = large_product_gflop_per_s(args.peak_size)
   print(json.dumps({
       "batch_size": args.batch_size, "steps": args.steps, "rounds": args.rounds,
       "products_gflop_per_step": flops / 1e9,
@@ -86,6 +106,7 @@ def main(argv=None) -> None:
       "whole_step_gflop_per_s_of_products": flops / step / 1e9,
       "products_only_examples_per_s": args.batch_size / dots,
       "whole_step_examples_per_s": args.batch_size / step,
+      "large_product_size": args.peak_size, "large_product_gflop_per_s": peak,
       "device": f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind}"}), flush=True)
 
 

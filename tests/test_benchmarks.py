@@ -68,12 +68,13 @@ def test_mlp_dots_counts_the_steps_products_and_prints_one_json_line():
   assert dots.products_flops(512) == 2 * 512 * (2 * forward + 2 * 200 * 200 + 200 * 2)
   out = subprocess.run(
       [sys.executable, "benchmarks/mlp_dots.py", "--batch-size", "8", "--steps", "3",
-       "--rounds", "1"],
+       "--rounds", "1", "--peak-size", "64"],
       cwd=ROOT, capture_output=True, text=True, check=True,
       env={"PYTHONPATH": subprocess_env.pythonpath(), "PATH": "/usr/bin:/bin"})
   result = json.loads(out.stdout.strip())
   assert result["batch_size"] == 8 and result["products_only_ms_per_step"] > 0
   assert result["whole_step_examples_per_s"] > 0
+  assert result["large_product_size"] == 64 and result["large_product_gflop_per_s"] > 0
 
 
 def test_sweep_compare_reads_non_finite_values_written_as_strings(tmp_path):
