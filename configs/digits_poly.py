@@ -16,8 +16,8 @@ size (64, the regular one, and 512, the large-batch one): 4 groups (loss x batch
 size change the program) of 4 stacked learning rates. Pick, per loss and batch
 size, the lr with the best val/reweighted_acc, then run stage 2, 10 seeds of it:
 
-    python -m polyjax.sweep --config=configs/digits_poly.py --workdir=runs/digits_seeds \
-        --config.loss.name=poly --config.batch_size=64 --config.lr=<chosen> \
+    python -m polyjax.sweep --config=configs/digits_poly.py --workdir=runs/digits_seeds \\
+        --config.loss.name=poly --config.batch_size=64 --config.lr=<chosen> \\
         --grid=seed=0,1,2,3,4,5,6,7,8,9
 """
 

@@ -8,9 +8,26 @@ No paper figure for this cell.
 Hyperparameters from the paper's repository (github.com/KeAWang/importance-weighting-interpolating-classifiers, configs/experiment/waterbirds_erm.yaml and poly_waterbirds_reweighted.yaml):
 SGD lr 0.001, momentum 0.9, weight decay 0.0001, batch 64. The paper reports no Waterbirds table; these runs extend it. The repository's poly run uses 200 epochs with gradient accumulation 8; here 50 epochs like its ERM run.
 IW-Exp: the paper sweeps exponents 1.5-3; 2 is used here (override --config.weighting.exponent).
+
+Tuning, as in the paper: stage 1 is `sweep()`, every lr of TUNING_LRS['waterbirds'] at batch
+64 and at 512 (polyjax.config; two groups of stacked members; add --member_batch=1
+to hold one ResNet-50's activations at a time on each device):
+
+    python -m polyjax.sweep --config=configs/waterbirds_ce_iwexp.py --workdir=runs/waterbirds_ce_iwexp_tune \\
+        --config.data.data_dir=DIR
+
+pick each batch size's lr with the best val/reweighted_acc:
+
+    python -m polyjax.analysis collect --runs runs/waterbirds_ce_iwexp_tune --out tune.csv --task logged --split val
+    python -m polyjax.analysis report --results tune.csv --by batch_size,lr --split val
+
+and stage 2 trains 10 seeds of each batch size's choice B, LR:
+
+    python -m polyjax.sweep --config=configs/waterbirds_ce_iwexp.py --workdir=runs/waterbirds_ce_iwexp_seeds \\
+        --config.data.data_dir=DIR --config.batch_size=B --config.lr=LR --grid=seed=0,1,2,3,4,5,6,7,8,9
 """
 
-from polyjax.config import base_config, dataset_preset
+from polyjax.config import base_config, dataset_preset, tuning_grid
 
 
 def get_config():
@@ -22,3 +39,8 @@ def get_config():
   c.num_epochs = 50
   c.test_on_best = True  # One run gives both the last-epoch and the early-stopped (ES) result.
   return c
+
+
+def sweep():
+  """Stage 1 of the tuning protocol: batch size 64 and 512 x lr (see above)."""
+  return tuning_grid("waterbirds")

@@ -48,6 +48,36 @@ def test_config_loads_validates_and_documents_its_command(name, monkeypatch, tmp
       assert field in config_lib._flatten(config.to_dict()), field
 
 
+TABLE_CONFIGS = [n for n in FILES if n.split("_")[0] in ("cifar", "celeba", "waterbirds")]
+
+
+@pytest.mark.parametrize("name", TABLE_CONFIGS)
+def test_table_configs_sweep_is_the_papers_tuning_stage(name):
+  from polyjax import sweep
+  preset = {"cifar": "cifar10"}.get(name.split("_")[0], name.split("_")[0])
+  module = load_module(CONFIGS / name)
+  assert f"python -m polyjax.sweep --config=configs/{name}" in module.__doc__
+  config = module.get_config()
+  lrs = sorted(config_lib.TUNING_LRS[preset])
+  assert config.lr in lrs  # The paper's chosen lr lies inside the tuning grid.
+  members = sweep.expand(config, sweep.config_sweep(str(CONFIGS / name)))
+  # Batch size changes the program: one group per batch size, its lrs stacked.
+  by_batch = {g[0][1].batch_size: g for g in sweep.groups(members)}
+  assert sorted(by_batch) == [64, 512]
+  base = config_lib._flatten(config.to_dict())
+  for batch_size, group in by_batch.items():
+    assert sorted(c.lr for _, c in group) == lrs
+    for _, c in group:
+      config_lib.validate(c, device_count=1)
+      changed = {k for k, v in config_lib._flatten(c.to_dict()).items() if base[k] != v}
+      assert changed <= {"lr", "batch_size"}
+
+
+def test_tuning_grid_names_an_unknown_preset():
+  with pytest.raises(config_lib.ConfigError, match="no tuning grid for dataset preset 'mnist'"):
+    config_lib.tuning_grid("mnist")
+
+
 @pytest.mark.parametrize("name", sorted(config_lib.DATASET_PRESETS))
 def test_dataset_preset_sets_existing_fields(name):
   base = config_lib._flatten(config_lib.base_config().to_dict())

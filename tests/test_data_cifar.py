@@ -177,3 +177,50 @@ def test_main_runs_cifar_poly_config_on_mock_data(tmp_path):
   rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
   test_rows = [r for r in rows if r["split"] == "test"]
   assert len(test_rows) == 2 and test_rows[-1]["n"] == 40
+
+
+RUN_SWEEP = """
+import runpy, sys
+sys.path.insert(0, {tests!r})
+import mock_tfds
+mock_tfds.CIFAR_PER_CLASS = {{"train": 600, "test": 20}}  # 528 training images: one b512 step.
+sys.argv = ["polyjax.sweep"] + {args!r}
+with mock_tfds.mock():
+  runpy.run_module("polyjax.sweep", run_name="__main__")
+"""
+
+
+def test_tuning_stage_of_cifar_poly_runs_and_reports_on_mock_data(tmp_path):
+  # The documented stage 1 (the config's own sweep()), then the analysis that picks the lr.
+  import json
+  from polyjax import config as config_lib
+  workdir = tmp_path / "tune"
+  args = ["--config=configs/cifar_poly.py", f"--workdir={workdir}",
+          "--config.data.data_dir=/nonexistent", "--config.num_epochs=1", "--member_batch=1"]
+  env = subprocess_env.env(JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-c", RUN_SWEEP.format(
+      tests=os.path.join(ROOT, "tests"), args=args)],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  grid = {(b, lr) for b in config_lib.TUNING_BATCH_SIZES for lr in config_lib.TUNING_LRS["cifar10"]}
+  seen, completed = set(), set()
+  for member in workdir.iterdir():
+    cfg = json.loads((member / "config.json").read_text())
+    seen.add((cfg["batch_size"], cfg["lr"]))
+    summary = json.loads((member / "summary.json").read_text())
+    assert summary["status"] in ("completed", "diverged"), (member.name, summary["status"])
+    if summary["status"] == "completed":
+      completed.add((cfg["batch_size"], cfg["lr"]))
+  assert seen == grid and completed  # Large lrs may diverge on these images.
+  results = tmp_path / "tune.csv"
+  for cmd in (["collect", "--runs", str(workdir), "--out", str(results), "--task", "logged",
+               "--split", "val"],
+              ["report", "--results", str(results), "--by", "batch_size,lr", "--split", "val",
+               "--format", "csv"]):
+    out = subprocess.run([sys.executable, "-m", "polyjax.analysis", *cmd], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+  import io
+  import pandas as pd
+  table = pd.read_csv(io.StringIO(out.stdout))
+  assert set(zip(table["batch_size"], table["lr"])) == completed
