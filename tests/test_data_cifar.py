@@ -146,14 +146,24 @@ def test_validate_rejects_bad_data_fields():
     config_lib.validate(c, device_count=8)
 
 
-RUN_MAIN = """
+RUN_ON_MOCK = """
 import runpy, sys
 sys.path.insert(0, {tests!r})
 import mock_tfds
-sys.argv = ["polyjax.main"] + {args!r}
+mock_tfds.CIFAR_PER_CLASS = {per_class!r}
+sys.argv = [{module!r}] + {args!r}
 with mock_tfds.mock():
-  runpy.run_module("polyjax.main", run_name="__main__")
+  runpy.run_module({module!r}, run_name="__main__")
 """
+
+
+def run_on_mock(module: str, args: list[str], *, per_class=None, **env_vars):
+  """`python -m module args` on the mock CIFAR-10 (`mock_tfds`, CIFAR_PER_CLASS images)."""
+  script = RUN_ON_MOCK.format(tests=os.path.join(ROOT, "tests"), module=module, args=args,
+                              per_class=per_class or mock_tfds.CIFAR_PER_CLASS)
+  return subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                        text=True, timeout=900,
+                        env=subprocess_env.env(JAX_PLATFORMS="cpu", **env_vars))
 
 
 def test_main_runs_cifar_poly_config_on_mock_data(tmp_path):
@@ -162,11 +172,8 @@ def test_main_runs_cifar_poly_config_on_mock_data(tmp_path):
           "--config.data.data_dir=/nonexistent", "--config.num_epochs=2",
           "--config.batch_size=16", "--config.eval_batch_size=64", "--config.data.augment=True",
           "--config.lr=0.001"]  # the mock images are trivially separable
-  env = subprocess_env.env(JAX_PLATFORMS="cpu",
-                           XLA_FLAGS="--xla_force_host_platform_device_count=2")
-  proc = subprocess.run([sys.executable, "-c", RUN_MAIN.format(tests=os.path.join(ROOT, "tests"),
-                                                               args=args)],
-                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  proc = run_on_mock("polyjax.main", args,
+                     XLA_FLAGS="--xla_force_host_platform_device_count=2")
   assert proc.returncode == 0, proc.stderr[-3000:]
   import json
   summary = json.loads((workdir / "summary.json").read_text())
@@ -179,17 +186,6 @@ def test_main_runs_cifar_poly_config_on_mock_data(tmp_path):
   assert len(test_rows) == 2 and test_rows[-1]["n"] == 40
 
 
-RUN_SWEEP = """
-import runpy, sys
-sys.path.insert(0, {tests!r})
-import mock_tfds
-mock_tfds.CIFAR_PER_CLASS = {{"train": 600, "test": 20}}  # 528 training images: one b512 step.
-sys.argv = ["polyjax.sweep"] + {args!r}
-with mock_tfds.mock():
-  runpy.run_module("polyjax.sweep", run_name="__main__")
-"""
-
-
 def test_tuning_stage_of_cifar_poly_runs_and_reports_on_mock_data(tmp_path):
   # The documented stage 1 (the config's own sweep()), then the analysis that picks the lr.
   import json
@@ -197,10 +193,8 @@ def test_tuning_stage_of_cifar_poly_runs_and_reports_on_mock_data(tmp_path):
   workdir = tmp_path / "tune"
   args = ["--config=configs/cifar_poly.py", f"--workdir={workdir}",
           "--config.data.data_dir=/nonexistent", "--config.num_epochs=1", "--member_batch=1"]
-  env = subprocess_env.env(JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, "-c", RUN_SWEEP.format(
-      tests=os.path.join(ROOT, "tests"), args=args)],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+  # 528 training images: one step at batch 512.
+  proc = run_on_mock("polyjax.sweep", args, per_class={"train": 600, "test": 20})
   assert proc.returncode == 0, proc.stderr[-3000:]
   grid = {(b, lr) for b in config_lib.TUNING_BATCH_SIZES for lr in config_lib.TUNING_LRS["cifar10"]}
   seen, completed = set(), set()
@@ -217,7 +211,8 @@ def test_tuning_stage_of_cifar_poly_runs_and_reports_on_mock_data(tmp_path):
                "--split", "val"],
               ["report", "--results", str(results), "--by", "batch_size,lr", "--split", "val",
                "--format", "csv"]):
-    out = subprocess.run([sys.executable, "-m", "polyjax.analysis", *cmd], cwd=ROOT, env=env,
+    out = subprocess.run([sys.executable, "-m", "polyjax.analysis", *cmd], cwd=ROOT,
+                         env=subprocess_env.env(JAX_PLATFORMS="cpu"),
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
   import io
