@@ -189,7 +189,6 @@ def test_main_runs_cifar_poly_config_on_mock_data(tmp_path):
 def test_tuning_stage_of_cifar_poly_runs_and_reports_on_mock_data(tmp_path):
   # The documented stage 1 (the config's own sweep()), then the analysis that picks the lr.
   import json
-  from polyjax import config as config_lib
   workdir = tmp_path / "tune"
   args = ["--config=configs/cifar_poly.py", f"--workdir={workdir}",
           "--config.data.data_dir=/nonexistent", "--config.num_epochs=1", "--member_batch=1"]
