@@ -39,6 +39,7 @@ from __future__ import annotations
 import math
 import os
 import pathlib
+import sys
 import uuid
 from typing import Any
 
@@ -55,6 +56,13 @@ EPOCH_KEY = "epoch"
 
 class CheckpointDirError(OSError):
   """The checkpoint directory cannot be written; the message names it."""
+
+
+class CheckpointMismatch(ValueError):
+  """An intact checkpoint whose state does not fit the current model or optimizer."""
+
+
+DAMAGED = "checkpoints.damaged"  # Beside `checkpoints/`: damaged epochs moved aside.
 
 
 def _to_saved(state: TrainState) -> TrainState:
@@ -80,6 +88,11 @@ def host_copy(state: TrainState) -> TrainState:
   that trains it.
   """
   return jax.device_get(_to_saved(state))
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).splitlines()[0][:300] if str(e) else ""
+  return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def _ranking(mode: str):
@@ -140,12 +153,15 @@ class Checkpoints:
           ]),
           # `best_fn` makes the manager write each checkpoint's metrics (which BestN
           # reads back after a restart) and answer `best_step()`.
-          best_fn=ranking, best_mode="max", create=True)
+          best_fn=ranking, best_mode="max", create=True,
+          # Temporary directories of saves cut short by a kill are removed.
+          cleanup_tmp_directories=True)
     self._defer = defer_while_writing
     self._held: tuple[int, TrainState, float, dict[str, Any]] | None = None
     # A deferred interval save: (epoch, host copy, best_value, meta).
     self._deferred: tuple[int, TrainState, float | None, dict[str, Any]] | None = None
     self._written_best: tuple[int, TrainState] | None = None  # The last held best written.
+    self._directory = pathlib.Path(os.path.abspath(directory))
     self._manager = ocp.CheckpointManager(
         os.path.abspath(directory), options=options,
         item_handlers={"state": ocp.StandardCheckpointHandler(),
@@ -299,6 +315,52 @@ class Checkpoints:
     restored = self._manager.restore(epoch, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
     return from_saved(restored["state"]), dict(restored["meta"])
+
+  def restore_latest(self, like: TrainState
+                     ) -> tuple[int, TrainState, dict[str, Any]] | None:
+    """Restores the newest intact checkpoint: (epoch, state, meta), or None if there
+    is no checkpoint.
+
+    A checkpoint that cannot be read (a truncated or missing file, garbage metadata,
+    an empty directory) is damaged: it is moved aside to `<workdir>/checkpoints.damaged/`
+    with a warning naming it and the error, and the next older one is tried, so the
+    run replays the epochs after it and ends as it would have.
+
+    Raises:
+      CheckpointMismatch: an intact checkpoint does not fit `like` (another model or
+        optimizer).
+      CheckpointDirError: checkpoints exist but none is intact.
+    """
+    damaged = []
+    for epoch in sorted(self.all_epochs(), reverse=True):
+      try:
+        state, meta = self.restore(epoch, like=like)
+        return epoch, state, meta
+      except Exception as e:  # noqa: BLE001  (classified below)
+        error = e
+      try:
+        self.restore(epoch)  # As saved: if this works, the checkpoint is intact.
+      except Exception as e:  # noqa: BLE001
+        damaged.append(self._move_damaged(epoch, e))
+        continue
+      raise CheckpointMismatch(
+          f"the checkpoint of epoch {epoch} in {self._directory} does not fit the current "
+          f"config's model or optimizer ({_first_line(error)})") from error
+    if damaged:
+      raise CheckpointDirError(
+          f"no intact checkpoint in {self._directory}; the damaged ones were moved to "
+          f"{self._directory.parent / DAMAGED} (delete the run directory to start over)")
+    return None
+
+  def _move_damaged(self, epoch: int, error: BaseException) -> pathlib.Path:
+    source = self._directory / str(epoch)
+    target = self._directory.parent / DAMAGED / f"{epoch}-{uuid.uuid4().hex[:8]}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(source, target)
+    self._manager.reload()
+    print(f"polyjax: warning: checkpoint {source} is damaged ({_first_line(error)}); "
+          f"moved to {target}; trying an earlier one", file=sys.stderr, flush=True)
+    return target
 
   def wait(self) -> None:
     """Blocks until every started save is committed."""

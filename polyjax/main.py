@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import datetime
 import pathlib
-import re
 import signal
 import sys
 
 import jax
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from polyjax import checkpointing, lifecycle, steps, train
+from polyjax import checkpointing, cli, lifecycle, run_dir, steps, train
 from polyjax import config as config_lib
 from polyjax import distributed
 from polyjax.data import DataMissing
@@ -63,8 +62,7 @@ def default_workdir(config_path: str) -> pathlib.Path:
 def main(argv) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
+  cli.quiet_logs()
   config = _CONFIG.value
   steps.set_deterministic(config.deterministic)  # Before JAX starts its backends.
   try:  # Before any other JAX call (the device count below is one).
@@ -92,10 +90,13 @@ def main(argv) -> int:
   try:
     summary = train.train_and_evaluate(config, workdir,
                                        allow_config_change=_ALLOW_CONFIG_CHANGE.value)
-  except (config_lib.ConfigError, checkpointing.CheckpointDirError,
+  except (config_lib.ConfigError, checkpointing.CheckpointDirError, run_dir.RunDirBusy,
           DataMissing) as e:
     print(f"polyjax: error: {e}", file=sys.stderr)
     return 2
+  except run_dir.DiskFull as e:
+    print(f"polyjax: error: {e}", file=sys.stderr)
+    return 1
   except train.Diverged as e:
     print(f"polyjax: diverged: {e}", file=sys.stderr)
     return 1
@@ -117,32 +118,9 @@ def main(argv) -> int:
   return 0
 
 
-def _fail(message: str) -> None:
-  print(f"polyjax: error: {message}", file=sys.stderr)
-  sys.exit(2)
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing with bad flags and misspelt config fields as one-line errors."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    _fail(str(e).splitlines()[0])
-  except (AttributeError, KeyError) as e:
-    # A locked ConfigDict rejects unknown fields: "'lrr'\nDid you mean "lr" ...".
-    text = str(e)
-    key = re.search(r"'(\w+)", text)
-    key = key.group(1) if key else text
-    hint = re.search(r'Did you mean "(\w+)"', text)
-    given = [a.split("=")[0] for a in argv if a.startswith("--config.")]
-    named = next((a for a in given if a.split(".")[-1] == key), "--config")
-    _fail(f"{named}: the config has no field {key!r}"
-          + (f" (did you mean {hint.group(1)!r}?)" if hint else ""))
-  return []  # Unreachable.
-
-
 def run() -> None:
-  app.run(lambda argv: lifecycle.exit(main(argv)), flags_parser=parse_flags)
+  app.run(lambda argv: lifecycle.exit(main(argv)),
+          flags_parser=lambda argv: cli.parse_flags(argv, "polyjax"))
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from polyjax import (checkpointing, data, distributed, lifecycle, losses, run_dir, steps,
+from polyjax import (checkpointing, cli, data, distributed, lifecycle, losses, run_dir, steps,
                      train, wandb_logger, weighting)
 from polyjax import config as config_lib
 from polyjax.data.splits import with_weights
@@ -836,12 +836,11 @@ def check_one_process(environ: Mapping[str, str]) -> None:
 
 
 def main(argv) -> int:
-  from absl import app, flags, logging
+  from absl import app, flags
 
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
+  cli.quiet_logs()
   config = _CONFIG.value
   try:
     if _GRID.value:
@@ -920,7 +919,8 @@ def run() -> None:
       "compilation_cache_dir", None, "Keep compiled programs here and reuse them in "
       "later runs of the same shapes (steps.use_compilation_cache).")
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(lambda argv: lifecycle.exit(main(argv)))
+  app.run(lambda argv: lifecycle.exit(main(argv)),
+          flags_parser=lambda argv: cli.parse_flags(argv, "polyjax.sweep"))
 
 
 if __name__ == "__main__":

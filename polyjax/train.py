@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
+import sys
 import time
 from typing import Any, Sequence
 
@@ -276,22 +277,88 @@ def call_end(config, epoch: int, steps_per_epoch: int) -> int:
   return end
 
 
+def completed_summary(config, run: run_dir.RunDir) -> dict[str, Any] | None:
+  """The summary of the run in `run` if it has already done all that `config` asks
+  (rerunning its command then changes nothing), else None."""
+  summary = run.read_summary()
+  if not summary or summary.get("status") != "completed":
+    return None
+  if summary.get("epochs_completed") != config.num_epochs:
+    return None  # num_epochs was raised: train on.
+  if config.test_on_best and summary.get("best_epoch") is not None and not summary.get("best"):
+    return None  # test_on_best was switched on: the best checkpoint is still to test.
+  return summary
+
+
+def missing_rows_warning(run: run_dir.RunDir, repair: run_dir.MetricsRepair,
+                         epoch: int) -> str | None:
+  """One line on what `RunDir.truncate_metrics` could not keep (None if nothing)."""
+  parts = []
+  if repair.damaged_lines:
+    parts.append(f"dropped {len(repair.damaged_lines)} damaged line(s) "
+                 f"({_ranges(repair.damaged_lines)}; the original is kept as "
+                 f"{run_dir.METRICS}.damaged)")
+  if repair.missing_epochs:
+    parts.append(f"no rows for evaluated epoch(s) {_ranges(repair.missing_epochs)} before "
+                 f"the checkpoint of epoch {epoch}: they cannot be recomputed")
+  return f"{run.path / run_dir.METRICS}: {'; '.join(parts)}" if parts else None
+
+
+def _ranges(numbers: Sequence[int]) -> str:
+  """[1, 2, 3, 7] -> '1-3, 7'."""
+  out, start = [], None
+  for i, n in enumerate(numbers):
+    start = n if start is None else start
+    if i + 1 == len(numbers) or numbers[i + 1] != n + 1:
+      out.append(f"{start}" if start == n else f"{start}-{n}")
+      start = None
+  return ", ".join(out)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        mesh=None, allow_config_change: bool = False) -> dict[str, Any]:
   """Trains and evaluates one experiment (resuming `workdir` if it holds a run);
-  writes its run directory; returns the summary.
+  writes its run directory; returns the summary. A run that has already done what
+  `config` asks is left as it is (its summary is returned).
 
   Raises:
     ConfigError: a value that cannot be trained, or a resume with a changed config
       (before anything is written).
-    checkpointing.CheckpointDirError: the run or checkpoint directory is not writable.
+    checkpointing.CheckpointDirError: the run or checkpoint directory is not writable,
+      or holds no intact checkpoint.
+    run_dir.RunDirBusy: another process is writing the run directory.
     Diverged: the objective or the state became non-finite (after `summary.json`
       records it; the last checkpoint is the last finite state).
   """
   run = run_dir.RunDir(workdir, is_writer=jax.process_index() == 0)
+  sizes = {"checkpoint_bytes": 0}
+  try:
+    return _train_and_evaluate(config, run, mesh=mesh, sizes=sizes,
+                               allow_config_change=allow_config_change)
+  except Exception as e:
+    if run_dir.is_disk_full(e):
+      raise run_dir.disk_full_error(run.path, sizes["checkpoint_bytes"]) from e
+    raise
+  finally:
+    run.unlock()
+
+
+def _train_and_evaluate(config, run: run_dir.RunDir, *, mesh, sizes: dict[str, int],
+                        allow_config_change: bool) -> dict[str, Any]:
+  workdir = str(run.path)
+  if run.path.exists():
+    run.lock()  # Before reading it: another writer would change it under us.
   saved_config = run.read_config()
   changed = resume_check(config, saved_config, workdir, allow_config_change)
+  if saved_config is not None and not changed:
+    done = completed_summary(config, run)
+    if done is not None:
+      if run.is_writer:
+        print(f"polyjax: {workdir} already holds the completed run of "
+              f"{done['epochs_completed']} epochs; nothing to do", flush=True)
+      return done
   exp = build(config, mesh=mesh)
+  sizes["checkpoint_bytes"] = sum(x.nbytes for x in jax.tree.leaves(exp.state))
   sh = exp.shardings
   streamed = config.data.pipeline == "stream"
   if streamed:  # The streamed steps read the splits themselves, batch by batch.
@@ -302,6 +369,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   check_best_metric(config, exp.dataset)
 
   checkpointing.check_writable(run.path, "run directory")
+  run.lock()
   checkpoints = checkpointing.Checkpoints(run.checkpoints,
                                           every_epochs=config.checkpoint_every_epochs,
                                           best_mode=config.best_mode,
@@ -316,23 +384,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         raise ConfigError(f"config.num_epochs={config.num_epochs} is below the {latest} "
                           f"epochs already done in {workdir}")
       try:
-        state, meta = checkpoints.restore(latest, like=exp.state)
-      except Exception as e:
-        raise ConfigError(
-            f"the checkpoint of epoch {latest} in {run.checkpoints} does not fit the "
-            f"current config's model or optimizer ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''})") from e
-      start_epoch, best_epoch, best_value = latest, meta["best_epoch"], meta["best_value"]
-      prior_seconds = float((run.read_summary() or {}).get("wall_seconds", 0.0))
-      resumes.append({"epoch": latest, "changed_fields": changed, "time": time.time()})
-    dropped = run.truncate_metrics(start_epoch) if saved_config is not None else 0
+        restored = checkpoints.restore_latest(like=exp.state)
+      except checkpointing.CheckpointMismatch as e:
+        raise ConfigError(str(e)) from e
+      if restored is not None:
+        start_epoch, state, meta = restored
+        best_epoch, best_value = meta["best_epoch"], meta["best_value"]
+        prior_seconds = float((run.read_summary() or {}).get("wall_seconds", 0.0))
+        resumes.append({"epoch": start_epoch, "changed_fields": changed, "time": time.time()})
+    repair = run_dir.MetricsRepair()
+    if saved_config is not None:
+      evaluated = [e for e in range(1, start_epoch + 1) if e % config.eval_every_epochs == 0]
+      repair = run.truncate_metrics(start_epoch, evaluated=evaluated)
   except BaseException:
     checkpoints.close()
     raise
   if saved_config is not None and run.is_writer:
     print(f"polyjax: resuming {workdir} at epoch {start_epoch}"
-          + (f" (dropped {dropped} metrics rows written after that checkpoint)" if dropped
-             else "") + (f"; changed: {', '.join(changed)}" if changed else ""), flush=True)
+          + (f" (dropped {repair.dropped} metrics rows written after that checkpoint)"
+             if repair.dropped else "")
+          + (f"; changed: {', '.join(changed)}" if changed else ""), flush=True)
+    warning = missing_rows_warning(run, repair, start_epoch)
+    if warning:
+      print(f"polyjax: warning: {warning}", file=sys.stderr, flush=True)
 
   record = run_record(config, workdir)
   run.write_config(config.to_dict(), **record, resumes=resumes)
@@ -393,8 +467,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if summary["epochs_completed"] < config.num_epochs:
       summary.update(status="interrupted", signal=stop.name)
     else:
-      if not values:  # Resumed a run that had already finished training.
-        values = evaluate(exp, state, eval_inputs)
+      if not values:  # Resumed after the last epoch (killed before the summary).
+        # Its values as the epoch logged them, train/objective and train/lr included.
+        values = run.epoch_values(summary["epochs_completed"])
+        if not values:  # Its rows were lost: the state's values are all there is.
+          values = evaluate(exp, state, eval_inputs)
       best = {}
       if config.test_on_best and best_epoch is not None:
         if best_epoch == summary["epochs_completed"]:
@@ -421,6 +498,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     try:
       checkpoints.close()
     finally:
-      run.write_summary(summary)
-      wandb.finish(summary)
+      try:
+        run.write_summary(summary)
+      finally:
+        wandb.finish(summary)
   return summary

@@ -120,10 +120,11 @@ def _assert_bitwise_equal(a, b):
 
 
 def _files(workdir):
-  """Every file under a workdir with its bytes, to show that nothing changed."""
+  """Every file under a workdir with its bytes, to show that nothing changed (but the
+  lock file, which names the last process that took the directory)."""
   root = pathlib.Path(workdir)
   return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-          if p.is_file()}
+          if p.is_file() and p.name != run_dir.LOCK}
 
 
 def _run(workdir, *flags, **changes):
@@ -471,3 +472,155 @@ def test_finite_rows_checks_each_row_over_dtypes():
   arrays[1] = arrays[1].at[2].set(-np.inf)
   np.testing.assert_array_equal(jax.jit(lifecycle.finite_rows, static_argnums=1)(arrays, 3),
                                 [True, False, False])
+
+
+def _summary_without_time(workdir):
+  summary = run_dir.RunDir(workdir).read_summary()
+  return {k: v for k, v in summary.items() if k != "wall_seconds"}
+
+
+def test_rerunning_a_completed_run_changes_nothing(reference, tmp_path):
+  ref_dir, _ = reference
+  workdir = tmp_path / "run"
+  shutil.copytree(ref_dir, workdir)
+  before = _files(workdir)
+  proc = _run(workdir)
+  assert proc.returncode == 0, proc.stderr
+  assert "already holds the completed run of 20 epochs; nothing to do" in proc.stdout
+  assert "epoch 20/20" not in proc.stdout  # Nothing trained or evaluated.
+  assert _files(workdir) == before
+
+
+def test_a_kill_after_the_last_checkpoint_resumes_to_the_uninterrupted_summary(
+    reference, tmp_path):
+  """Killed after the last checkpoint, before summary.json: the rerun's summary equals
+  the uninterrupted run's key for key (train/objective and train/lr included)."""
+  ref_dir, _ = reference
+  workdir = tmp_path / "run"
+  shutil.copytree(ref_dir, workdir)
+  (workdir / run_dir.SUMMARY).unlink()
+  proc = _run(workdir)
+  assert proc.returncode == 0, proc.stderr
+  got, want = _summary_without_time(workdir), _summary_without_time(ref_dir)
+  assert {"train/objective", "train/lr"} <= set(got["final"])
+  assert got == want
+
+
+def test_a_second_process_on_a_workdir_is_refused_naming_the_holder(tmp_path):
+  first = _popen(tmp_path, num_epochs=100_000)  # Still running when the second starts.
+  try:
+    _wait_for_epoch(first, tmp_path, 1)
+    second = _run(tmp_path, num_epochs=100_000)
+    assert second.returncode == 2, second.stderr
+    assert second.stderr.strip().splitlines() == [
+        f"polyjax: error: run directory {tmp_path} is in use by another process "
+        f"(PID {first.pid}); wait for it to end or use another --workdir"]
+  finally:
+    first.kill()  # kill -9 releases the lock with the process.
+    first.wait()
+  rows = run_dir.RunDir(tmp_path).read_metrics()
+  assert len(rows) == len({(r["epoch"], r["split"]) for r in rows})  # No row twice.
+  after = run_dir.RunDir(tmp_path)
+  after.lock()  # The kill released the first process's lock.
+  after.unlock()
+
+
+def test_run_dir_lock_is_released_by_unlock_and_held_across_descriptors(tmp_path):
+  a, b = run_dir.RunDir(tmp_path), run_dir.RunDir(tmp_path)
+  a.lock()
+  with pytest.raises(run_dir.RunDirBusy, match=f"PID {os.getpid()}"):
+    b.lock()
+  a.unlock()
+  b.lock()
+  b.unlock()
+
+
+def _truncate(path):
+  data = path.read_bytes()
+  path.write_bytes(data[:len(data) // 2])
+
+
+# How a checkpoint directory gets damaged: a disk or copy that lost data.
+DAMAGES = {
+    "truncated array files": lambda d: [_truncate(f) for f in (d / "state").rglob("d/*")],
+    "garbage metadata": lambda d: (d / "state" / "_METADATA").write_bytes(b"\0garbage{"),
+    "deleted state directory": lambda d: shutil.rmtree(d / "state"),
+    "truncated manifest": lambda d: _truncate(d / "state" / "manifest.ocdbt"),
+    "empty step directory": lambda d: (shutil.rmtree(d), d.mkdir()),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(
+    tmp_path, damage, capsys):
+  ckpts = checkpointing.Checkpoints(tmp_path / run_dir.CHECKPOINTS, every_epochs=1)
+  for epoch in (1, 2):  # Epoch 1 is the best, so both are kept.
+    ckpts.save(epoch, _tiny_state(float(epoch)), meta=_meta(epoch), best_value=2.0 - epoch)
+    ckpts.wait()
+  ckpts.close()
+  DAMAGES[damage](tmp_path / run_dir.CHECKPOINTS / "2")
+  ckpts = checkpointing.Checkpoints(tmp_path / run_dir.CHECKPOINTS, every_epochs=1)
+  epoch, state, meta = ckpts.restore_latest(like=_tiny_state(0.0))
+  assert epoch == 1 and meta["step"] == 1
+  np.testing.assert_array_equal(jax.tree.leaves(state.params)[0], 1.0)
+  warning = capsys.readouterr().err.strip().splitlines()
+  assert len(warning) == 1 and warning[0].startswith(
+      f"polyjax: warning: checkpoint {tmp_path / run_dir.CHECKPOINTS / '2'} is damaged (")
+  assert ckpts.all_epochs() == [1]  # Moved aside, so epoch 2 can be saved again.
+  assert len(list((tmp_path / checkpointing.DAMAGED).iterdir())) == 1
+  ckpts.save(2, _tiny_state(2.0), meta=_meta(2), best_value=0.0)
+  ckpts.close()
+  restored, _ = checkpointing.Checkpoints(tmp_path / run_dir.CHECKPOINTS, read_only=True
+                                          ).restore(2, like=_tiny_state(0.0))
+  np.testing.assert_array_equal(jax.tree.leaves(restored.params)[0], 2.0)
+
+
+def test_no_intact_checkpoint_is_an_error_and_a_misfit_is_not_damage(tmp_path):
+  ckpts = checkpointing.Checkpoints(tmp_path / run_dir.CHECKPOINTS, every_epochs=1)
+  ckpts.save(1, _tiny_state(1.0), meta=_meta(1), best_value=1.0)
+  ckpts.close()
+  ckpts = checkpointing.Checkpoints(tmp_path / run_dir.CHECKPOINTS, every_epochs=1)
+  other = train_state_with_width(3)
+  with pytest.raises(checkpointing.CheckpointMismatch, match="does not fit"):
+    ckpts.restore_latest(like=other)
+  assert ckpts.all_epochs() == [1]  # Intact: left where it is.
+  DAMAGES["garbage metadata"](tmp_path / run_dir.CHECKPOINTS / "1")
+  with pytest.raises(checkpointing.CheckpointDirError, match="no intact checkpoint"):
+    ckpts.restore_latest(like=_tiny_state(0.0))
+  ckpts.close()
+
+
+def train_state_with_width(in_features: int):
+  from polyjax import train_state
+  tx = train_state.make_optimizer(lr=0.1, momentum=0.0, weight_decay=0.0)
+  return train_state.create(model_name="linear", model_kwargs={}, in_shape=(in_features,),
+                            num_classes=2, num_groups=2, tx=tx, seed=0)[1]
+
+
+def test_a_run_with_a_damaged_latest_checkpoint_ends_as_the_uninterrupted_run(tmp_path):
+  """A constant best_metric keeps epoch 1 as the best checkpoint; the latest (the last
+  epoch) is damaged after a kill before summary.json; the rerun replays from epoch 1."""
+  changes = {"best_metric": "val/n", "num_epochs": 6}
+  proc = _run(tmp_path, **changes)
+  assert proc.returncode == 0, proc.stderr
+  want_summary, want_rows = _summary_without_time(tmp_path), run_dir.RunDir(tmp_path).read_metrics()
+  want_state, _ = _restore(tmp_path, 6)
+  (tmp_path / run_dir.SUMMARY).unlink()
+  DAMAGES["truncated array files"](tmp_path / run_dir.CHECKPOINTS / "6")
+  proc = _run(tmp_path, **changes)
+  assert proc.returncode == 0, proc.stderr
+  assert "Traceback" not in proc.stderr
+  assert [line for line in proc.stderr.splitlines() if "warning" in line] == [
+      line for line in proc.stderr.splitlines() if "checkpoints/6 is damaged" in line]
+  assert "resuming" in proc.stdout and "at epoch 1" in proc.stdout
+  assert _summary_without_time(tmp_path) == want_summary
+  assert run_dir.RunDir(tmp_path).read_metrics() == want_rows
+  _assert_bitwise_equal(_restore(tmp_path, 6)[0], want_state)
+
+
+def test_leftover_temporary_checkpoints_are_removed(tmp_path):
+  (tmp_path / "3.orbax-checkpoint-tmp" / "state").mkdir(parents=True)  # A kill mid-save.
+  ckpts = checkpointing.Checkpoints(tmp_path, every_epochs=1)
+  ckpts.save(3, _tiny_state(3.0), meta=_meta(3), best_value=1.0)
+  ckpts.close()
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["3"]

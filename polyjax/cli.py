@@ -1,0 +1,143 @@
+"""What the command lines (`polyjax.main`, `polyjax.sweep`) share: flag parsing with
+bad input as one line and exit status 2, before any work starts.
+
+absl and ml_collections report a config file that cannot be loaded (missing, a
+syntax or import error, an exception in `get_config`, no `get_config`) as a
+traceback or as a misleading "no field 'config_config'"; `check_config_file`
+loads the file first and names the file and the cause instead.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import re
+import sys
+from typing import NoReturn, Sequence
+
+import ml_collections
+from absl import flags
+from absl import logging as absl_logging
+
+
+def fail(prog: str, message: str) -> NoReturn:
+  """Prints `<prog>: error: <message>` (one line) and exits with status 2."""
+  print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
+def config_file_arg(argv: Sequence[str]) -> str | None:
+  """The value of `--config` in `argv` (`--config=X` or `--config X`), if given."""
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      return arg[len("--config="):]
+    if arg == "--config" and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def check_config_file(value: str) -> None:
+  """Raises ValueError (one line naming the file and the cause) unless `value`, a
+  `--config` argument (`path` or `path:arg`), loads and its `get_config` returns a
+  ConfigDict."""
+  path, arg = value, None
+  if not os.path.isfile(path) and ":" in value:
+    path, arg = value.rsplit(":", 1)  # ml_collections' `file.py:arg` form.
+  if not os.path.isfile(path):
+    raise ValueError(f"config file {path} does not exist")
+  try:
+    with open(path) as f:
+      source = f.read()
+    compile(source, path, "exec")
+  except SyntaxError as e:
+    raise ValueError(f"config file {path}: syntax error at line {e.lineno}: {e.msg}") from e
+  except (OSError, UnicodeDecodeError) as e:
+    raise ValueError(f"config file {path} cannot be read: {e}") from e
+  spec = importlib.util.spec_from_file_location("_polyjax_config_check", path)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+  except Exception as e:  # noqa: BLE001  (any error in the user's file is reported)
+    raise ValueError(f"config file {path} failed to load: {_cause(e)}") from e
+  get_config = getattr(module, "get_config", None)
+  if not callable(get_config):
+    raise ValueError(f"config file {path} defines no get_config() function")
+  try:
+    config = get_config() if arg is None else get_config(arg)
+  except Exception as e:  # noqa: BLE001
+    raise ValueError(f"config file {path}: get_config() raised {_cause(e)}") from e
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ValueError(f"config file {path}: get_config() returned a value of type "
+                     f"{type(config).__name__}, not an ml_collections.ConfigDict")
+
+
+def _cause(e: BaseException) -> str:
+  text = str(e).splitlines()[0] if str(e) else ""
+  return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def parse_flags(argv: list[str], prog: str) -> list[str]:
+  """absl flag parsing with a bad config file, bad flags and misspelt config fields
+  as one-line errors (exit status 2)."""
+  config_arg = config_file_arg(argv[1:])
+  if config_arg is not None:
+    try:
+      check_config_file(config_arg)
+    except ValueError as e:
+      fail(prog, str(e))
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    fail(prog, str(e).splitlines()[0])
+  except (AttributeError, KeyError) as e:
+    # A locked ConfigDict rejects unknown fields: "'lrr'\nDid you mean "lr" ...".
+    text = str(e)
+    key = re.search(r"'(\w+)", text)
+    key = key.group(1) if key else text
+    hint = re.search(r'Did you mean "(\w+)"', text)
+    given = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+    named = next((a for a in given if a.split(".")[-1] == key), "--config")
+    fail(prog, f"{named}: the config has no field {key!r}"
+         + (f" (did you mean {hint.group(1)!r}?)" if hint else ""))
+
+
+def quiet_logs() -> None:
+  """Keeps library log lines that polyjax reports itself off the terminal.
+
+  Orbax logs every save at INFO and, when a save or restore fails (a full disk, a
+  damaged checkpoint), logs the error from its threads before raising it to the
+  caller, which reports it in one line. A logging handler that fails (wandb's, when
+  the disk is full) is ignored instead of printing a traceback.
+  """
+  if not flags.FLAGS["verbosity"].present:
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    absl_logging.get_absl_handler().addFilter(
+        lambda record: f"{os.sep}orbax{os.sep}" not in record.pathname)
+  logging.raiseExceptions = False
+  sys.unraisablehook = _without_closed_loop_callbacks(sys.unraisablehook)
+
+
+def _without_closed_loop_callbacks(hook):
+  """`sys.unraisablehook` that drops the "Event loop is closed" errors of TensorStore
+  callbacks: when a save or restore fails (a full disk, a damaged checkpoint), Orbax
+  closes its asyncio loop while TensorStore still completes the outstanding reads or
+  writes, and each completion reports this error; the failure itself is raised to
+  polyjax, which reports it in one line."""
+  def unraisablehook(unraisable):
+    if is_closed_loop_callback(unraisable.exc_value):
+      return
+    hook(unraisable)
+  return unraisablehook
+
+
+def is_closed_loop_callback(error: BaseException | None) -> bool:
+  """Whether `error` is asyncio's "Event loop is closed" from `call_soon_threadsafe`."""
+  if not isinstance(error, RuntimeError) or str(error) != "Event loop is closed":
+    return False
+  tb = error.__traceback__
+  while tb is not None:
+    if tb.tb_frame.f_code.co_name == "call_soon_threadsafe":
+      return True
+    tb = tb.tb_next
+  return False
