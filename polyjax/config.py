@@ -9,6 +9,7 @@ paper's datasets) and change a few fields.
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import ml_collections
@@ -167,6 +168,65 @@ def _check(ok: bool, field: str, rule: str, value) -> None:
     raise ConfigError(f"config.{field} must be {rule}, got {value!r}")
 
 
+def _get(config: ml_collections.ConfigDict, field: str):
+  node = config
+  for part in field.split("."):
+    node = node[part]
+  return node
+
+
+# Fields that only some datasets or models read (the keyword arguments of their
+# builders in polyjax.data and polyjax.models; tests/test_config.py checks them).
+# A value set for another dataset or model would be ignored by training, yet be
+# recorded in config.json, split report groups and block resumes: it is refused.
+DATA_FIELDS = {
+    "data.seed": ("digits", "gaussians", "cifar10", "celeba"),
+    "data.data_dir": ("cifar10", "celeba", "waterbirds"),
+    "data.val_frac": ("digits", "cifar10"),
+    "data.class_subset": ("digits", "cifar10"),
+    "data.imb_factor": ("digits", "cifar10"),
+    "data.imb_type": ("cifar10",),
+    "data.augment": ("cifar10",),
+    "data.target": ("celeba",),
+    "data.confounder": ("celeba",),
+    "data.train_frac": ("celeba",),
+    "data.test_per_group": ("celeba",),
+    "data.resolution": ("celeba", "waterbirds"),
+    "data.minority_class": ("digits",),
+    "data.test_per_class": ("digits",),
+    "data.mean0": ("gaussians",),
+    "data.mean1": ("gaussians",),
+    "data.n_minority": ("gaussians",),
+    "data.n_majority": ("gaussians",),
+    "data.radius": ("gaussians",),
+    "data.n_test_per_class": ("gaussians",),
+}
+MODEL_FIELDS = {
+    "model.hidden": ("mlp",),
+    "model.depth": ("mlp",),
+    "model.init_channels": ("cifar_resnet18", "cifar_resnet34", "cifar_resnet50"),
+    "model.pretrained": ("resnet50",),
+}
+
+
+def check_fields_in_use(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError naming a field set (away from its default) for a dataset or
+  model other than the config's, which would silently have no effect."""
+  defaults = base_config()
+  for fields, kind in ((DATA_FIELDS, "data.name"), (MODEL_FIELDS, "model.name")):
+    name = _get(config, kind)
+    for field, users in fields.items():
+      value = _get(config, field)
+      if name not in users and _as_json(value) != _as_json(_get(defaults, field)):
+        raise ConfigError(
+            f"config.{field}={value!r} has no effect with {kind}={name!r} (it is read only "
+            f"by {kind} {', '.join(repr(u) for u in users)}); leave it at its default")
+
+
+def _as_json(value):
+  return json.loads(json.dumps(value))  # Tuples and lists compare equal.
+
+
 def validate(config: ml_collections.ConfigDict, *, device_count: int) -> None:
   """Raises ConfigError naming the first field whose value cannot be trained."""
   # Registries are imported here so that loading a config file stays light.
@@ -196,20 +256,27 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int) -> None:
   _check(split in ("train", "val", "test") and bool(name), "best_metric",
          "'<split>/<metric>' with split train, val or test", c.best_metric)
   _known("best_mode", c.best_mode, ("max", "min"))
-  _check(c.lr > 0, "lr", "> 0", c.lr)
+  _check(0 < c.lr < math.inf, "lr", "> 0 and finite", c.lr)
   _check(0 <= c.momentum < 1, "momentum", "in [0, 1)", c.momentum)
-  _check(c.weight_decay >= 0, "weight_decay", ">= 0", c.weight_decay)
+  _check(0 <= c.weight_decay < math.inf, "weight_decay", ">= 0 and finite", c.weight_decay)
+  for field in ("seed", "data.seed", "data.order_seed"):  # numpy and JAX seeds.
+    value = _get(c, field)
+    _check(value is None or 0 <= value < 2 ** 32, field, "in [0, 2**32)", value)
   _check(c.num_epochs >= 1, "num_epochs", ">= 1", c.num_epochs)
   _check(c.eval_every_epochs >= 1, "eval_every_epochs", ">= 1", c.eval_every_epochs)
-  _check(c.loss.alpha > 0, "loss.alpha", "> 0", c.loss.alpha)
+  _check(0 < c.loss.alpha < math.inf, "loss.alpha", "> 0 and finite", c.loss.alpha)
+  _check(math.isfinite(c.loss.beta), "loss.beta", "finite", c.loss.beta)
   if c.loss.name == "poly" and c.loss.kind == "linear":
     _check(c.loss.alpha > 1, "loss.alpha", "> 1 for loss.kind='linear'", c.loss.alpha)
-  _check(c.weighting.exponent >= 0, "weighting.exponent", ">= 0", c.weighting.exponent)
-  _check(c.loss.max_margin > 0, "loss.max_margin", "> 0", c.loss.max_margin)
-  _check(c.loss.inv_temperature > 0, "loss.inv_temperature", "> 0", c.loss.inv_temperature)
+  _check(0 <= c.weighting.exponent < math.inf, "weighting.exponent", ">= 0 and finite",
+         c.weighting.exponent)
+  _check(0 < c.loss.max_margin < math.inf, "loss.max_margin", "> 0 and finite",
+         c.loss.max_margin)
+  _check(0 < c.loss.inv_temperature < math.inf, "loss.inv_temperature", "> 0 and finite",
+         c.loss.inv_temperature)
   _check(0 <= c.loss.tau < float("inf"), "loss.tau", ">= 0 and finite", c.loss.tau)
   _check(0 <= c.loss.gamma < float("inf"), "loss.gamma", ">= 0 and finite", c.loss.gamma)
-  _check(c.weighting.adv_probs_lr >= 0, "weighting.adv_probs_lr", ">= 0",
+  _check(0 <= c.weighting.adv_probs_lr < math.inf, "weighting.adv_probs_lr", ">= 0 and finite",
          c.weighting.adv_probs_lr)
   if c.weighting.mode == "dro":
     _check(c.weighting.adv_probs_lr > 0, "weighting.adv_probs_lr", "> 0 for weighting.mode='dro'",
@@ -218,7 +285,8 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int) -> None:
   _check(c.data.pipeline == "memory" or c.data.name in data.STREAMABLE, "data.pipeline",
          f"'memory' for data.name={c.data.name!r} (stream needs one of "
          f"{', '.join(data.STREAMABLE)})", c.data.pipeline)
-  _check(0 <= c.data.val_frac < 1, "data.val_frac", "in [0, 1)", c.data.val_frac)
+  # Every split is evaluated (and the best checkpoint picked on val): none may be empty.
+  _check(0 < c.data.val_frac < 1, "data.val_frac", "in (0, 1)", c.data.val_frac)
   _known("data.imb_type", c.data.imb_type, ("step", "exp", "none"))
   _check(c.data.imb_factor >= 1, "data.imb_factor", ">= 1", c.data.imb_factor)
   _check(not c.data.augment or c.data.name == "cifar10", "data.augment",
@@ -232,6 +300,7 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int) -> None:
            "None unless model.name='resnet50'", c.model.pretrained)
     _check(os.path.isfile(os.path.expanduser(c.model.pretrained)), "model.pretrained",
            "an existing .npz file", c.model.pretrained)
+  check_fields_in_use(c)
   for field in ("batch_size", "eval_batch_size"):
     value = c[field]
     _check(value >= 1, field, ">= 1", value)

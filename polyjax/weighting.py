@@ -46,12 +46,17 @@ def importance_weights(train_group_counts: np.ndarray, *, exponent: float = 1.0
   """(G,) float64 w_g proportional to (1/n_g)**exponent, mean 1 over the training set.
 
   Groups absent from the training set get weight 0 (there is nothing to weight).
+  Computed in log space, so that any finite exponent gives finite weights: for a
+  large one, (1/n_g)**exponent underflows to 0 for every group, and the weights of
+  the smallest group tend to N / n_min, the others' to 0.
   """
   counts = np.asarray(train_group_counts, dtype=np.float64)
   present = counts > 0
-  raw = np.zeros_like(counts)
-  raw[present] = (1.0 / counts[present]) ** exponent
-  return raw / (np.sum(counts * raw) / np.sum(counts))
+  log_raw = np.full_like(counts, -np.inf)
+  log_raw[present] = -exponent * np.log(counts[present])
+  log_raw -= log_raw[present].max()  # The largest raw weight becomes 1: no overflow.
+  raw = np.exp(log_raw)
+  return raw * (np.sum(counts) / np.sum(counts * raw))
 
 
 def group_weights(train_group_counts: np.ndarray, *, mode: str,

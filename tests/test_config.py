@@ -1,9 +1,11 @@
 """Config checking: every bad input fails with one line naming the field, before any write."""
 
 import os
+import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from configs import digits_poly, gaussians_poly
@@ -30,6 +32,23 @@ BAD = [
     ("momentum", 1.0, "config.momentum"),
     ("wandb.mode", "sometimes", "config.wandb.mode"),
     ("matmul_precision", "highest", "config.matmul_precision"),
+    # Values that pass a sign check but cannot train.
+    ("lr", float("inf"), "config.lr must be > 0 and finite"),
+    ("weight_decay", float("inf"), "config.weight_decay must be >= 0 and finite"),
+    ("loss.beta", float("nan"), "config.loss.beta must be finite"),
+    ("loss.alpha", float("inf"), "config.loss.alpha must be > 0 and finite"),
+    ("weighting.exponent", float("inf"), "config.weighting.exponent must be >= 0 and finite"),
+    ("seed", -1, "config.seed must be in [0, 2**32)"),
+    ("data.seed", 2 ** 32, "config.data.seed must be in [0, 2**32)"),
+    ("data.order_seed", -3, "config.data.order_seed must be in [0, 2**32)"),
+    ("data.val_frac", 0.0, "config.data.val_frac must be in (0, 1)"),
+    # Fields of another dataset or model: they would be ignored by training.
+    ("data.target", "Male", "config.data.target='Male' has no effect with "
+                            "data.name='digits' (it is read only by data.name 'celeba')"),
+    ("data.resolution", 64, "config.data.resolution=64 has no effect with data.name='digits'"),
+    ("data.imb_type", "exp", "config.data.imb_type='exp' has no effect"),
+    ("data.train_frac", 0.5, "config.data.train_frac=0.5 has no effect"),
+    ("data.data_dir", "/data", "config.data.data_dir='/data' has no effect"),
 ]
 
 
@@ -45,7 +64,7 @@ def _set(config, field, value):
 def test_validate_rejects_bad_values(field, value, message):
   c = digits_poly.get_config()
   _set(c, field, value)
-  with pytest.raises(config_lib.ConfigError, match=message.replace(".", r"\.")) as e:
+  with pytest.raises(config_lib.ConfigError, match=re.escape(message)) as e:
     config_lib.validate(c, device_count=8)
   assert "\n" not in str(e.value)
 
@@ -55,6 +74,56 @@ def test_unknown_names_list_the_valid_ones():
   c.loss.name = "polyloss"
   with pytest.raises(config_lib.ConfigError, match=r"valid: .*\bce\b.*\bpoly\b"):
     config_lib.validate(c, device_count=1)
+
+
+def test_model_fields_of_another_model_are_refused():
+  c = digits_poly.get_config()
+  c.model.name, c.model.hidden = "linear", 10
+  with pytest.raises(config_lib.ConfigError, match="config.model.hidden=10 has no effect "
+                     "with model.name='linear' .it is read only by model.name 'mlp'"):
+    config_lib.validate(c, device_count=1)
+  c.model.name = "mlp"  # Its own field.
+  config_lib.validate(c, device_count=1)
+
+
+def test_dataset_and_model_field_tables_match_the_builders():
+  """DATA_FIELDS / MODEL_FIELDS name exactly the keyword arguments each builder reads."""
+  import importlib
+  import inspect
+  from polyjax import models
+  builders = {"digits": "polyjax.data.digits", "gaussians": "polyjax.data.synthetic",
+              "cifar10": "polyjax.data.cifar", "celeba": "polyjax.data.celeba",
+              "waterbirds": "polyjax.data.waterbirds"}
+  generic = {"name", "order_seed", "pipeline"}  # Read by polyjax.data.load or the loop.
+  for name, module in builders.items():
+    builder = getattr(importlib.import_module(module), "gaussians" if name == "gaussians"
+                      else name)
+    reads = {f"data.{p}" for p in inspect.signature(builder).parameters if p != "_"}
+    table = {f for f, users in config_lib.DATA_FIELDS.items() if name in users}
+    assert table == reads - {f"data.{g}" for g in generic}, name
+  assert set(config_lib.DATA_FIELDS) == {
+      f"data.{k}" for k in config_lib.base_config().data} - {f"data.{g}" for g in generic}
+  for name, builder in models.MODELS.items():
+    reads = {f"model.{p}" for p in inspect.signature(builder).parameters
+             if p not in ("in_shape", "num_classes", "rngs", "_")}
+    table = {f for f, users in config_lib.MODEL_FIELDS.items() if name in users}
+    assert table == reads, name
+
+
+def test_importance_weights_stay_finite_for_any_finite_exponent():
+  from polyjax import weighting
+  counts = np.array([400, 40, 0, 4])
+  for exponent in (0.0, 1.0, 3.0, 1000.0, 1e300):
+    w = weighting.importance_weights(counts, exponent=exponent)
+    assert np.all(np.isfinite(w)) and w[2] == 0
+    np.testing.assert_allclose(np.sum(counts * w) / np.sum(counts), 1.0, rtol=1e-12)
+  # Against the direct formula (float64 reference) where it does not underflow.
+  raw = np.array([1 / 400, 1 / 40, 0, 1 / 4]) ** 2
+  raw[2] = 0
+  np.testing.assert_allclose(weighting.importance_weights(counts, exponent=2.0),
+                             raw * counts.sum() / np.sum(counts * raw), rtol=1e-12)
+  np.testing.assert_allclose(weighting.importance_weights(counts, exponent=1000.0),
+                             [0, 0, 0, counts.sum() / 4], atol=1e-300)
 
 
 def test_linear_kind_needs_alpha_above_one():
@@ -86,6 +155,10 @@ def _cli(tmp_path, *overrides):
     ("--config.lrr=0.1", "--config.lrr: the config has no field 'lrr' (did you mean 'lr'?)"),
     ("--config.num_epochs=ten", "--config.num_epochs"),
     ("--config.batch_size=100000", "larger than the training split"),
+    ("--config.lr=inf", "config.lr must be > 0 and finite"),
+    ("--config.seed=-1", "config.seed must be in [0, 2**32)"),
+    ("--config.data.val_frac=0", "config.data.val_frac must be in (0, 1)"),
+    ("--config.data.target=Male", "config.data.target='Male' has no effect"),
 ])
 def test_cli_bad_input_is_one_line_exit_2_and_no_run_directory(tmp_path, override, expected):
   proc, workdir = _cli(tmp_path, override)
@@ -93,4 +166,39 @@ def test_cli_bad_input_is_one_line_exit_2_and_no_run_directory(tmp_path, overrid
   lines = [l for l in proc.stderr.splitlines() if l.strip()]
   assert len(lines) == 1 and lines[0].startswith("polyjax: error:"), proc.stderr
   assert expected in lines[0]
+  assert not workdir.exists()
+
+
+CONFIG_FILES = {
+    "missing.py": (None, "config file {path} does not exist"),
+    "syntax.py": ("def get_config(:\n", "config file {path}: syntax error at line 1: "),
+    "raises.py": ("def get_config():\n  raise ValueError('no such table cell')\n",
+                  "config file {path}: get_config() raised ValueError: no such table cell"),
+    "imports.py": ("import polyjax_no_such_module\n",
+                   "config file {path} failed to load: ModuleNotFoundError: No module named "
+                   "'polyjax_no_such_module'"),
+    "no_get_config.py": ("lr = 0.1\n", "config file {path} defines no get_config() function"),
+    "returns_int.py": ("def get_config():\n  return 5\n",
+                       "config file {path}: get_config() returned a value of type int, not "
+                       "an ml_collections.ConfigDict"),
+}
+
+
+@pytest.mark.parametrize("command", ["polyjax.main", "polyjax.sweep"])
+@pytest.mark.parametrize("name", sorted(CONFIG_FILES))
+def test_a_config_file_that_cannot_load_is_one_line_exit_2(tmp_path, name, command):
+  source, expected = CONFIG_FILES[name]
+  path = tmp_path / name
+  if source is not None:
+    path.write_text(source)
+  workdir = tmp_path / "run"
+  proc = subprocess.run([sys.executable, "-m", command, f"--config={path}",
+                         f"--workdir={workdir}"], cwd=REPO, env=subprocess_env.env(),
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2, proc.stderr
+  prog = command.replace(".main", "")
+  assert proc.stderr.splitlines() == [f"{prog}: error: " + expected.format(path=path)
+                                      ] or (name == "syntax.py" and proc.stderr.startswith(
+                                          f"{prog}: error: " + expected.format(path=path))
+                                      and len(proc.stderr.splitlines()) == 1), proc.stderr
   assert not workdir.exists()
