@@ -11,8 +11,12 @@ configs/experiment/celeba_dro.yaml and the sweep script's run groups
 0.05), alpha 2: SGD lr 0.001, momentum 0.9, no weight decay, batch 64, 200 epochs,
 adv_probs_lr 0.05. The repository's DRO runs start from ImageNet weights
 (architecture.pretrained: True); load them with the model's pretrained-weights option
-where available. Its DRO objective is mean_i(q_{g_i} loss_i); polyjax's is Sagawa et
-al.'s sum_g q_g mean-loss_g.
+where available.
+Its DRO objective (at the latest commit, db93a3b,
+src/pl_models/imbalanced_classifier_model.py) is sum_g q_g l_g: l_g the batch's mean loss
+in group g (0 for a group absent from the batch), weighted by the group probabilities q
+after this step's exponentiated-gradient update; polyjax's dro weighting minimises the
+same (Sagawa et al.'s objective, polyjax/weighting.py).
 Class or group counts for the loss come from the training split.
 """
 

@@ -8,6 +8,7 @@ exactly once, whatever the batch size.
 
 from __future__ import annotations
 
+import math
 from typing import Mapping
 
 import jax
@@ -61,7 +62,9 @@ def finalize(counts: Mapping[str, np.ndarray], *,
   Args:
     counts: summed output of `batch_counts`, fetched to the host.
     train_group_counts: (G,) training examples per group, for
-      `train_reweighted_acc` (group accuracies weighted by training frequencies).
+      `train_reweighted_acc`: the accuracies of the groups present in this split,
+      weighted by their training frequencies renormalised over those groups (NaN
+      if none of them has a training example).
 
   Returns:
     A flat dict of Python floats.
@@ -70,8 +73,10 @@ def finalize(counts: Mapping[str, np.ndarray], *,
   n = float(c["n"])
   group_acc = _ratio(c["group_correct"], c["group_n"])
   present = c["group_n"] > 0
-  train_freq = np.asarray(train_group_counts, np.float64)
-  train_freq = train_freq / train_freq.sum()
+  # A group absent from this split has no accuracy (not accuracy 0): like the two
+  # metrics below, weight only the groups present, renormalising their frequencies.
+  train_freq = np.where(present, np.asarray(train_group_counts, np.float64), 0.0)
+  train_total = train_freq.sum()
   out = {
       "n": n,
       "loss": float(c["loss_sum"] / n),
@@ -79,7 +84,8 @@ def finalize(counts: Mapping[str, np.ndarray], *,
       "acc": float(c["correct"] / n),
       # Weights 1/n_g of this split's own groups: the mean of group accuracies.
       "reweighted_acc": float(group_acc[present].mean()),
-      "train_reweighted_acc": float(np.sum(train_freq * group_acc)),
+      "train_reweighted_acc": (float(np.sum(train_freq * group_acc) / train_total)
+                               if train_total > 0 else math.nan),
       "worst_group_acc": float(group_acc[present].min()),
       "frac_predicted_pos": float(c["class_pred"][1] / n) if len(c["class_pred"]) > 1 else 0.0,
   }

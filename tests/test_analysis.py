@@ -406,3 +406,154 @@ def test_cli(table, tmp_path, capsys):
                    "--split", "tset"]) == 2
   assert "--split 'tset': task evaluate takes train, val, test" in capsys.readouterr().err
   assert not (tmp_path / "x.csv").exists()
+
+
+# ---------------------------------------------------------------------------
+# What the user sees from the command line: damaged CSVs, runs left out, links.
+
+def _cli(*args, timeout=300):
+  """`python -m polyjax.analysis ARGS`, as a researcher runs it."""
+  return subprocess.run([sys.executable, "-m", "polyjax.analysis", *map(str, args)],
+                        env=subprocess_env.env(), capture_output=True, text=True,
+                        timeout=timeout)
+
+
+def _lines(text, *words):
+  return [line for line in text.splitlines() if all(w in line for w in words)]
+
+
+def test_a_csv_cut_inside_its_last_field_is_never_read_and_collect_recomputes_it(
+    made, evaluated, tmp_path):
+  whole = evaluated[0].read_bytes()
+  # The last row is reweighted-s1's test split; its last field, group_1_n, is 150.0.
+  assert whole.endswith(b",150.0\r\n")
+  out = tmp_path / "results.csv"
+  out.write_bytes(whole[:-len(b"0.0\r\n")])  # A writer killed mid-row: "150.0" became "15".
+  complete = tmp_path / "complete.csv"  # The rows before the cut one, as they were.
+  complete.write_bytes(whole[:whole.rstrip(b"\r\n").rindex(b"\n") + 1])
+
+  # report and plot leave the cut row out, with one line naming the file.
+  args = ("--metric", "group_1_n", "--split", "test", "--format", "csv")
+  cut, ok = _cli("report", "--results", out, *args), _cli("report", "--results", complete, *args)
+  assert (cut.returncode, ok.returncode) == (0, 0), cut.stderr + ok.stderr
+  assert cut.stdout == ok.stdout and "82.5" not in cut.stdout  # Not (150 + 15) / 2.
+  (warning,) = _lines(cut.stderr, str(out))
+  assert "last line is cut off" in warning and "reweighted-s1" in warning
+  with pytest.warns(results.DamagedResults, match="last line is cut off"):
+    pd.testing.assert_frame_equal(results.read(out), results.read(complete))
+  plot = _cli("plot", "--results", out, "--out", tmp_path / "f.png")
+  assert plot.returncode == 0 and _lines(plot.stderr, str(out), "last line is cut off")
+
+  # A second collect recomputes the row: the CSV is again what one whole collect wrote.
+  p = _cli("collect", "--runs", made / "sweep", "--out", out, "--task", "evaluate",
+           "--split", "train,val,test")
+  assert p.returncode == 0, p.stderr
+  assert len(_lines(p.stderr, str(out), "last line is cut off")) == 1
+  assert "collected 4 runs (1 row added, 11 already present)" in p.stdout
+  assert out.read_bytes() == whole
+  p = _cli("report", "--results", out, *args)
+  assert p.returncode == 0 and str(out) not in p.stderr
+
+
+@pytest.mark.parametrize("tail", [
+    b"/r/3,evaluate,last,test,0.", b"/r/3,evaluate,la",  # Cut inside a field.
+    b'/r/3,evaluate,last,"te', b"/r/3,evaluate,last,test,0.75\r",  # In quotes; before \n.
+    b"/r/3,evaluate,last\r\n"])  # A last line with too few fields.
+def test_an_incomplete_last_line_is_dropped_and_complete_rows_kept(tmp_path, tail):
+  out = tmp_path / "r.csv"
+  for i in range(3):
+    results.append(out, [{"run": f"/r/{i}", "task": "evaluate", "checkpoint": "last",
+                          "split": "test", "acc": i / 4}])
+  whole = out.read_bytes()
+  out.write_bytes(whole + tail)
+  with pytest.warns(results.DamagedResults, match=f"{out}: last line is cut off") as record:
+    assert len(results.existing_keys(out)) == 3
+    # Said once: a collect reads the CSV again to append.
+    assert list(results.read(out)["acc"]) == [0.0, 0.25, 0.5]
+    assert out.read_bytes() == whole + tail  # Reading changes nothing.
+    # The next append writes the complete rows back, then the new one.
+    results.append(out, [{"run": "/r/3", "task": "evaluate", "checkpoint": "last",
+                          "split": "test", "acc": 0.75}])
+  assert len(record) == 1
+  assert out.read_bytes().startswith(whole) and out.read_bytes().endswith(b"0.75\r\n")
+  assert list(results.read(out)["acc"]) == [0.0, 0.25, 0.5, 0.75]
+
+
+def test_a_damaged_row_before_the_last_is_an_error_and_the_csv_is_left_alone(tmp_path):
+  out = tmp_path / "r.csv"
+  for i in range(3):
+    results.append(out, [{"run": f"/r/{i}", "task": "evaluate", "checkpoint": "last",
+                          "split": "test", "acc": i / 4}])
+  lines = out.read_bytes().split(b"\r\n")
+  lines[2] = lines[2][:10]
+  out.write_bytes(b"\r\n".join(lines))
+  before = out.read_bytes()
+  with pytest.raises(ValueError, match=f"{out}: line 3 has 2 fields, the header 10"):
+    results.append(out, [{"run": "/r/9", "task": "evaluate", "checkpoint": "last",
+                          "split": "test"}])
+  assert out.read_bytes() == before
+
+
+def test_a_cut_header_is_an_empty_csv(tmp_path):
+  out = tmp_path / "r.csv"
+  out.write_bytes(b"run,task,chec")
+  with pytest.warns(results.DamagedResults, match=f"{out}: last line is cut off .* no complete"):
+    assert results.existing_keys(out) == set()
+    results.append(out, [{"run": "/r/0", "task": "evaluate", "checkpoint": "last",
+                          "split": "test", "acc": 0.5}])
+  assert list(results.read(out)["acc"]) == [0.5]
+
+
+@pytest.fixture(scope="module")
+def left_out(made, tmp_path_factory):
+  """A --runs tree with a run of each kind that collect leaves out, a symlinked run
+  and a symlink cycle, collected once from the command line."""
+  tmp = tmp_path_factory.mktemp("left_out")
+  root = tmp / "runs"
+  _copy_run(made / "sweep" / "none-s0", root / "ok")
+  diverged = _copy_run(made / "sweep" / "none-s1", root / "diverged")
+  summary = json.loads((diverged / "summary.json").read_text())
+  (diverged / "summary.json").write_text(json.dumps({**summary, "status": "diverged"}))
+  no_ckpt = _copy_run(made / "sweep" / "reweighted-s0", root / "no-ckpt")
+  shutil.rmtree(no_ckpt / "checkpoints")
+  _copy_run(made / "short" / "reweighted-s0", root / "one-epoch")
+  _copy_run(made / "gauss" / "linear", root / "gauss")
+  real = _copy_run(made / "sweep" / "reweighted-s1", tmp / "elsewhere" / "real")
+  (root / "linked").symlink_to(real, target_is_directory=True)
+  (root / "nested").mkdir()
+  (root / "nested" / "up").symlink_to(root, target_is_directory=True)  # A cycle.
+  out = tmp / "results.csv"
+  p = _cli("collect", "--runs", root, "--out", out, "--task", "evaluate", "--min-epochs", "2",
+           "--where", "data.name=digits")
+  return root, real, out, p
+
+
+def test_collect_says_how_many_runs_it_left_out_and_why(left_out):
+  root, real, out, p = left_out
+  assert p.returncode == 0, p.stderr
+  (summary,) = _lines(p.stdout, "collected")
+  assert summary.startswith("polyjax.analysis: collected 2 runs (2 rows added, "
+                            "0 already present); left out 4: ")
+  for reason in ("1 diverged", "1 with fewer than 2 epochs", "1 not matching --where",
+                 "1 without a checkpoint"):
+    assert reason in summary, summary
+  assert summary.endswith(f"; {out}")
+  assert len(_lines(p.stderr, str(root / "no-ckpt"), "no checkpoint")) == 1
+  assert sorted(results.read(out)["run"]) == sorted([str(root / "ok"), str(real)])
+
+
+def test_collect_follows_symlinked_runs_and_says_so_once_and_never_loops(left_out):
+  root, real, out, p = left_out
+  (linked,) = _lines(p.stderr, str(root / "linked"))
+  assert linked.startswith("polyjax.analysis: warning: ") and "followed" in linked
+  assert str(real) in linked
+  (cycle,) = _lines(p.stderr, str(root / "nested" / "up"))
+  assert "not followed" in cycle and str(root) in cycle
+  assert (root / "ok").resolve() == root / "ok"  # Rows name runs by their real paths.
+  assert str(real) in set(results.read(out)["run"])
+
+
+def test_orbax_restore_warnings_do_not_reach_the_terminal(left_out):
+  _, _, _, p = left_out
+  for noise in ("absl", "orbax", "read only", "did not provide metrics"):
+    assert noise not in p.stderr, p.stderr

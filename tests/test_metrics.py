@@ -1,5 +1,7 @@
 """Evaluation metrics against scikit-learn, through the real padded, sharded eval path."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -97,3 +99,59 @@ def test_padding_is_never_counted():
       groups_B=jnp.zeros(8, jnp.int32), loss_B=jnp.asarray(logits.reshape(8, 2)[:, 0], jnp.float32),
       weight_B=jnp.ones(8), mask_B=jnp.asarray(padded["mask"][..., 0].reshape(8)), num_groups=1)
   assert float(counts["n"]) == 5 and np.isfinite(float(counts["loss_sum"]))
+
+
+def _eval(logits, y, g, num_groups, train_counts, batch=64):
+  """`metrics.finalize` of one split through the real padded, sharded eval path."""
+  sh = steps.Shardings(steps.make_mesh())
+  eval_counts = steps.make_eval_counts(model_def=FixedLogits(), loss_fn=ce,
+                                       num_groups=num_groups, shardings=sh)
+  w = np.ones(len(y), np.float32)
+  packed = jax.device_put(steps.pack_for_eval([Split(logits, y, g, w)], batch),
+                          sh.stacked_batches)
+  return metrics.finalize(first_split(jax.device_get(eval_counts(None, packed))),
+                          train_group_counts=train_counts)
+
+
+def test_group_metrics_of_a_split_missing_a_group():
+  """A group with no examples in the split has no accuracy: every group metric
+  averages over the groups present (train_reweighted_acc renormalises the training
+  frequencies over them), checked against per-example weights in NumPy."""
+  rng = np.random.default_rng(3)
+  n, num_groups = 411, 4
+  logits = rng.normal(size=(n, 2)).astype(np.float32)
+  y = rng.integers(0, 2, n).astype(np.int32)
+  g = rng.choice([0, 1, 3], n).astype(np.int32)  # Group 2 absent from this split.
+  train_counts = np.array([50, 30, 15, 5])
+  got = _eval(logits, y, g, num_groups, train_counts)
+
+  correct = (logits.argmax(-1) == y).astype(np.float64)
+  n_g = np.bincount(g, minlength=num_groups)
+  freq = train_counts / train_counts.sum()
+  # Each example weighted by its group's training frequency over the group's size
+  # in the split: the training distribution of groups, restricted to those present.
+  w = freq[g] / n_g[g]
+  np.testing.assert_allclose(got["train_reweighted_acc"], np.sum(w * correct) / np.sum(w),
+                             rtol=1e-6)
+  inv = 1.0 / n_g[g]
+  np.testing.assert_allclose(got["reweighted_acc"], np.sum(inv * correct) / np.sum(inv),
+                             rtol=1e-6)
+  present_acc = [correct[g == k].mean() for k in (0, 1, 3)]
+  np.testing.assert_allclose(got["worst_group_acc"], min(present_acc), rtol=1e-6)
+  assert got["group_2_n"] == 0
+
+
+def test_train_reweighted_acc_of_two_present_groups_at_the_same_accuracy():
+  # Four equally frequent training groups; the split holds two, both at accuracy 0.8.
+  counts = {"n": 20.0, "loss_sum": 0.0, "weighted_loss_sum": 0.0, "weight_sum": 20.0,
+            "correct": 16.0, "class_n": np.array([10.0, 10.0]),
+            "class_pred": np.array([10.0, 10.0]), "class_correct": np.array([8.0, 8.0]),
+            "group_n": np.array([10.0, 0.0, 10.0, 0.0]),
+            "group_correct": np.array([8.0, 0.0, 8.0, 0.0])}
+  got = metrics.finalize(counts, train_group_counts=np.array([5, 5, 5, 5]))
+  assert got["train_reweighted_acc"] == pytest.approx(0.8)
+  assert got["reweighted_acc"] == pytest.approx(0.8)
+  assert got["worst_group_acc"] == pytest.approx(0.8)
+  # No present group has training examples: no training distribution to weight by.
+  got = metrics.finalize(counts, train_group_counts=np.array([0, 5, 0, 5]))
+  assert math.isnan(got["train_reweighted_acc"])

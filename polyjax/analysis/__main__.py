@@ -7,8 +7,10 @@
             [--compare FIELD=A,B] [--format markdown|latex|csv]
     plot    --results results.csv --out FILE.png|FILE.pdf [--metric NAME] [--split test]
 
-Bad arguments exit with status 2 and one line; skipped runs print one warning
-line each on stderr.
+Bad arguments exit with status 2 and one line; skipped runs, symbolic links
+followed (or not) under --runs and a results CSV read without its cut-off last
+line print one warning line each on stderr. `collect` ends with one line: runs
+collected, rows added, and the runs left out, counted by reason.
 """
 
 from __future__ import annotations
@@ -83,8 +85,7 @@ def main(argv: list[str] | None = None) -> int:
           args.runs, args.out, task=args.task, checkpoint=args.checkpoint,
           splits=_split_list(args.split), where=[runs.Where.parse(w) for w in args.where],
           statuses=statuses, min_epochs=args.min_epochs)
-      print(f"polyjax.analysis: {counts.runs} runs, {counts.added} rows added, "
-            f"{counts.present} already present, {counts.skipped} runs skipped; {args.out}")
+      print(f"polyjax.analysis: {counts.summary()}; {args.out}")
     elif args.command == "report":
       from polyjax.analysis import report, results
       df = results.read(args.results)

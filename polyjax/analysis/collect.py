@@ -4,6 +4,9 @@ Rows already in the CSV are skipped before any checkpoint is loaded, so a second
 collect costs one directory walk. Each run's rows are appended as soon as they
 are computed (an interrupted collect keeps what it did). A damaged run, or one
 without the checkpoint asked for, is skipped with a `RunSkipped` warning naming it.
+`Counts` says how many runs were collected and how many were left out for each
+reason (a filter, or the warning's), e.g. "collected 3 runs (3 rows added, 0
+already present); left out 2: 1 diverged, 1 without a checkpoint".
 """
 
 from __future__ import annotations
@@ -47,17 +50,37 @@ def _selected_by(run: runs.Run, rule: str) -> str:
   return f"best {metric}" if metric else "best (metric not recorded)"
 
 
+def _plural(n: int, noun: str) -> str:
+  return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 @dataclasses.dataclass
 class Counts:
-  runs: int = 0  # Runs that passed the filters.
+  runs: int = 0  # Runs collected: all their rows are in the CSV, added now or before.
   added: int = 0  # Rows appended.
   present: int = 0  # Rows skipped because the CSV already had them.
-  skipped: int = 0  # Runs skipped with a warning.
+  skipped: int = 0  # Runs left out with a warning (damaged, or the task failed on them).
+  # Runs left out (filtered, or skipped) per reason, as a count reads it: {'diverged': 1}.
+  left_out: dict[str, int] = dataclasses.field(default_factory=dict)
+
+  def leave_out(self, reason: str) -> None:
+    self.left_out[reason] = self.left_out.get(reason, 0) + 1
+
+  def summary(self) -> str:
+    """'collected 3 runs (3 rows added, 0 already present); left out 2: 1 diverged, ...'."""
+    text = (f"collected {_plural(self.runs, 'run')} ({_plural(self.added, 'row')} added, "
+            f"{self.present} already present); left out ")
+    if not self.left_out:
+      return text + "none"
+    reasons = sorted(self.left_out.items(), key=lambda kv: (-kv[1], kv[0]))
+    return (text + f"{sum(self.left_out.values())}: " +
+            ", ".join(f"{n} {reason}" for reason, n in reasons))
 
 
-def _skip(counts: Counts, message: str) -> None:
+def _skip(counts: Counts, error: runs.RunError) -> None:
   counts.skipped += 1
-  warnings.warn(message, RunSkipped, stacklevel=3)
+  counts.leave_out(error.reason)
+  warnings.warn(str(error), RunSkipped, stacklevel=3)
 
 
 def collect(roots: Sequence[str | os.PathLike], out: str | os.PathLike, *,
@@ -78,7 +101,7 @@ def collect(roots: Sequence[str | os.PathLike], out: str | os.PathLike, *,
     mesh: device mesh for checkpoint tasks (default: all devices).
 
   Returns:
-    Counts of runs seen, rows added and rows or runs skipped.
+    Counts of runs collected and left out (and why), rows added and already there.
   """
   if task not in tasks.TASKS:
     raise ValueError(f"--task {task!r}: must be one of {', '.join(tasks.TASKS)}")
@@ -94,24 +117,30 @@ def collect(roots: Sequence[str | os.PathLike], out: str | os.PathLike, *,
   counts = Counts()
   done = results.existing_keys(out)
   paths = runs.find_runs(roots)
+  # Damaged runs: `select` warns (and RunSkipped counts them) through `warn`, then
+  # reports the reason through `left_out` like any other run it does not yield.
+  def damaged(message):
+    counts.skipped += 1
+    warnings.warn(message, RunSkipped, stacklevel=4)
+
   for run in runs.select(paths, where=where, statuses=statuses, min_epochs=min_epochs,
-                         warn=lambda m: _skip(counts, m)):
-    counts.runs += 1
+                         warn=damaged, left_out=counts.leave_out):
     todo = [s for s in splits
             if any((str(run.path), task, r, s) not in done for r in rules)]
-    counts.present += (len(splits) - len(todo)) * len(rules)
-    if not todo:
-      continue
-    try:
-      rows = _rows(run, task, spec, checkpoint, todo, mesh)
-    except runs.RunError as e:
-      _skip(counts, str(e))
-      continue
-    config = config_columns(run)
-    rows = [{**row, **config, **metrics} for row, metrics in rows]
-    added = results.append(out, rows)
-    counts.added += added
-    counts.present += len(rows) - added
+    present = (len(splits) - len(todo)) * len(rules)
+    if todo:
+      try:
+        rows = _rows(run, task, spec, checkpoint, todo, mesh)
+      except runs.RunError as e:
+        _skip(counts, e)
+        continue
+      config = config_columns(run)
+      rows = [{**row, **config, **metrics} for row, metrics in rows]
+      added = results.append(out, rows)
+      counts.added += added
+      present += len(rows) - added
+    counts.present += present
+    counts.runs += 1
   return counts
 
 

@@ -8,6 +8,15 @@ sees a complete CSV. Existing rows are copied back as the exact text they had;
 new columns (another task's metrics) are added at the right, empty for old rows.
 Floats are written with `repr`, which round-trips exactly.
 
+A CSV whose last line is incomplete (no newline at its end, an open quote, or too
+few or too many fields: a copy, or a writer other than `append`, cut short) is read
+without that line, with a `DamagedResults` warning naming the file (once per
+process and line): a value cut inside its field ("150.0" left as "15") would
+otherwise read as a valid number. Its key is then missing, so the next `collect`
+over the run recomputes the row, and the next append writes the complete rows back
+without it. Any other malformed line is an error naming the file and the line, and
+the file is left alone.
+
 Columns: `KEY` and the identity columns of `IDENTITY`, then config fields under
 their dotted config names (`loss.name`, `weighting.exponent`, `lr`, ...), then
 metrics under their SPEC §6 names (`reweighted_acc`, `group_1_acc`, ...).
@@ -18,9 +27,11 @@ from __future__ import annotations
 import contextlib
 import csv
 import fcntl
+import io
 import math
 import os
 import pathlib
+import warnings
 from typing import Any, Iterable, Mapping
 
 KEY = ("run", "task", "checkpoint", "split")
@@ -53,19 +64,72 @@ def _locked(path: pathlib.Path):
       fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
-def _read_raw(path: pathlib.Path) -> tuple[list[str], list[list[str]]]:
+class DamagedResults(UserWarning):
+  """A results CSV read without its incomplete last line; the message names the file."""
+
+
+_warned_cuts: set[str] = set()
+
+
+def _warn_cut(path: pathlib.Path, header: list[str], fields: list[str], why: str) -> None:
+  if not header:
+    what = "the file holds no complete line"
+  elif "run" in header and header.index("run") < len(fields):
+    what = (f"its row (run {fields[header.index('run')]}) is left out, and the next collect "
+            "over that run recomputes it")
+  else:
+    what = "its row is left out, and the next collect over its run recomputes it"
+  message = f"{path}: last line is cut off ({why}); {what}"
+  # Once per process: a collect reads the CSV at least twice (its keys, then under
+  # the append's lock), and importing JAX in between resets Python's own
+  # once-per-location filter.
+  if message not in _warned_cuts:
+    _warned_cuts.add(message)
+    warnings.warn(message, DamagedResults, stacklevel=3)
+
+
+def _load(path: pathlib.Path) -> tuple[list[str], list[list[str]], str]:
+  """Header, rows and the text of the complete lines (see the module docstring)."""
   if not path.exists() or path.stat().st_size == 0:
-    return [], []
+    return [], [], ""
   with open(path, newline="") as f:
-    reader = csv.reader(f)
-    header = next(reader, [])
-    rows = list(reader)
+    text = f.read()
+  buf = io.StringIO(text, newline="")
+  reader = csv.reader(buf, strict=True)
+  records: list[tuple[list[str], int]] = []  # Each record and the offset of its end.
+  cut: list[str] | None = None  # The fields of an incomplete last line.
+  why = ""
+  try:
+    for fields in reader:
+      records.append((fields, buf.tell()))
+  except csv.Error as e:
+    if buf.tell() < len(text):  # Not at the end: not a cut, a damaged file.
+      raise ValueError(f"{path}: line {reader.line_num} is not CSV ({e})") from None
+    # The fields as far as they go, for the warning (a lenient reader accepts an open quote).
+    start = records[-1][1] if records else 0
+    cut, why = next(csv.reader(io.StringIO(text[start:], newline="")), []), str(e)
+  if cut is None and records and records[-1][1] == len(text) and not text.endswith("\n"):
+    (cut, _), why = records.pop(), "no newline at its end"
+  header = records[0][0] if records else []
+  if cut is None and len(records) > 1 and len(records[-1][0]) != len(header):
+    cut, _ = records.pop()
+    why = f"{len(cut)} fields, the header {len(header)}"
+  if cut is not None:
+    _warn_cut(path, header, cut, why)
+  if not records:
+    return [], [], ""
+  rows = [r for r, _ in records[1:]]
   missing = [k for k in KEY if k not in header]
   if missing:
     raise ValueError(f"{path}: not a polyjax results CSV (no column {missing[0]!r})")
   for i, r in enumerate(rows, 2):
     if len(r) != len(header):
       raise ValueError(f"{path}: line {i} has {len(r)} fields, the header {len(header)}")
+  return header, rows, text[:records[-1][1]]
+
+
+def _read_raw(path: pathlib.Path) -> tuple[list[str], list[list[str]]]:
+  header, rows, _ = _load(path)
   return header, rows
 
 
@@ -122,5 +186,8 @@ def read(path: str | os.PathLike):
   path = pathlib.Path(path)
   if not path.exists():
     raise FileNotFoundError(f"--results {path}: no such file")
-  _read_raw(path)  # Checks that it is a results CSV, with a clear message.
-  return pd.read_csv(path, keep_default_na=False, na_values=["", "nan", "NaN"])
+  # Checks that it is a results CSV, with a clear message; parses its complete lines only.
+  header, _, text = _load(path)
+  if not header:
+    raise ValueError(f"--results {path}: holds no results")
+  return pd.read_csv(io.StringIO(text), keep_default_na=False, na_values=["", "nan", "NaN"])

@@ -1,9 +1,13 @@
 """Finding, loading and filtering run directories (the SPEC §8 layout).
 
-A run directory is one holding `config.json` or `summary.json`. `load_run` reads
-its JSON files and raises `RunError` (one line naming the directory and what is
-wrong) for a damaged one; callers skip it with a warning. Nothing here imports
-JAX: filtering a thousand runs stays cheap.
+A run directory is one holding `config.json` or `summary.json`. `find_runs`
+follows symbolic links to directories (a run kept elsewhere and linked in belongs
+to the tree), saying so for each link, and never follows one back into a directory
+already searched, so a link cycle cannot loop. `load_run` reads its JSON files and
+raises `RunError` (one line naming the directory and what is wrong, and a short
+`reason` for counts) for a damaged one; callers skip it with a warning. `select`
+says why it leaves out each run it does not yield. Nothing here imports JAX:
+filtering a thousand runs stays cheap.
 
 The config of a run is rebuilt as `base_config()` updated with the saved values.
 Top-level keys of `config.json` that are not config fields (workdir, host,
@@ -18,7 +22,8 @@ import json
 import math
 import os
 import pathlib
-from typing import Any, Iterable, Iterator
+import warnings
+from typing import Any, Callable, Iterable, Iterator
 
 import ml_collections
 
@@ -28,10 +33,24 @@ from polyjax.config import base_config
 # Pseudo-fields that `--where` accepts besides config fields.
 RUN_FIELDS = ("status", "epochs_completed", "run_id")
 CHECKPOINT_RULES = ("last", "best")
+_BAD_CONFIG = "with a config.json this polyjax cannot read"
 
 
 class RunError(ValueError):
-  """A run directory that cannot be analysed; the message names it and the reason."""
+  """A run directory that cannot be analysed; the message names it and the reason.
+
+  `reason` is the short form that counts of left-out runs use ("without a
+  checkpoint"), read after a count: "2 without a checkpoint".
+  """
+
+  def __init__(self, message: str, reason: str = "that cannot be analysed"):
+    super().__init__(message)
+    self.reason = reason
+
+
+class SymlinkFound(UserWarning):
+  """A symbolic link met while searching for runs; the message names it and says
+  whether it was followed."""
 
 
 def _to_tuples(value: Any) -> Any:
@@ -47,16 +66,18 @@ def _merge(section: ml_collections.ConfigDict, saved: dict[str, Any], prefix: st
     name = f"{prefix}{key}"
     if key not in section:
       raise RunError(f"{path}: config.json field {name!r} is not a field of this polyjax's "
-                     "config (made by another version?)")
+                     "config (made by another version?)", _BAD_CONFIG)
     if isinstance(section[key], ml_collections.ConfigDict):
       if not isinstance(value, dict):
-        raise RunError(f"{path}: config.json field {name!r} should be a section, got {value!r}")
+        raise RunError(f"{path}: config.json field {name!r} should be a section, got {value!r}",
+                       _BAD_CONFIG)
       _merge(section[key], value, f"{name}.", path)
     else:
       try:
         section[key] = _to_tuples(value)
       except (TypeError, ValueError) as e:
-        raise RunError(f"{path}: config.json field {name!r}={value!r}: {e}") from None
+        raise RunError(f"{path}: config.json field {name!r}={value!r}: {e}", _BAD_CONFIG
+                       ) from None
 
 
 def config_from_record(record: dict[str, Any], path: pathlib.Path) -> ml_collections.ConfigDict:
@@ -82,9 +103,11 @@ def _read_json(path: pathlib.Path, run: pathlib.Path) -> Any:
   try:
     return run_dir.read_json(path)
   except json.JSONDecodeError as e:
-    raise RunError(f"{run}: {path.name} is not valid JSON ({e})") from None
+    raise RunError(f"{run}: {path.name} is not valid JSON ({e})",
+                   f"with an unreadable {path.name}") from None
   except OSError as e:
-    raise RunError(f"{run}: cannot read {path.name} ({e.strerror})") from None
+    raise RunError(f"{run}: cannot read {path.name} ({e.strerror})",
+                   f"with an unreadable {path.name}") from None
 
 
 @dataclasses.dataclass
@@ -137,23 +160,25 @@ class Run:
     epochs = self.checkpoint_epochs()
     if rule == "last":
       if not epochs:
-        raise RunError(f"{self.path}: no checkpoint in {self.checkpoint_dir}")
+        raise RunError(f"{self.path}: no checkpoint in {self.checkpoint_dir}",
+                       "without a checkpoint")
       return epochs[-1]
     if rule != "best":
       raise ValueError(f"checkpoint must be one of {CHECKPOINT_RULES}, got {rule!r}")
     best = (self.summary or {}).get("best_epoch")
     if best is None:
-      raise RunError(f"{self.path}: summary.json names no best_epoch (no best checkpoint kept)")
+      raise RunError(f"{self.path}: summary.json names no best_epoch (no best checkpoint kept)",
+                     "without a best checkpoint")
     if int(best) not in epochs:
       raise RunError(f"{self.path}: best checkpoint (epoch {best}) is missing from "
-                     f"{self.checkpoint_dir}")
+                     f"{self.checkpoint_dir}", "without a best checkpoint")
     return int(best)
 
   def metrics_rows(self) -> list[dict[str, Any]]:
     """The rows of `metrics.jsonl` ({epoch, step, split, <metric>...})."""
     path = self.path / run_dir.METRICS
     if not path.exists():
-      raise RunError(f"{self.path}: no {run_dir.METRICS}")
+      raise RunError(f"{self.path}: no {run_dir.METRICS}", f"without {run_dir.METRICS}")
     rows = []
     with open(path) as f:
       for i, line in enumerate(f, 1):
@@ -162,8 +187,8 @@ class Run:
         try:
           row = json.loads(line)
         except json.JSONDecodeError as e:
-          raise RunError(f"{self.path}: {run_dir.METRICS} line {i} is not valid JSON ({e})"
-                         ) from None
+          raise RunError(f"{self.path}: {run_dir.METRICS} line {i} is not valid JSON ({e})",
+                         f"with an unreadable {run_dir.METRICS}") from None
         # run_dir writes non-finite floats as strings ("nan", "inf").
         rows.append({k: float(v) if isinstance(v, str) and k != "split" else v
                      for k, v in row.items()})
@@ -174,18 +199,53 @@ def _is_run(path: pathlib.Path) -> bool:
   return (path / run_dir.CONFIG).exists() or (path / run_dir.SUMMARY).exists()
 
 
-def find_runs(roots: Iterable[str | os.PathLike]) -> list[pathlib.Path]:
-  """Run directories at or below each root, sorted, without duplicates."""
+def _warn_link(message: str) -> None:
+  warnings.warn(message, SymlinkFound, stacklevel=3)
+
+
+def find_runs(roots: Iterable[str | os.PathLike],
+              warn: Callable[[str], None] | None = None) -> list[pathlib.Path]:
+  """Run directories at or below each root, by real path, sorted, without duplicates.
+
+  A symbolic link to a directory is followed, with one `warn` line naming it and
+  its target; one leading to a directory already searched (a cycle, or a second
+  way to the same runs) is not, also with one line, so no link makes this loop.
+  A link whose target is missing gets a line too. `warn` defaults to a
+  `SymlinkFound` warning.
+  """
+  warn = _warn_link if warn is None else warn
   found = set()
+  searched: set[pathlib.Path] = set()  # Real paths of the directories walked.
   for root in roots:
     root = pathlib.Path(root)
     if not root.is_dir():
       raise FileNotFoundError(f"--runs {root}: no such directory")
-    for dirpath, dirnames, _ in os.walk(root):
+    if root.resolve() in searched:  # Given twice, or inside a root already searched.
+      continue
+    searched.add(root.resolve())
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
       path = pathlib.Path(dirpath)
       if _is_run(path):
         found.add(path.resolve())
         dirnames.clear()  # A run does not hold other runs (its checkpoints are not runs).
+        continue
+      keep = []
+      for name in sorted(dirnames):
+        sub = path / name
+        real = sub.resolve()
+        if real in searched:
+          if sub.is_symlink():
+            warn(f"{sub}: symbolic link to {real}, a directory already searched; not followed")
+          continue
+        searched.add(real)
+        if sub.is_symlink():
+          warn(f"{sub}: symbolic link to {real}; followed")
+        keep.append(name)
+      dirnames[:] = keep  # In place: os.walk descends into what is left.
+      for name in sorted(filenames):
+        sub = path / name
+        if sub.is_symlink() and not sub.exists():
+          warn(f"{sub}: symbolic link to {os.readlink(sub)}, which does not exist; skipped")
   return sorted(found)
 
 
@@ -193,15 +253,17 @@ def load_run(path: str | os.PathLike) -> Run:
   """Reads a run directory; RunError if its config is missing or unreadable."""
   path = pathlib.Path(path).resolve()
   if not (path / run_dir.CONFIG).exists():
-    raise RunError(f"{path}: no {run_dir.CONFIG}")
+    raise RunError(f"{path}: no {run_dir.CONFIG}", f"without {run_dir.CONFIG}")
   record = _read_json(path / run_dir.CONFIG, path)
   if not isinstance(record, dict):
-    raise RunError(f"{path}: {run_dir.CONFIG} does not hold a JSON object")
+    raise RunError(f"{path}: {run_dir.CONFIG} does not hold a JSON object",
+                   f"with an unreadable {run_dir.CONFIG}")
   summary = None
   if (path / run_dir.SUMMARY).exists():
     summary = _read_json(path / run_dir.SUMMARY, path)
     if not isinstance(summary, dict):
-      raise RunError(f"{path}: {run_dir.SUMMARY} does not hold a JSON object")
+      raise RunError(f"{path}: {run_dir.SUMMARY} does not hold a JSON object",
+                     f"with an unreadable {run_dir.SUMMARY}")
   run = Run(path=path, record=record, summary=summary)
   run.fields  # Rebuild the config now, so that a bad one is reported here.
   return run
@@ -255,9 +317,18 @@ class Where:
     return any(_value_matches(value, v.strip(), self.field) for v in self.values)
 
 
+def status_reason(status: str) -> str:
+  """How a count of runs left out for their status reads: '2 diverged'."""
+  if status == "no summary":
+    return f"without {run_dir.SUMMARY}"
+  return status if status in ("running", "diverged", "interrupted", "failed") else (
+      f"with status {status!r}")
+
+
 def select(paths: Iterable[pathlib.Path], *, where: Iterable[Where] = (),
            statuses: Iterable[str] | None = ("completed",), min_epochs: int = 0,
-           warn=None) -> Iterator[Run]:
+           warn: Callable[[str], None] | None = None,
+           left_out: Callable[[str], None] | None = None) -> Iterator[Run]:
   """Loads each run and yields those passing every filter.
 
   Args:
@@ -266,6 +337,9 @@ def select(paths: Iterable[pathlib.Path], *, where: Iterable[Where] = (),
     statuses: allowed `summary.json` statuses; None allows any.
     min_epochs: least `epochs_completed`.
     warn: called with a message for each damaged run (it is skipped).
+    left_out: called with the reason (`RunError.reason`, `status_reason`, ...)
+      for each run not yielded, damaged or filtered out, so that callers can say
+      how many runs they left out and why.
   """
   statuses = None if statuses is None else set(statuses)
   where = list(where)
@@ -275,10 +349,16 @@ def select(paths: Iterable[pathlib.Path], *, where: Iterable[Where] = (),
     except RunError as e:
       if warn is not None:
         warn(str(e))
-      continue
-    if statuses is not None and run.status not in statuses:
-      continue
-    if run.epochs_completed < min_epochs:
-      continue
-    if all(w(run) for w in where):
-      yield run
+      reason = e.reason
+    else:
+      if statuses is not None and run.status not in statuses:
+        reason = status_reason(run.status)
+      elif run.epochs_completed < min_epochs:
+        reason = f"with fewer than {min_epochs} epochs"
+      elif not all(w(run) for w in where):
+        reason = "not matching --where"
+      else:
+        yield run
+        continue
+    if left_out is not None:
+      left_out(reason)

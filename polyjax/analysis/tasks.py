@@ -16,8 +16,11 @@ from the training code's own `steps.make_eval_counts` and `metrics.finalize`, so
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import math
+import pathlib
 from typing import Any, Callable
 
 import numpy as np
@@ -43,6 +46,32 @@ class Loaded:
   state: Any  # polyjax.train_state.TrainState
 
 
+class _OrbaxNoise(logging.Filter):
+  """Drops Orbax's records below ERROR (absl logging, whose logger is 'absl')."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR or "orbax" not in pathlib.PurePath(
+        record.pathname).parts
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+  """Keeps Orbax's warnings during a read-only restore off the user's terminal.
+
+  Orbax logs its own bookkeeping at WARNING: every read-only manager says that its
+  directory is read only, and the best-checkpoint ranking that no metrics were
+  given; true of every run, one line per run, and nothing to act on. A restore
+  that fails raises, and becomes a RunError naming the run; Orbax's errors pass.
+  """
+  noise = _OrbaxNoise()
+  logger = logging.getLogger("absl")
+  logger.addFilter(noise)
+  try:
+    yield
+  finally:
+    logger.removeFilter(noise)
+
+
 def load_checkpoint(run: Run, rule: str, *, mesh=None) -> Loaded:
   """Rebuilds the run's experiment and restores checkpoint `rule` ('last'/'best').
 
@@ -60,15 +89,18 @@ def load_checkpoint(run: Run, rule: str, *, mesh=None) -> Loaded:
   try:
     exp = train.build(config, mesh=mesh)
   except (ConfigError, ValueError, FileNotFoundError) as e:
-    raise RunError(f"{run.path}: cannot rebuild the experiment from config.json ({e})") from None
-  ckpts = checkpointing.Checkpoints(run.checkpoint_dir, every_epochs=1, read_only=True)
-  try:
-    state, _ = ckpts.restore(epoch, like=exp.state)
-  except Exception as e:  # Orbax raises many types for a damaged checkpoint.
-    raise RunError(f"{run.path}: cannot restore checkpoint {epoch} "
-                   f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-  finally:
-    ckpts.close()
+    raise RunError(f"{run.path}: cannot rebuild the experiment from config.json ({e})",
+                   "whose experiment cannot be rebuilt") from None
+  with _quiet_orbax():
+    ckpts = checkpointing.Checkpoints(run.checkpoint_dir, every_epochs=1, read_only=True)
+    try:
+      state, _ = ckpts.restore(epoch, like=exp.state)
+    except Exception as e:  # Orbax raises many types for a damaged checkpoint.
+      raise RunError(f"{run.path}: cannot restore checkpoint {epoch} "
+                     f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
+                     "whose checkpoint cannot be restored") from None
+    finally:
+      ckpts.close()
   return Loaded(run=run, rule=rule, epoch=epoch, exp=exp, state=state)
 
 
@@ -188,7 +220,8 @@ def boundary(loaded: Loaded, split: str) -> dict[str, float]:
   if config.model.name != "linear" or int(np.prod(ds.in_shape)) != 2 or ds.num_classes != 2:
     raise RunError(f"{loaded.run.path}: the boundary task needs a linear model on 2-D inputs "
                    f"with 2 classes (model.name={config.model.name!r}, "
-                   f"input shape {ds.in_shape}, {ds.num_classes} classes)")
+                   f"input shape {ds.in_shape}, {ds.num_classes} classes)",
+                   "not a 2-class linear model on 2-D inputs")
   kernel = np.asarray(loaded.state.params["head"]["kernel"][...], np.float64)  # (2, C)
   bias = np.asarray(loaded.state.params["head"]["bias"][...], np.float64)  # (C,)
   w = kernel[:, 1] - kernel[:, 0]
@@ -219,7 +252,8 @@ def logged(run: Run, split: str) -> list[tuple[str, int, str, dict[str, float]]]
   for row in rows:
     by_epoch.setdefault(row.get("split"), {})[int(row["epoch"])] = row
   if split not in by_epoch:
-    raise RunError(f"{run.path}: metrics.jsonl has no rows for split {split!r}")
+    raise RunError(f"{run.path}: metrics.jsonl has no rows for split {split!r}",
+                   f"without logged {split} metrics")
   target = by_epoch[split]
   out = []
   for rule, val_metric in LOGGED_RULES.items():
@@ -230,7 +264,8 @@ def logged(run: Run, split: str) -> list[tuple[str, int, str, dict[str, float]]]
       candidates = [e for e in sorted(val) if e in target and val_metric in val[e]
                     and math.isfinite(val[e][val_metric])]
       if not candidates:
-        raise RunError(f"{run.path}: metrics.jsonl has no val/{val_metric} to select by")
+        raise RunError(f"{run.path}: metrics.jsonl has no val/{val_metric} to select by",
+                       f"without a logged val/{val_metric}")
       epoch = max(candidates, key=lambda e: (val[e][val_metric], -e))
       selected_by = f"val/{val_metric}"
     metrics = {k: v for k, v in target[epoch].items() if k not in ("epoch", "step", "split")}
