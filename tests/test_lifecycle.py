@@ -10,6 +10,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import shlex
 import shutil
 import signal
 import subprocess
@@ -624,3 +625,56 @@ def test_leftover_temporary_checkpoints_are_removed(tmp_path):
   ckpts.save(3, _tiny_state(3.0), meta=_meta(3), best_value=1.0)
   ckpts.close()
   assert sorted(p.name for p in tmp_path.iterdir()) == ["3"]
+
+
+def test_a_full_disk_is_one_line_and_the_rerun_resumes_exactly(reference, tmp_path):
+  """On a 1 MiB file system (a private tmpfs mount) with 100 KB free, less than a
+  checkpoint: exit 1 with one line naming the directory, no temporary file left; with
+  the space freed, the same command resumes and ends as the uninterrupted run."""
+  ref_dir, _ = reference
+  if shutil.which("unshare") is None:
+    pytest.fail("this test needs unshare (util-linux) to mount a private small file system")
+  disk, out = tmp_path / "disk", tmp_path / "out"
+  disk.mkdir()
+  workdir = disk / "run"
+  command = " ".join(shlex.quote(a) for a in _command(workdir))
+  script = textwrap.dedent(f"""
+      set -u
+      mount -t tmpfs -o size=1m tmpfs {disk} || exit 99
+      head -c 900000 /dev/zero > {disk}/filler
+      {command} > {out}.1.out 2> {out}.1.err; echo $? > {out}.1.rc
+      ls -A {workdir} > {out}.1.ls
+      rm {disk}/filler
+      {command} > {out}.2.out 2> {out}.2.err; echo $? > {out}.2.rc
+      cp -r {workdir} {out}
+  """)
+  # As root, a mount namespace; otherwise a user namespace that maps the user to root.
+  flags = ["-m"] if os.geteuid() == 0 else ["-r", "-m"]
+  proc = subprocess.run(["unshare", *flags, "bash", "-c", script], cwd=ROOT, env=_env(),
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, f"could not mount a small file system: {proc.stderr}"
+  read = lambda suffix: pathlib.Path(f"{out}.{suffix}").read_text()  # noqa: E731
+  assert read("1.rc").strip() == "1", read("1.err")
+  assert read("1.err").splitlines() == [
+      line for line in read("1.err").splitlines()
+      if line.startswith(f"polyjax: error: no space left on the device of {workdir} (")]
+  assert len(read("1.err").splitlines()) == 1 and "free some space and rerun" in read("1.err")
+  assert not [n for n in read("1.ls").split() if ".tmp" in n]
+  assert read("2.rc").strip() == "0", read("2.err")
+  assert _summary_without_time(out) == _summary_without_time(ref_dir)
+  assert run_dir.RunDir(out).read_metrics() == run_dir.RunDir(ref_dir).read_metrics()
+
+
+def test_a_metrics_file_cut_short_is_reported_on_resume(reference, tmp_path):
+  ref_dir, _ = reference
+  workdir = tmp_path / "run"
+  shutil.copytree(ref_dir, workdir)
+  (workdir / run_dir.SUMMARY).unlink()
+  path = workdir / run_dir.METRICS
+  lines = path.read_text().splitlines(keepends=True)
+  path.write_text("".join(lines[:9]) + lines[9][:20])  # Epochs 1-3 and a torn line.
+  proc = _run(workdir)
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stderr.splitlines() == [
+      f"polyjax: warning: {path}: no rows for evaluated epoch(s) 4-{NUM_EPOCHS} before the "
+      f"checkpoint of epoch {NUM_EPOCHS}: they cannot be recomputed"]
