@@ -625,7 +625,10 @@ def _finish(members: list[Member], done: list[int], state_M, like, evaluate_M,
             stacked) -> None:
   """Final and best values of the members that completed training (`done`): the
   best checkpoints to test are restored and evaluated together, in one stack."""
-  if not all(members[i].values for i in done):  # Resumed after the last epoch.
+  for i in done:  # Resumed after the last epoch: its values as the epoch logged them.
+    members[i].values = members[i].values or members[i].run.epoch_values(
+        members[i].summary["epochs_completed"])
+  if not all(members[i].values for i in done):  # Those rows were lost.
     values_M = evaluate_M(state_M)
     for i in done:
       members[i].values = members[i].values or values_M[i]
@@ -690,14 +693,20 @@ def run_sweep(members: list[tuple[str, ml_collections.ConfigDict]], workdir: str
         out[name] = m.summary
     if todo:
       todo_groups.append(todo)
+  # One sweep process per directory (a second exits naming the first's PID).
+  lock = run_dir.RunDir(workdir_path)
+  lock.lock()
   stop = lifecycle.StopSignals()
-  with stop:
-    for todo in todo_groups:
-      if stop.received_anywhere():
-        break  # Stopped during an earlier group: later groups are not started.
-      _run_group(todo, mesh=mesh, stop=stop, member_batch=member_batch)
-      for m in todo:
-        out[m.name] = m.summary
+  try:
+    with stop:
+      for todo in todo_groups:
+        if stop.received_anywhere():
+          break  # Stopped during an earlier group: later groups are not started.
+        _run_group(todo, mesh=mesh, stop=stop, member_batch=member_batch)
+        for m in todo:
+          out[m.name] = m.summary
+  finally:
+    lock.unlock()
   return out
 
 
@@ -740,19 +749,24 @@ def _run_group(todo: list[Member], *, mesh, stop: lifecycle.StopSignals,
             f"config.num_epochs={m.config.num_epochs} is below the {latest} epochs "
             f"already done in {m.run.path}")
       try:
-        m.state, meta = m.checkpoints.restore(latest, like=m.exp.state)
-      except Exception as e:
-        raise config_lib.ConfigError(
-            f"the checkpoint of epoch {latest} in {m.run.checkpoints} does not fit the "
-            f"member's config ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''})") from e
-      m.start_epoch, m.best_epoch, m.best_value = latest, meta["best_epoch"], meta["best_value"]
-      m.steps_done = int(meta["step"])
-      m.prior_seconds = float((m.run.read_summary() or {}).get("wall_seconds", 0.0))
-      m.resumes.append({"epoch": latest, "changed_fields": m.changed, "time": time.time()})
-      print(f"polyjax.sweep: {m.name} resumes after epoch {latest}", flush=True)
+        restored = m.checkpoints.restore_latest(like=m.exp.state)
+      except checkpointing.CheckpointMismatch as e:
+        raise config_lib.ConfigError(str(e)) from e
+      if restored is not None:
+        m.start_epoch, m.state, meta = restored
+        m.best_epoch, m.best_value = meta["best_epoch"], meta["best_value"]
+        m.steps_done = int(meta["step"])
+        m.prior_seconds = float((m.run.read_summary() or {}).get("wall_seconds", 0.0))
+        m.resumes.append({"epoch": m.start_epoch, "changed_fields": m.changed,
+                          "time": time.time()})
+        print(f"polyjax.sweep: {m.name} resumes after epoch {m.start_epoch}", flush=True)
     if saved is not None:
-      m.run.truncate_metrics(m.start_epoch)
+      evaluated = [e for e in range(1, m.start_epoch + 1)
+                   if e % m.config.eval_every_epochs == 0]
+      warning = train.missing_rows_warning(
+          m.run, m.run.truncate_metrics(m.start_epoch, evaluated=evaluated), m.start_epoch)
+      if warning:
+        print(f"polyjax.sweep: warning: {warning}", file=sys.stderr, flush=True)
     m.record = train.run_record(m.config, m.run.path)
     m.run.write_config(m.config.to_dict(), **m.record, resumes=m.resumes)
     m.summary = {"status": "running", "epochs_completed": m.start_epoch, "final": {},
@@ -870,9 +884,16 @@ def main(argv) -> int:
     summaries = run_sweep(members, _WORKDIR.value,
                           checkpoint_every_epochs=_CHECKPOINT_EVERY.value,
                           member_batch=_MEMBER_BATCH.value or None)
-  except (config_lib.ConfigError, checkpointing.CheckpointDirError) as e:
+  except (config_lib.ConfigError, checkpointing.CheckpointDirError, run_dir.RunDirBusy,
+          data.DataMissing) as e:
     print(f"polyjax.sweep: error: {e}", file=sys.stderr)
     return 2
+  except Exception as e:
+    if run_dir.is_disk_full(e):
+      print(f"polyjax.sweep: error: no space left on the device of {_WORKDIR.value}; free "
+            f"some space and rerun the same command to resume", file=sys.stderr)
+      return 1
+    raise
   by_status: dict[str, list[str]] = {}
   for name, s in summaries.items():
     by_status.setdefault(s["status"], []).append(name)

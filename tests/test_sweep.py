@@ -1,6 +1,7 @@
 """polyjax.sweep: stacked members equal single runs; divergence, resume, grids."""
 
 import json
+import os
 import pathlib
 
 import pytest
@@ -342,3 +343,15 @@ def test_members_train_and_evaluate_under_their_matmul_precision(tmp_path, monke
   assert sorted(set(seen), key=str) == sorted(
       {(m, p) for m in ("make_sweep_epoch", "make_sweep_eval") for p in ("float32", None)},
       key=str)
+
+
+def test_a_second_sweep_on_a_directory_is_refused(tmp_path):
+  members = sweep.expand(small_config(), GRID)
+  holder = run_dir.RunDir(tmp_path)
+  holder.lock()  # As a running sweep holds it.
+  try:
+    with pytest.raises(run_dir.RunDirBusy, match=f"in use by another process .PID {os.getpid()}"):
+      sweep.run_sweep(members, str(tmp_path))
+  finally:
+    holder.unlock()
+  assert [p.name for p in tmp_path.iterdir()] == [run_dir.LOCK]  # No member was started.
