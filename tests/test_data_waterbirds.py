@@ -72,7 +72,7 @@ def test_missing_folder_and_bad_metadata(tmp_path):
   folder = write_folder(tmp_path)
   with open(os.path.join(folder, "metadata.csv"), "w") as f:
     f.write("img_filename,y,split\na.jpg,0,0\n")
-  with pytest.raises(ValueError, match="lacks column"):
+  with pytest.raises(data.DataInvalid, match="lacks column"):
     data.load("waterbirds", weighting_mode="none", exponent=1.0, data_dir=str(tmp_path))
 
 

@@ -3,6 +3,10 @@
 `load(name=..., weighting_mode=..., exponent=..., **data_config)` is the one entry
 point: it builds the splits, undersamples the training split for the
 `undersampled` weighting, and attaches each example's loss weight.
+
+A dataset that is not on disk raises `DataMissing`, one that is there but unusable
+(a corrupt file, a bad metadata value) its subclass `DataInvalid`: one line naming
+the file, which `polyjax.main` prints before exiting with status 2.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import Callable
 
-from polyjax.data.sources import DataMissing
+from polyjax.data.sources import DataInvalid, DataMissing
 from polyjax.data.splits import Dataset, Split, make_split, undersample, with_weights
 from polyjax.data.stream import StreamSplit
 from polyjax.data.synthetic import gaussians
@@ -60,5 +64,5 @@ def load(name: str, *, weighting_mode: str, exponent: float, **data_config) -> D
   return with_weights(ds, mode=weighting_mode, exponent=exponent)
 
 
-__all__ = ["DATASETS", "PIPELINES", "STREAMABLE", "DataMissing", "Dataset", "Split",
-           "StreamSplit", "load", "make_split"]
+__all__ = ["DATASETS", "PIPELINES", "STREAMABLE", "DataInvalid", "DataMissing", "Dataset",
+           "Split", "StreamSplit", "load", "make_split"]

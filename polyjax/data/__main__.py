@@ -1,18 +1,23 @@
 """Dataset command line: prepare a dataset once, or verify what a config loads.
 
-    python -m polyjax.data prepare cifar10 --data_dir=DIR     # needs TensorFlow: pip install .[prepare]
+    python -m polyjax.data prepare cifar10 --data_dir=DIR     # needs TensorFlow: the prepare extra
     python -m polyjax.data prepare celeba --data_dir=DIR      # needs TensorFlow
     python -m polyjax.data prepare waterbirds --data_dir=DIR  # checks the folder, or says how to get it
     python -m polyjax.data verify --config=configs/cifar_poly.py [--config.data.data_dir=DIR]
 
-`prepare` writes tensorflow-datasets' ArrayRecord files, which polyjax reads
-without TensorFlow. `verify` loads the config's dataset and prints split sizes,
-class and group counts and the importance weights, to compare with the paper
-(e.g. CelebA train groups [1446, 1308, 468, 33]).
+`prepare` writes tensorflow-datasets' ArrayRecord files (with TensorFlow: `pip
+install -e ".[prepare]"`), which polyjax reads without TensorFlow. `verify` loads
+the config's dataset and prints split sizes, class and group counts and the
+importance weights, to compare with the paper (e.g. CelebA train groups
+[1446, 1308, 468, 33]).
+
+Exit status: 0 done; 2 bad input (a missing or unusable dataset, a missing
+library), one line `polyjax.data: error: ...`; 1 Waterbirds not downloaded.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
@@ -36,6 +41,32 @@ def _define_flags():
   return config, data_dir
 
 
+# Imported by tensorflow-datasets when it prepares a dataset, and not installed with it:
+# module -> how to install it. TensorFlow comes with polyjax's `prepare` extra;
+# tfds 4.9 imports importlib_resources there but requires it only on Python < 3.9.
+PREPARE_NEEDS = {
+    "tensorflow": 'the prepare extra: pip install -e ".[prepare]" in a polyjax checkout, '
+                  'or pip install "polyjax[prepare]"',
+    "importlib_resources": "pip install importlib_resources",
+}
+
+
+class MissingLibrary(ImportError):
+  """A library that `prepare` needs is not installed; the message says how to install it."""
+
+
+def check_prepare_needs(name: str) -> None:
+  """Raises MissingLibrary (one line, what to install) unless tfds can prepare `name`
+  here: without TensorFlow tfds fails only after it starts, with a traceback."""
+  for module, install in PREPARE_NEEDS.items():
+    try:
+      importlib.import_module(module)
+    except ImportError as e:
+      raise MissingLibrary(
+          f"prepare {name} needs {module}, which tensorflow-datasets uses to write the "
+          f"dataset ({sources.reason(e)}); install {install}") from e
+
+
 def prepare(name: str, data_dir: str) -> int:
   if name == "waterbirds":
     try:
@@ -47,12 +78,14 @@ def prepare(name: str, data_dir: str) -> int:
             f"this command again to check it.", file=sys.stderr)
       return 1
     meta = waterbirds.read_metadata(folder)
+    waterbirds.check_images(folder, meta, headers=True)
     print(f"waterbirds: {folder} is ready ({len(meta)} images)")
     return 0
   if name not in sources.TFDS_NAMES:
-    print(f"unknown dataset {name!r}; prepare knows: cifar10, celeba, waterbirds",
-          file=sys.stderr)
+    print(f"polyjax.data: error: unknown dataset {name!r}; prepare knows: cifar10, "
+          f"celeba, waterbirds", file=sys.stderr)
     return 2
+  check_prepare_needs(name)
   import tensorflow_datasets as tfds
   builder = tfds.builder(sources.TFDS_NAMES[name], data_dir=data_dir)
   builder.download_and_prepare(file_format="array_record")
@@ -99,7 +132,7 @@ def main(argv, config_flag, data_dir_flag) -> int:
     if config_flag.value is None:
       raise app.UsageError("verify needs --config=FILE")
     return verify(config_flag.value)
-  except (sources.DataMissing, ValueError) as e:
+  except (sources.DataMissing, MissingLibrary, ValueError) as e:
     print(f"polyjax.data: error: {e}", file=sys.stderr)
     return 2
 

@@ -7,12 +7,22 @@ are resized to (256/224 * resolution) square and centre-cropped to `resolution`,
 as in the group DRO code, and kept as uint8 in memory (11,788 images at 224: about
 1.7 GiB), or with `pipeline='stream'` read from the files per batch; ImageNet
 normalisation runs on device.
+
+A bad folder is reported before training starts, as `sources.DataInvalid` (one line
+naming the file, and the line and column of metadata.csv where they apply):
+metadata.csv that is empty, not a CSV, lacks a column or has a value out of range,
+and an image that is listed but not on disk. An image that cannot be decoded is
+found when it is decoded: at load time with the in-memory pipeline (every image),
+per batch with 'stream', which checks up front only that each file opens as an
+image (its header), not the whole file.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import os
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -25,6 +35,9 @@ from polyjax.data.stream import stream_split
 
 FOLDER = "waterbird_complete95_forest2water2"
 COLUMNS = ("img_filename", "y", "split", "place")
+# Valid values of metadata.csv's integer columns.
+VALUES = {"y": (0, 1), "split": (0, 1, 2), "place": (0, 1)}
+SPLITS = ("train", "val", "test")  # split 0, 1, 2.
 DOWNLOAD = "https://nlp.stanford.edu/data/dro/waterbird_complete95_forest2water2.tar.gz"
 
 
@@ -40,25 +53,102 @@ def find_folder(data_dir: str | None) -> str:
 
 
 def load_image(path: str, *, resolution: int) -> np.ndarray:
-  """Resize to a (256/224 * resolution) square, centre-crop `resolution`, uint8 RGB."""
+  """Resize to a (256/224 * resolution) square, centre-crop `resolution`, uint8 RGB.
+
+  A file that does not decode (corrupt, truncated, not an image) raises DataInvalid
+  naming it: with the stream pipeline this runs in a reader thread, mid-epoch.
+  """
   scaled = int(resolution * 256 / 224)
-  with Image.open(path) as img:
-    img = img.convert("RGB").resize((scaled, scaled), Image.BILINEAR)
+  try:
+    with Image.open(path) as img:
+      img = img.convert("RGB").resize((scaled, scaled), Image.BILINEAR)
+  except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
+    raise sources.DataInvalid(f"{path}: the image cannot be decoded ({sources.reason(e)})") from e
   top = int(round((scaled - resolution) / 2.0))
   return np.asarray(img, np.uint8)[top:top + resolution, top:top + resolution]
 
 
+def check_image_header(path: str) -> None:
+  """Raises DataInvalid unless `path` opens as an image. Reads the header only (PIL
+  decodes lazily), so a truncated file passes: `load_image` names it later."""
+  try:
+    with Image.open(path):
+      pass  # Opening identifies the format from the header; nothing is decoded.
+  except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
+    raise sources.DataInvalid(f"{path}: not a readable image ({sources.reason(e)})") from e
+
+
+def _first_bad(path: str, meta: pd.DataFrame, bad: pd.Series,
+               what: Callable[[int], str]) -> sources.DataInvalid:
+  """One line naming the first bad row's line in metadata.csv, `what(its position)` is
+  wrong there, and how many more lines are bad."""
+  rows = np.flatnonzero(bad.to_numpy())
+  more = f" (and {len(rows) - 1} more lines)" if len(rows) > 1 else ""
+  # Rows keep their index from the file (blank lines included): line = index + 2.
+  return sources.DataInvalid(f"{path}, line {meta.index[rows[0]] + 2}: {what(rows[0])}{more}")
+
+
 def read_metadata(folder: str) -> pd.DataFrame:
+  """`folder`/metadata.csv with y, split and place as integers, every row checked.
+
+  Raises DataInvalid (one line naming the file, and the line and column of the first
+  bad value) for a file that is empty or not a CSV, lacks a column, has no rows, an
+  empty img_filename, or a y, split or place outside its values.
+  """
   path = os.path.join(folder, "metadata.csv")
-  meta = pd.read_csv(path)
+  try:
+    # As text, blank cells as "": each value is checked below, and named as written.
+    meta = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
+  except pd.errors.EmptyDataError as e:
+    raise sources.DataInvalid(f"{path} is empty; it needs a header line naming the columns "
+                              f"{', '.join(COLUMNS)} and a line per image") from e
+  except (pd.errors.ParserError, UnicodeDecodeError, OSError) as e:
+    raise sources.DataInvalid(f"{path} is not a readable CSV file ({sources.reason(e)})") from e
   missing = [c for c in COLUMNS if c not in meta.columns]
   if missing:
-    raise ValueError(f"{path} lacks column(s) {', '.join(missing)}; needs {', '.join(COLUMNS)}")
-  for col, valid in (("y", {0, 1}), ("place", {0, 1}), ("split", {0, 1, 2})):
-    bad = set(meta[col].unique()) - valid
-    if bad:
-      raise ValueError(f"{path}: column {col!r} has values {sorted(bad)}, expected {sorted(valid)}")
+    raise sources.DataInvalid(
+        f"{path} lacks column(s) {', '.join(missing)}; needs {', '.join(COLUMNS)} "
+        f"(its header: {', '.join(map(str, meta.columns))})")
+  # Blank lines (kept above, so that the index counts every line) are no rows.
+  meta = meta[~(meta == "").all(axis=1)]
+  if len(meta) == 0:
+    raise sources.DataInvalid(f"{path} has a header but no rows; it needs a line per image")
+  names = meta["img_filename"].str.strip()
+  if (names == "").any():
+    raise _first_bad(path, meta, names == "", lambda r: "column 'img_filename' is empty")
+  meta = meta.assign(img_filename=names)
+  for col, valid in VALUES.items():
+    values = pd.to_numeric(meta[col], errors="coerce")
+    bad = ~values.isin(valid)
+    if bad.any():
+      expected = ", ".join(map(str, valid[:-1])) + f" or {valid[-1]}"
+      raise _first_bad(path, meta, bad, lambda r: (
+          f"column {col!r} is {meta[col].iloc[r]!r}, expected {expected}"
+          if meta[col].iloc[r] != "" else f"column {col!r} is empty, expected {expected}"))
+    meta = meta.assign(**{col: values.astype(np.int64)})
+  for code, name in enumerate(SPLITS):
+    if not (meta["split"] == code).any():
+      raise sources.DataInvalid(f"{path} has no rows with split={code} ({name})")
   return meta
+
+
+def check_images(folder: str, meta: pd.DataFrame, *, headers: bool,
+                 num_threads: int = 16) -> None:
+  """Raises DataInvalid naming the first image of metadata.csv that is not on disk
+  (and how many more are missing), or with `headers`, the first that does not open
+  as an image (`check_image_header`; in threads: opening a file waits on the disk)."""
+  paths = [os.path.join(folder, f) for f in meta["img_filename"]]
+  missing = pd.Series([not os.path.isfile(p) for p in paths], index=meta.index)
+  if missing.any():
+    first = int(np.flatnonzero(missing.to_numpy())[0])
+    more = int(missing.sum()) - 1
+    raise sources.DataInvalid(
+        f"{paths[first]}: no such image file, listed in {os.path.join(folder, 'metadata.csv')} "
+        f"line {meta.index[first] + 2}"
+        + (f" ({more} more of its {len(paths)} images are missing)" if more else ""))
+  if headers:
+    with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
+      list(pool.map(check_image_header, paths))  # Raises the first file's error, in order.
 
 
 def waterbirds(*, data_dir: str | None = None, resolution: int = 224,
@@ -69,15 +159,13 @@ def waterbirds(*, data_dir: str | None = None, resolution: int = 224,
   """
   folder = find_folder(data_dir)
   meta = read_metadata(folder)
+  # 'memory' decodes every image below, which finds a corrupt one; 'stream' decodes
+  # them only per batch, after the run directory is written: check each opens.
+  check_images(folder, meta, headers=pipeline == "stream")
   out = {}
-  for code, name in enumerate(("train", "val", "test")):
+  for code, name in enumerate(SPLITS):
     rows = meta[meta["split"] == code]
-    if len(rows) == 0:
-      raise ValueError(f"{os.path.join(folder, 'metadata.csv')} has no rows with split={code} ({name})")
     paths = [os.path.join(folder, f) for f in rows["img_filename"]]
-    for p in paths:
-      if not os.path.isfile(p):
-        raise FileNotFoundError(f"waterbirds image listed in metadata.csv is missing: {p}")
     y = rows["y"].to_numpy(np.int32)
     group = 2 * y + rows["place"].to_numpy(np.int32)
     image = functools.partial(load_image, resolution=resolution)
