@@ -28,7 +28,7 @@ import platform
 import shutil
 import sys
 from importlib import metadata
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -232,29 +232,29 @@ class RunDir:
               f"row; skipped", file=sys.stderr)
     return rows
 
-  def truncate_metrics(self, last_epoch: int, *, evaluated: Sequence[int] = ()
-                       ) -> MetricsRepair:
+  def truncate_metrics(self, last_epoch: int, *, eval_every: int = 1) -> MetricsRepair:
     """Prepares metrics.jsonl for a run resuming after epoch `last_epoch`.
 
     Drops rows after that epoch (written after its checkpoint, so written again)
     and a torn last line. Damaged lines before it (not JSON, or not a row) are
     dropped too, after a copy of the file is kept as `metrics.jsonl.damaged`; the
-    epochs in `evaluated` (those up to `last_epoch` that the run evaluated) that are
-    left without rows are reported: their values cannot be recomputed.
+    evaluated epochs (every `eval_every`-th) up to `last_epoch` left without rows are
+    reported: their values cannot be recomputed.
     """
     path = self.path / METRICS
     if not self.is_writer:
       return MetricsRepair()
+    evaluated = range(eval_every, last_epoch + 1, eval_every)
     if not path.exists():
-      return MetricsRepair(missing_epochs=sorted(e for e in evaluated if e <= last_epoch))
+      return MetricsRepair(missing_epochs=list(evaluated))
     rows, damaged = _parse_metrics(path, keep_lines=True)
     keep = [line for row, line in rows if row["epoch"] <= last_epoch]
-    complete = [d for d in damaged if d[1].endswith("\n")]  # Not a torn last line.
+    complete = [d for d in damaged if d[1].endswith("\n")]  # Not a line torn by a crash.
     have = {row["epoch"] for row, _ in rows if row["epoch"] <= last_epoch}
     repair = MetricsRepair(
         dropped=len(rows) - len(keep), damaged_lines=[n for n, _ in complete],
-        missing_epochs=sorted(e for e in evaluated if e <= last_epoch and e not in have))
-    if len(keep) == len(rows) and not damaged:
+        missing_epochs=[e for e in evaluated if e not in have])
+    if len(keep) == len(rows) and not damaged and _ends_with_newline(path):
       return repair
     if complete:
       shutil.copyfile(path, path.with_name(path.name + ".damaged"))
@@ -281,6 +281,14 @@ class MetricsRepair:
   missing_epochs: list[int] = dataclasses.field(default_factory=list)
 
 
+def _ends_with_newline(path: pathlib.Path) -> bool:
+  with open(path, "rb") as f:
+    if f.seek(0, os.SEEK_END) == 0:
+      return True
+    f.seek(-1, os.SEEK_END)
+    return f.read(1) == b"\n"
+
+
 def _parse_metrics(path: pathlib.Path, keep_lines: bool = False):
   """(rows, damaged): the rows of a metrics file (with their lines if `keep_lines`)
   and the (line number, line) of each line that is not a row."""
@@ -294,8 +302,9 @@ def _parse_metrics(path: pathlib.Path, keep_lines: bool = False):
         ok = isinstance(row, dict) and isinstance(row.get("epoch"), int) and "split" in row
       except json.JSONDecodeError:
         ok = False
-      if not ok or not line.endswith("\n"):
+      if not ok:  # Without its newline: a line torn by a crash (not damage).
         damaged.append((number, line))
-      else:
-        rows.append((row, line) if keep_lines else row)
+      else:  # A whole row, written again with its newline if it had none.
+        rows.append((row, line if line.endswith("\n") else line + "\n") if keep_lines
+                    else row)
   return rows, damaged

@@ -49,6 +49,7 @@ import json
 import math
 import os
 import pathlib
+import shutil
 import sys
 import time
 from typing import Any, Mapping, Sequence
@@ -695,6 +696,7 @@ def run_sweep(members: list[tuple[str, ml_collections.ConfigDict]], workdir: str
       todo_groups.append(todo)
   # One sweep process per directory (a second exits naming the first's PID).
   lock = run_dir.RunDir(workdir_path)
+  created = not workdir_path.exists()
   lock.lock()
   stop = lifecycle.StopSignals()
   try:
@@ -707,6 +709,8 @@ def run_sweep(members: list[tuple[str, ml_collections.ConfigDict]], workdir: str
           out[m.name] = m.summary
   finally:
     lock.unlock()
+    if created and [p.name for p in workdir_path.iterdir()] == [run_dir.LOCK]:
+      shutil.rmtree(workdir_path)  # Failed before any member started (e.g. missing data).
   return out
 
 
@@ -761,10 +765,9 @@ def _run_group(todo: list[Member], *, mesh, stop: lifecycle.StopSignals,
                           "time": time.time()})
         print(f"polyjax.sweep: {m.name} resumes after epoch {m.start_epoch}", flush=True)
     if saved is not None:
-      evaluated = [e for e in range(1, m.start_epoch + 1)
-                   if e % m.config.eval_every_epochs == 0]
       warning = train.missing_rows_warning(
-          m.run, m.run.truncate_metrics(m.start_epoch, evaluated=evaluated), m.start_epoch)
+          m.run, m.run.truncate_metrics(m.start_epoch, eval_every=m.config.eval_every_epochs),
+          m.start_epoch)
       if warning:
         print(f"polyjax.sweep: warning: {warning}", file=sys.stderr, flush=True)
     m.record = train.run_record(m.config, m.run.path)

@@ -394,8 +394,7 @@ def _train_and_evaluate(config, run: run_dir.RunDir, *, mesh, sizes: dict[str, i
         resumes.append({"epoch": start_epoch, "changed_fields": changed, "time": time.time()})
     repair = run_dir.MetricsRepair()
     if saved_config is not None:
-      evaluated = [e for e in range(1, start_epoch + 1) if e % config.eval_every_epochs == 0]
-      repair = run.truncate_metrics(start_epoch, evaluated=evaluated)
+      repair = run.truncate_metrics(start_epoch, eval_every=config.eval_every_epochs)
   except BaseException:
     checkpoints.close()
     raise

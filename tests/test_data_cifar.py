@@ -197,7 +197,7 @@ def test_tuning_stage_of_cifar_poly_runs_and_reports_on_mock_data(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   grid = {(b, lr) for b in config_lib.TUNING_BATCH_SIZES for lr in config_lib.TUNING_LRS["cifar10"]}
   seen, completed = set(), set()
-  for member in workdir.iterdir():
+  for member in (p for p in workdir.iterdir() if p.is_dir()):  # Not the sweep's lock file.
     cfg = json.loads((member / "config.json").read_text())
     seen.add((cfg["batch_size"], cfg["lr"]))
     summary = json.loads((member / "summary.json").read_text())

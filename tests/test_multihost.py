@@ -18,7 +18,7 @@ import sys
 import jax
 import numpy as np
 
-from polyjax import run_dir, steps, train
+from polyjax import checkpointing, run_dir, steps, train
 import subprocess_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -139,13 +139,19 @@ def test_two_processes_match_one_process_with_two_devices_and_resume(tmp_path):
     _assert_close(row, ref_rows[key], f"epoch {key[0]} {key[1]}")
   _assert_close(summary["final"], ref["final"], "final")
 
-  # The finished two-process run, reopened by one process with all 8 devices:
-  # restores epoch 3 onto the new layout, trains nothing, evaluates the same.
+  # The finished two-process run, reopened by one process with all 8 devices: complete,
+  # so nothing is done; its checkpoint restores onto the new layout and evaluates the same.
   again = train.train_and_evaluate(_config(3), str(multi))
+  assert again == run_dir.read_json(multi / run_dir.SUMMARY)
   assert again["steps"] == ref["steps"] and len(_rows(multi)) == len(ref_rows)
-  _assert_close(again["final"],
+  exp = train.build(_config(3))
+  ckpts = checkpointing.Checkpoints(multi / run_dir.CHECKPOINTS, read_only=True)
+  epoch, state, _ = ckpts.restore_latest(like=exp.state)
+  ckpts.close()
+  assert epoch == 3
+  _assert_close(train.evaluate(exp, state, train.eval_data(exp, _config(3))),
                 {k: v for k, v in ref["final"].items()
-                 if k not in ("train/objective", "train/lr")},  # training stats, not evaluated
+                 if k not in train.TRAIN_ONLY_KEYS},  # training stats, not evaluated
                 "re-evaluated")
 
 

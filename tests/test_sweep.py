@@ -3,6 +3,8 @@
 import json
 import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -355,3 +357,16 @@ def test_a_second_sweep_on_a_directory_is_refused(tmp_path):
   finally:
     holder.unlock()
   assert [p.name for p in tmp_path.iterdir()] == [run_dir.LOCK]  # No member was started.
+
+
+def test_a_sweep_on_missing_data_is_one_line_and_writes_nothing(tmp_path):
+  workdir = tmp_path / "sweep"
+  proc = subprocess.run(
+      [sys.executable, "-m", "polyjax.sweep", f"--config={REPO / 'configs/waterbirds_poly_iw.py'}",
+       f"--workdir={workdir}", f"--config.data.data_dir={tmp_path / 'nowhere'}",
+       "--grid=seed=0,1"], cwd=REPO, env=subprocess_env.env(), capture_output=True, text=True,
+      timeout=300)
+  assert proc.returncode == 2, proc.stderr
+  assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith("polyjax.sweep: error:")
+  assert str(tmp_path / "nowhere") in proc.stderr
+  assert not workdir.exists()

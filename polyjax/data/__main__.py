@@ -25,7 +25,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from polyjax import data
+from polyjax import cli, data
 from polyjax.data import sources, waterbirds
 from polyjax.data.stream import StreamSplit
 
@@ -43,11 +43,12 @@ def _define_flags():
 
 # Imported by tensorflow-datasets when it prepares a dataset, and not installed with it:
 # module -> how to install it. TensorFlow comes with polyjax's `prepare` extra;
-# tfds 4.9 imports importlib_resources there but requires it only on Python < 3.9.
+# tfds 4.9 imports importlib_resources there but requires it only on Python < 3.9
+# (the extra adds it).
 PREPARE_NEEDS = {
     "tensorflow": 'the prepare extra: pip install -e ".[prepare]" in a polyjax checkout, '
                   'or pip install "polyjax[prepare]"',
-    "importlib_resources": "pip install importlib_resources",
+    "importlib_resources": 'the prepare extra: pip install -e ".[prepare]"',
 }
 
 
@@ -139,4 +140,5 @@ def main(argv, config_flag, data_dir_flag) -> int:
 
 if __name__ == "__main__":
   _flags = _define_flags()
-  app.run(lambda argv: sys.exit(main(argv, *_flags)))
+  app.run(lambda argv: sys.exit(main(argv, *_flags)),
+          flags_parser=lambda argv: cli.parse_flags(argv, "polyjax.data"))
