@@ -73,14 +73,21 @@ class StopSignals:
       self._elsewhere = int(got[np.flatnonzero(got)[0]])
     return bool(np.any(got))
 
-  def __enter__(self) -> StopSignals:
+  def install(self) -> None:
+    """Installs the handlers (in the main thread only); `uninstall` restores the previous."""
     if threading.current_thread() is threading.main_thread():
       for signum in self.SIGNALS:
         self._previous[signum] = signal.signal(signum, self._handle)
+
+  def uninstall(self) -> None:
+    self._restore()
+
+  def __enter__(self) -> StopSignals:
+    self.install()
     return self
 
   def __exit__(self, *exc) -> None:
-    self._restore()
+    self.uninstall()
 
 
 def finite_rows(arrays, rows: int) -> jax.Array:

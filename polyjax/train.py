@@ -418,51 +418,53 @@ def _train_and_evaluate(config, run: run_dir.RunDir, *, mesh, sizes: dict[str, i
   values: dict[str, float] = {}
   steps_done = int(jax.device_get(state.step))
   stop = lifecycle.StopSignals()
+  # Installed until the run's files are closed: a signal that reaches one process of
+  # several during the last saves (collective) must not end it alone.
+  stop.install()
   try:
-    with stop:
-      n_train = len(exp.dataset.train)
-      steps_per_epoch = n_train // config.batch_size
-      epoch = start_epoch
-      while epoch < config.num_epochs:
-        t0 = time.time()
-        first, epoch = epoch + 1, call_end(config, epoch, steps_per_epoch)
-        idx_SxB = steps.epochs_indices(n_train, config.batch_size, seed=exp.order_seed,
-                                       epochs=range(first, epoch + 1), p=exp.sample_p)
-        state, objective = exp.train_epoch(
-            state, train_data,
-            idx_SxB if streamed else steps.to_global(idx_SxB, sh.stacked_batches))
-        objective_ExS = np.asarray(objective).reshape(epoch - first + 1, steps_per_epoch)
-        if not np.all(np.isfinite(objective_ExS)):
-          bad_e, bad_s = np.argwhere(~np.isfinite(objective_ExS))[0]
-          bad_epoch = first + int(bad_e)
-          step = (bad_epoch - 1) * steps_per_epoch + int(bad_s) + 1
-          summary.update(status="diverged", diverged_at={"epoch": bad_epoch, "step": step})
-          raise Diverged(f"training objective is {objective_ExS[bad_e, bad_s]} at epoch "
-                         f"{bad_epoch}, step {step}; stopping (no checkpoint of this state "
-                         f"is kept)")
-        if not lifecycle.is_finite(state):
-          step = epoch * steps_per_epoch
-          summary.update(status="diverged", diverged_at={"epoch": epoch, "step": step})
-          raise Diverged(f"the train state holds NaN or Inf after epoch {epoch}, step "
-                         f"{step}; stopping (no checkpoint of this state is kept)")
-        objective_S = objective_ExS[-1]
-        summary["epochs_completed"] = epoch
-        step = steps_done = int(state.step)
-        values_now = None
-        if epoch % config.eval_every_epochs == 0 or epoch == config.num_epochs:
-          values = values_now = evaluate(exp, state, eval_inputs)
-          values["train/objective"] = float(objective_S.mean())
-          values["train/lr"] = lr_at(config, exp, step)
-          wandb.log(step, {"epoch": epoch, **values})
-          if run.is_writer:
-            print(_progress(epoch, config.num_epochs, step, values, time.time() - t0), flush=True)
-        stopping = epoch < config.num_epochs and stop.received_anywhere()
-        best_epoch, best_value = record_epoch(
-            config, run, checkpoints, epoch=epoch, step=step, state=state, values=values_now,
-            best_epoch=best_epoch, best_value=best_value, stopping=stopping)
-        summary["best_epoch"] = best_epoch
-        if stopping:
-          break
+    n_train = len(exp.dataset.train)
+    steps_per_epoch = n_train // config.batch_size
+    epoch = start_epoch
+    while epoch < config.num_epochs:
+      t0 = time.time()
+      first, epoch = epoch + 1, call_end(config, epoch, steps_per_epoch)
+      idx_SxB = steps.epochs_indices(n_train, config.batch_size, seed=exp.order_seed,
+                                     epochs=range(first, epoch + 1), p=exp.sample_p)
+      state, objective = exp.train_epoch(
+          state, train_data,
+          idx_SxB if streamed else steps.to_global(idx_SxB, sh.stacked_batches))
+      objective_ExS = np.asarray(objective).reshape(epoch - first + 1, steps_per_epoch)
+      if not np.all(np.isfinite(objective_ExS)):
+        bad_e, bad_s = np.argwhere(~np.isfinite(objective_ExS))[0]
+        bad_epoch = first + int(bad_e)
+        step = (bad_epoch - 1) * steps_per_epoch + int(bad_s) + 1
+        summary.update(status="diverged", diverged_at={"epoch": bad_epoch, "step": step})
+        raise Diverged(f"training objective is {objective_ExS[bad_e, bad_s]} at epoch "
+                       f"{bad_epoch}, step {step}; stopping (no checkpoint of this state "
+                       f"is kept)")
+      if not lifecycle.is_finite(state):
+        step = epoch * steps_per_epoch
+        summary.update(status="diverged", diverged_at={"epoch": epoch, "step": step})
+        raise Diverged(f"the train state holds NaN or Inf after epoch {epoch}, step "
+                       f"{step}; stopping (no checkpoint of this state is kept)")
+      objective_S = objective_ExS[-1]
+      summary["epochs_completed"] = epoch
+      step = steps_done = int(state.step)
+      values_now = None
+      if epoch % config.eval_every_epochs == 0 or epoch == config.num_epochs:
+        values = values_now = evaluate(exp, state, eval_inputs)
+        values["train/objective"] = float(objective_S.mean())
+        values["train/lr"] = lr_at(config, exp, step)
+        wandb.log(step, {"epoch": epoch, **values})
+        if run.is_writer:
+          print(_progress(epoch, config.num_epochs, step, values, time.time() - t0), flush=True)
+      stopping = epoch < config.num_epochs and stop.received_anywhere()
+      best_epoch, best_value = record_epoch(
+          config, run, checkpoints, epoch=epoch, step=step, state=state, values=values_now,
+          best_epoch=best_epoch, best_value=best_value, stopping=stopping)
+      summary["best_epoch"] = best_epoch
+      if stopping:
+        break
     if summary["epochs_completed"] < config.num_epochs:
       summary.update(status="interrupted", signal=stop.name)
     else:
@@ -501,4 +503,5 @@ def _train_and_evaluate(config, run: run_dir.RunDir, *, mesh, sizes: dict[str, i
         run.write_summary(summary)
       finally:
         wandb.finish(summary)
+        stop.uninstall()
   return summary

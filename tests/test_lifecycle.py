@@ -678,3 +678,28 @@ def test_a_metrics_file_cut_short_is_reported_on_resume(reference, tmp_path):
   assert proc.stderr.splitlines() == [
       f"polyjax: warning: {path}: no rows for evaluated epoch(s) 4-{NUM_EPOCHS} before the "
       f"checkpoint of epoch {NUM_EPOCHS}: they cannot be recomputed"]
+
+
+_SIGNAL_DURING_THE_LAST_SAVE = textwrap.dedent("""
+    import os, signal, sys
+    from polyjax import checkpointing, main
+    close = checkpointing.Checkpoints.close
+    def close_after_a_signal(self):
+      os.kill(os.getpid(), signal.SIGTERM)  # Arrives while the last saves are written.
+      close(self)
+    checkpointing.Checkpoints.close = close_after_a_signal
+    sys.argv = ["polyjax.main", *sys.argv[1:]]
+    main.run()
+""")
+
+
+def test_a_signal_during_the_last_saves_does_not_end_the_process(tmp_path):
+  """The stop handlers stay installed until the run's files are closed: in a run of
+  several processes, one killed alone during the collective last save would leave
+  the others waiting in it."""
+  proc = subprocess.run([sys.executable, "-c", _SIGNAL_DURING_THE_LAST_SAVE,
+                         *_command(tmp_path, num_epochs=3)[3:]], cwd=ROOT, env=_env(),
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  summary = run_dir.RunDir(tmp_path).read_summary()
+  assert summary["status"] == "completed" and summary["epochs_completed"] == 3
