@@ -1,8 +1,9 @@
 """Host-side pieces of a run's lifecycle that the training loop calls between epochs.
 
 - `StopSignals`: SIGTERM and SIGINT ask the loop to stop after the current epoch
-  (an epoch is one compiled call and cannot be cut short); the loop then saves
-  and exits cleanly. A second signal stops at once, without saving. In a
+  (an epoch is one compiled call and cannot be cut short), or before the first one
+  when the signal came during set-up; the loop then saves and exits cleanly. A
+  second signal stops at once, without saving. In a
   multi-process run the processes agree (`received_anywhere`): a signal that
   reaches one process stops them all after the same epoch.
 - `is_finite`: whether every floating-point array of a state is finite, so that
@@ -43,9 +44,9 @@ class StopSignals:
       signal.raise_signal(signum)
       return
     self.received = signum
-    print(f"polyjax: {signal.Signals(signum).name} received: stopping after this epoch "
-          f"(checkpoint, summary); send it again to stop at once", file=sys.stderr,
-          flush=True)
+    print(f"polyjax: {signal.Signals(signum).name} received: stopping at the end of this "
+          f"epoch, or before the first (checkpoint, summary); send it again to stop at once",
+          file=sys.stderr, flush=True)
 
   def _restore(self):
     for signum, handler in self._previous.items():
@@ -73,21 +74,14 @@ class StopSignals:
       self._elsewhere = int(got[np.flatnonzero(got)[0]])
     return bool(np.any(got))
 
-  def install(self) -> None:
-    """Installs the handlers (in the main thread only); `uninstall` restores the previous."""
+  def __enter__(self) -> StopSignals:
     if threading.current_thread() is threading.main_thread():
       for signum in self.SIGNALS:
         self._previous[signum] = signal.signal(signum, self._handle)
-
-  def uninstall(self) -> None:
-    self._restore()
-
-  def __enter__(self) -> StopSignals:
-    self.install()
     return self
 
   def __exit__(self, *exc) -> None:
-    self.uninstall()
+    self._restore()
 
 
 def finite_rows(arrays, rows: int) -> jax.Array:

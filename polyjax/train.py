@@ -332,9 +332,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """
   run = run_dir.RunDir(workdir, is_writer=jax.process_index() == 0)
   sizes = {"checkpoint_bytes": 0}
+  # SIGTERM/SIGINT are handled from here until the run's files are closed: a signal
+  # that reaches one process of several, during set-up or the last (collective)
+  # saves, must not end it alone; the processes agree on stopping.
+  stop = lifecycle.StopSignals()
   try:
-    return _train_and_evaluate(config, run, mesh=mesh, sizes=sizes,
-                               allow_config_change=allow_config_change)
+    with stop:
+      return _train_and_evaluate(config, run, mesh=mesh, stop=stop, sizes=sizes,
+                                 allow_config_change=allow_config_change)
   except Exception as e:
     if run_dir.is_disk_full(e):
       raise run_dir.disk_full_error(run.path, sizes["checkpoint_bytes"]) from e
@@ -343,8 +348,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     run.unlock()
 
 
-def _train_and_evaluate(config, run: run_dir.RunDir, *, mesh, sizes: dict[str, int],
-                        allow_config_change: bool) -> dict[str, Any]:
+def _train_and_evaluate(config, run: run_dir.RunDir, *, mesh, stop: lifecycle.StopSignals,
+                        sizes: dict[str, int], allow_config_change: bool) -> dict[str, Any]:
   workdir = str(run.path)
   if run.path.exists():
     run.lock()  # Before reading it: another writer would change it under us.
@@ -417,15 +422,12 @@ def _train_and_evaluate(config, run: run_dir.RunDir, *, mesh, sizes: dict[str, i
   start = time.time()
   values: dict[str, float] = {}
   steps_done = int(jax.device_get(state.step))
-  stop = lifecycle.StopSignals()
-  # Installed until the run's files are closed: a signal that reaches one process of
-  # several during the last saves (collective) must not end it alone.
-  stop.install()
   try:
     n_train = len(exp.dataset.train)
     steps_per_epoch = n_train // config.batch_size
     epoch = start_epoch
-    while epoch < config.num_epochs:
+    stopped_in_setup = stop.received_anywhere()  # Then no epoch is started.
+    while epoch < config.num_epochs and not stopped_in_setup:
       t0 = time.time()
       first, epoch = epoch + 1, call_end(config, epoch, steps_per_epoch)
       idx_SxB = steps.epochs_indices(n_train, config.batch_size, seed=exp.order_seed,
@@ -503,5 +505,4 @@ def _train_and_evaluate(config, run: run_dir.RunDir, *, mesh, sizes: dict[str, i
         run.write_summary(summary)
       finally:
         wandb.finish(summary)
-        stop.uninstall()
   return summary

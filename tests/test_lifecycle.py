@@ -680,26 +680,47 @@ def test_a_metrics_file_cut_short_is_reported_on_resume(reference, tmp_path):
       f"checkpoint of epoch {NUM_EPOCHS}: they cannot be recomputed"]
 
 
-_SIGNAL_DURING_THE_LAST_SAVE = textwrap.dedent("""
+_SIGNAL_DURING = textwrap.dedent("""
     import os, signal, sys
-    from polyjax import checkpointing, main
-    close = checkpointing.Checkpoints.close
-    def close_after_a_signal(self):
-      os.kill(os.getpid(), signal.SIGTERM)  # Arrives while the last saves are written.
-      close(self)
-    checkpointing.Checkpoints.close = close_after_a_signal
-    sys.argv = ["polyjax.main", *sys.argv[1:]]
+    from polyjax import checkpointing, main, train
+    module, name = {"setup": (train, "build"),
+                    "last_saves": (checkpointing.Checkpoints, "close")}[sys.argv[1]]
+    original = getattr(module, name)
+    def after_a_signal(*args, **kwargs):
+      os.kill(os.getpid(), signal.SIGTERM)
+      return original(*args, **kwargs)
+    setattr(module, name, after_a_signal)
+    sys.argv = ["polyjax.main", *sys.argv[2:]]
     main.run()
 """)
+
+
+def _run_with_a_signal_during(phase, workdir, **changes):
+  return subprocess.run([sys.executable, "-c", _SIGNAL_DURING, phase,
+                         *_command(workdir, **changes)[3:]], cwd=ROOT, env=_env(),
+                        capture_output=True, text=True, timeout=300)
 
 
 def test_a_signal_during_the_last_saves_does_not_end_the_process(tmp_path):
   """The stop handlers stay installed until the run's files are closed: in a run of
   several processes, one killed alone during the collective last save would leave
   the others waiting in it."""
-  proc = subprocess.run([sys.executable, "-c", _SIGNAL_DURING_THE_LAST_SAVE,
-                         *_command(tmp_path, num_epochs=3)[3:]], cwd=ROOT, env=_env(),
-                        capture_output=True, text=True, timeout=300)
+  proc = _run_with_a_signal_during("last_saves", tmp_path, num_epochs=3)
   assert proc.returncode == 0, proc.stderr
   summary = run_dir.RunDir(tmp_path).read_summary()
   assert summary["status"] == "completed" and summary["epochs_completed"] == 3
+
+
+def test_a_signal_during_set_up_stops_before_the_first_epoch(tmp_path):
+  """Set-up (data, model, compilation) is not cut short by a signal either: in a run
+  of several processes the others would wait for this one in their first collective.
+  The processes agree before the first epoch and stop there; a rerun trains the run."""
+  proc = _run_with_a_signal_during("setup", tmp_path, num_epochs=3)
+  assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
+  summary = run_dir.RunDir(tmp_path).read_summary()
+  assert (summary["status"], summary["signal"], summary["epochs_completed"]) == (
+      "interrupted", "SIGTERM", 0)
+  assert "epoch 1/3" not in proc.stdout
+  proc = _run(tmp_path, num_epochs=3)
+  assert proc.returncode == 0, proc.stderr
+  assert run_dir.RunDir(tmp_path).read_summary()["status"] == "completed"
