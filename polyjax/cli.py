@@ -20,6 +20,8 @@ import ml_collections
 from absl import flags
 from absl import logging as absl_logging
 
+from polyjax import config as config_lib
+
 
 def fail(prog: str, message: str) -> NoReturn:
   """Prints `<prog>: error: <message>` (one line) and exits with status 2."""
@@ -77,9 +79,23 @@ def _cause(e: BaseException) -> str:
   return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
+def config_help() -> str:
+  """Every config field with its default and one-line meaning (`--config_help`)."""
+  rows = config_lib.field_help()
+  width = max(len(f) for f, _, _ in rows)
+  lines = ["Config fields (override any with --config.<field>=<value>):"]
+  for field, default, meaning in rows:
+    lines.append(f"  {field:<{width}}  {meaning} [default: {default!r}]")
+  return "\n".join(lines)
+
+
 def parse_flags(argv: list[str], prog: str) -> list[str]:
   """absl flag parsing with a bad config file, bad flags and misspelt config fields
-  as one-line errors (exit status 2)."""
+  as one-line errors (exit status 2). `--config_help` prints every config field
+  and exits; `--only_check_args` also validates the config's values."""
+  if "--config_help" in argv[1:]:
+    print(config_help())
+    sys.exit(0)
   config_arg = config_file_arg(argv[1:])
   if config_arg is not None:
     try:
@@ -87,7 +103,10 @@ def parse_flags(argv: list[str], prog: str) -> list[str]:
     except ValueError as e:
       fail(prog, str(e))
   try:
-    return flags.FLAGS(argv)
+    rest = flags.FLAGS(argv)
+    if flags.FLAGS["only_check_args"].value and "config" in flags.FLAGS:
+      _validate_only(prog)
+    return rest
   except flags.Error as e:
     fail(prog, str(e).splitlines()[0])
   except (AttributeError, KeyError) as e:
@@ -141,3 +160,12 @@ def is_closed_loop_callback(error: BaseException | None) -> bool:
       return True
     tb = tb.tb_next
   return False
+
+
+def _validate_only(prog: str) -> None:
+  """`--only_check_args`: absl exits 0 once the flags parse; the config's values are
+  checked too (as for one device: the device count is a property of the machine)."""
+  try:
+    config_lib.validate(flags.FLAGS["config"].value, device_count=1)
+  except config_lib.ConfigError as e:
+    fail(prog, str(e))

@@ -8,9 +8,11 @@ paper's datasets) and change a few fields.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
+import re
 
 import ml_collections
 from ml_collections import config_dict
@@ -98,6 +100,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.wandb.name = config_dict.placeholder(str)  # Run name (None: the workdir's name).
   c.wandb.tags = ()  # Tags for the wandb run.
   return c
+
+
+def field_help() -> list[tuple[str, object, str]]:
+  """(field, default, meaning) of every field of `base_config()`, in order; the
+  meaning is the field's one-line comment above."""
+  lines = inspect.getsource(base_config).splitlines()
+  comments = {}
+  for line in lines:
+    match = re.match(r"\s*c\.([\w.]+) = .*?  # (.*)$", line)
+    if match:
+      comments[match.group(1)] = match.group(2)
+  return [(field, value, comments.get(field, ""))
+          for field, value in _flatten(base_config().to_dict()).items()]
 
 
 # The paper's per-dataset setup shared by the experiment files in configs/: data, model,

@@ -26,7 +26,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from polyjax import checkpointing, cli, lifecycle, run_dir, steps, train
+from polyjax import checkpointing, cli, data, lifecycle, run_dir, steps, train, weighting
 from polyjax import config as config_lib
 from polyjax import distributed
 from polyjax.data import DataMissing
@@ -51,12 +51,47 @@ _COMPILATION_CACHE = flags.DEFINE_string(
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     "allow_config_change", False,
     "Resume a workdir even if its config differs in fields that matter.")
+_LOG_EVERY = flags.DEFINE_integer(
+    "log_every", 0, "Print the per-epoch line of every Nth evaluated epoch (and the "
+    "last). 0: a live progress bar only when stdout is a terminal, every epoch's line "
+    "otherwise (a pipe, a log file); N > 0 on a terminal: the lines above the bar.",
+    lower_bound=0)
+_PRINT_CONFIG = flags.DEFINE_bool(
+    "print_config", False,
+    "Print the resolved, validated config (and, for data on disk or needing no download, "
+    "the split sizes, class and group counts and importance weights it implies) and exit "
+    "without writing anything.")
+flags.DEFINE_bool("config_help", False, "List every config field with its default and "
+                  "meaning, and exit.")
 flags.mark_flags_as_required(["config"])
 
 
 def default_workdir(config_path: str) -> pathlib.Path:
   stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
   return pathlib.Path("runs") / f"{pathlib.Path(config_path).stem}-{stamp}"
+
+
+def print_config(config) -> None:
+  """The resolved config, then what it implies for the data: split sizes, class and
+  group counts of the training split and the importance weights (data that must be
+  prepared first is loaded only if it is there)."""
+  print(config)
+  data_cfg = config.data.to_dict()
+  name = data_cfg.pop("name")
+  data_cfg.pop("order_seed")
+  try:
+    ds = data.load(name, weighting_mode=config.weighting.mode,
+                   exponent=config.weighting.exponent, **data_cfg)
+  except DataMissing as e:
+    print(f"# data: not loaded ({e})")
+    return
+  sizes = ", ".join(f"{split} {len(s)}" for split, s in ds.splits().items())
+  iw = weighting.importance_weights(ds.train_group_counts, exponent=config.weighting.exponent)
+  print(f"# data {name}: {sizes} examples; {ds.num_classes} classes, {ds.num_groups} groups")
+  print(f"# train class counts: {list(map(int, ds.train_class_counts))}; "
+        f"group counts: {list(map(int, ds.train_group_counts))}")
+  print(f"# importance weights per group (exponent {config.weighting.exponent}, mean 1 over "
+        f"train): {[round(float(w), 4) for w in iw]}; used as: {config.weighting.mode}")
 
 
 def main(argv) -> int:
@@ -73,9 +108,12 @@ def main(argv) -> int:
     return 2
   try:
     config_lib.validate(config, device_count=jax.device_count())
+    if _PRINT_CONFIG.value:
+      print_config(config)
+      return 0
     if _COMPILATION_CACHE.value:
       steps.use_compilation_cache(_COMPILATION_CACHE.value)
-  except (config_lib.ConfigError, checkpointing.CheckpointDirError) as e:
+  except (config_lib.ConfigError, checkpointing.CheckpointDirError, DataMissing) as e:
     print(f"polyjax: error: {e}", file=sys.stderr)
     return 2
   if _WORKDIR.value is None and jax.process_count() > 1:
@@ -89,7 +127,8 @@ def main(argv) -> int:
           f"{jax.device_count()} devices)", flush=True)
   try:
     summary = train.train_and_evaluate(config, workdir,
-                                       allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+                                       allow_config_change=_ALLOW_CONFIG_CHANGE.value,
+                                       log_every=_LOG_EVERY.value)
   except (config_lib.ConfigError, checkpointing.CheckpointDirError, run_dir.RunDirBusy,
           DataMissing) as e:
     print(f"polyjax: error: {e}", file=sys.stderr)

@@ -202,3 +202,40 @@ def test_a_config_file_that_cannot_load_is_one_line_exit_2(tmp_path, name, comma
                                           f"{prog}: error: " + expected.format(path=path))
                                       and len(proc.stderr.splitlines()) == 1), proc.stderr
   assert not workdir.exists()
+
+
+def test_print_config_prints_the_config_and_its_data_and_writes_nothing(tmp_path):
+  proc, workdir = _cli(tmp_path, "--print_config", "--config.weighting.exponent=2")
+  assert proc.returncode == 0, proc.stderr
+  assert f"lr: {digits_poly.get_config().lr}" in proc.stdout and "exponent: 2.0" in proc.stdout
+  # Digits 0-4 vs 5-9, class 1 subsampled 10x (docs/DATASETS.md): the weights follow.
+  counts = [int(n) for n in re.search(r"group counts: \[(\d+), (\d+)\]", proc.stdout).groups()]
+  weights = [float(w) for w in re.search(r"importance weights per group .*?: \[([\d.]+), "
+                                         r"([\d.]+)\]", proc.stdout).groups()]
+  raw = np.array([1 / counts[0] ** 2, 1 / counts[1] ** 2])
+  np.testing.assert_allclose(weights, raw * sum(counts) / np.dot(counts, raw), atol=1e-4)
+  assert not workdir.exists()
+
+
+def test_print_config_and_only_check_args_refuse_a_bad_field(tmp_path):
+  for flag in ("--print_config", "--only_check_args"):
+    proc, workdir = _cli(tmp_path, flag, "--config.lr=-1")
+    assert proc.returncode == 2, (flag, proc.stderr)
+    assert proc.stderr.splitlines() == ["polyjax: error: config.lr must be > 0 and finite, "
+                                        "got -1.0"]
+    assert not workdir.exists()
+  proc, _ = _cli(tmp_path, "--only_check_args")
+  assert proc.returncode == 0, proc.stderr
+
+
+def test_config_help_lists_every_field_with_its_meaning_and_default():
+  proc = subprocess.run([sys.executable, "-m", "polyjax.main", "--config_help"], cwd=REPO,
+                        env=subprocess_env.env(), capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  for field, default, meaning in config_lib.field_help():
+    assert meaning, f"config.{field} has no one-line comment in base_config()"
+    line = next(l for l in proc.stdout.splitlines() if l.split()[:1] == [field])
+    assert meaning in line and f"[default: {default!r}]" in line
+  assert "--[no]config_help: List every config field" in subprocess.run(
+      [sys.executable, "-m", "polyjax.main", "--help"], cwd=REPO, env=subprocess_env.env(),
+      capture_output=True, text=True, timeout=120).stdout
