@@ -29,8 +29,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from polyjax import (checkpointing, data, lifecycle, losses, metrics, run_dir, schedules,
-                     steps, train_state, wandb_logger, weighting)
+from polyjax import (checkpointing, data, lifecycle, losses, metrics, progress, run_dir,
+                     schedules, steps, train_state, wandb_logger, weighting)
 from polyjax import config as config_lib
 from polyjax.config import ConfigError
 
@@ -316,10 +316,15 @@ def _ranges(numbers: Sequence[int]) -> str:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       mesh=None, allow_config_change: bool = False) -> dict[str, Any]:
+                       mesh=None, allow_config_change: bool = False,
+                       log_every: int = 0) -> dict[str, Any]:
   """Trains and evaluates one experiment (resuming `workdir` if it holds a run);
   writes its run directory; returns the summary. A run that has already done what
   `config` asks is left as it is (its summary is returned).
+
+  Process 0 shows the progress (`progress.Progress`): a bar when stdout is a
+  terminal, and the line of every `log_every`-th evaluated epoch (0: on a terminal
+  none, elsewhere every one).
 
   Raises:
     ConfigError: a value that cannot be trained, or a resume with a changed config
@@ -339,7 +344,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   try:
     with stop:
       return _train_and_evaluate(config, run, mesh=mesh, stop=stop, sizes=sizes,
-                                 allow_config_change=allow_config_change)
+                                 allow_config_change=allow_config_change,
+                                 log_every=log_every)
   except Exception as e:
     if run_dir.is_disk_full(e):
       raise run_dir.disk_full_error(run.path, sizes["checkpoint_bytes"]) from e
@@ -349,7 +355,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
 
 def _train_and_evaluate(config, run: run_dir.RunDir, *, mesh, stop: lifecycle.StopSignals,
-                        sizes: dict[str, int], allow_config_change: bool) -> dict[str, Any]:
+                        sizes: dict[str, int], allow_config_change: bool,
+                        log_every: int) -> dict[str, Any]:
   workdir = str(run.path)
   if run.path.exists():
     run.lock()  # Before reading it: another writer would change it under us.
@@ -422,6 +429,8 @@ def _train_and_evaluate(config, run: run_dir.RunDir, *, mesh, stop: lifecycle.St
   start = time.time()
   values: dict[str, float] = {}
   steps_done = int(jax.device_get(state.step))
+  shown = progress.Progress(config.num_epochs, start_epoch=start_epoch, log_every=log_every,
+                            eval_every=config.eval_every_epochs, enabled=run.is_writer)
   try:
     n_train = len(exp.dataset.train)
     steps_per_epoch = n_train // config.batch_size
@@ -452,14 +461,15 @@ def _train_and_evaluate(config, run: run_dir.RunDir, *, mesh, stop: lifecycle.St
       objective_S = objective_ExS[-1]
       summary["epochs_completed"] = epoch
       step = steps_done = int(state.step)
-      values_now = None
+      values_now = bar_text = line = None
       if epoch % config.eval_every_epochs == 0 or epoch == config.num_epochs:
         values = values_now = evaluate(exp, state, eval_inputs)
         values["train/objective"] = float(objective_S.mean())
         values["train/lr"] = lr_at(config, exp, step)
         wandb.log(step, {"epoch": epoch, **values})
-        if run.is_writer:
-          print(_progress(epoch, config.num_epochs, step, values, time.time() - t0), flush=True)
+        bar_text = progress.metrics_text(values)
+        line = _progress(epoch, config.num_epochs, step, values, time.time() - t0)
+      shown.epoch(epoch, bar_text=bar_text, line=line)
       stopping = epoch < config.num_epochs and stop.received_anywhere()
       best_epoch, best_value = record_epoch(
           config, run, checkpoints, epoch=epoch, step=step, state=state, values=values_now,
@@ -496,6 +506,7 @@ def _train_and_evaluate(config, run: run_dir.RunDir, *, mesh, stop: lifecycle.St
     summary["status"] = "failed"
     raise
   finally:
+    shown.close()  # Before main's last line, or the error a raise here leads to.
     summary["wall_seconds"] = prior_seconds + time.time() - start
     summary["steps"] = steps_done
     try:
