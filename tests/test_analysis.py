@@ -131,6 +131,7 @@ def test_four_concurrent_collectors_equal_one(made, tmp_path):
   assert len(one) == 6 * 3 * 2  # 6 runs x 3 selection rules x 2 splits
   assert not four.duplicated(list(results.KEY)).any()
   pd.testing.assert_frame_equal(_sorted(one), _sorted(four))
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["four.csv", "one.csv"]  # No lock files.
 
 
 def test_concurrent_appends_lose_and_double_nothing(tmp_path):
@@ -155,6 +156,32 @@ def test_concurrent_appends_lose_and_double_nothing(tmp_path):
   assert sum(added) == 40 and len(df) == 40
   assert sorted(df["run"]) == sorted(f"/r/{i}" for i in range(40))
   np.testing.assert_array_equal(df.sort_values("acc")["acc"], np.arange(40) / 40)
+  assert [p.name for p in tmp_path.iterdir()] == ["r.csv"]
+
+
+def _row(i):
+  return {"run": f"/r/{i}", "task": "evaluate", "checkpoint": "last", "split": "test"}
+
+
+def test_appends_leave_no_lock_file(tmp_path):
+  out = tmp_path / "r.csv"
+  (tmp_path / "r.csv.lock").write_text("")  # Left by a killed collector.
+  assert results.append(out, [_row(0)]) == 1
+  assert results.append(out, [_row(0)]) == 0  # Nothing to add: it still takes the lock.
+  assert [p.name for p in tmp_path.iterdir()] == ["r.csv"]
+
+
+def test_a_held_lock_holds_appends_back(tmp_path):
+  out = tmp_path / "r.csv"
+  done = threading.Event()
+  worker = threading.Thread(target=lambda: (results.append(out, [_row(0)]), done.set()))
+  with results._locked(out):
+    worker.start()
+    assert not done.wait(0.5)
+    assert not out.exists()
+  worker.join(30)
+  assert done.is_set() and len(results.read(out)) == 1
+  assert [p.name for p in tmp_path.iterdir()] == ["r.csv"]
 
 
 # After a failed restore, Orbax's async machinery posts a callback to a closed

@@ -1,8 +1,8 @@
 """The results CSV: one row per (run, task, checkpoint, split), safe for concurrent writers.
 
-Every append takes an exclusive `fcntl.flock` on `<csv>.lock`, re-reads the CSV,
-drops the rows whose key is already there and rewrites the whole file through a
-temporary file, `fsync` and `os.replace`. So several collectors may append at
+Every append takes an exclusive `fcntl.flock` on `<csv>.lock` (removed when the
+append ends), re-reads the CSV, drops the rows whose key is already there and
+rewrites the whole file through a temporary file, `fsync` and `os.replace`. So several collectors may append at
 once without losing or doubling a row, and a reader (which needs no lock) always
 sees a complete CSV. Existing rows are copied back as the exact text they had;
 new columns (another task's metrics) are added at the right, empty for old rows.
@@ -19,7 +19,7 @@ the file is left alone.
 
 Columns: `KEY` and the identity columns of `IDENTITY`, then config fields under
 their dotted config names (`loss.name`, `weighting.exponent`, `lr`, ...), then
-metrics under their SPEC §6 names (`reweighted_acc`, `group_1_acc`, ...).
+metrics under their names in docs/metrics.md (`reweighted_acc`, `group_1_acc`, ...).
 """
 
 from __future__ import annotations
@@ -55,13 +55,39 @@ def row_key(row: Mapping[str, Any]) -> tuple[str, ...]:
 
 @contextlib.contextmanager
 def _locked(path: pathlib.Path):
+  """Holds an exclusive `flock` on `<csv>.lock`, which exists only while held.
+
+  The CSV cannot carry the lock itself: every append replaces it with a new file.
+  The holder unlinks the lock file before releasing it, so a collector that opened
+  the same file in the meantime finds, once its own lock is granted, that the path
+  no longer names that file, and starts over on a fresh one: only one process at a
+  time holds the lock on the file the path names. A lock file left by a killed
+  process (the kernel releases its lock) is taken and removed by the next append.
+  """
   lock = path.with_name(path.name + ".lock")
-  with open(lock, "a") as f:
-    fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+  while True:
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-      yield
-    finally:
-      fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+      fcntl.flock(fd, fcntl.LOCK_EX)
+      held = os.fstat(fd)
+      try:
+        named = os.stat(lock)
+      except FileNotFoundError:
+        named = None
+    except BaseException:
+      os.close(fd)
+      raise
+    if named is not None and (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino):
+      break
+    os.close(fd)  # Unlinked by its previous holder: not the lock any more.
+  try:
+    yield
+  finally:
+    try:
+      os.unlink(lock)  # While still locked (see above).
+    except FileNotFoundError:
+      pass
+    os.close(fd)  # Releases the lock.
 
 
 class DamagedResults(UserWarning):
