@@ -134,7 +134,7 @@ def eval_data(exp: Experiment, config, splits: Sequence[str] = SPLITS) -> Any:
 
 def evaluate(exp: Experiment, state, data: Any, splits: Sequence[str] = SPLITS
              ) -> dict[str, float]:
-  """All SPEC §6 metrics of `splits` (as given to `eval_data`), keyed like
+  """All metrics (docs/metrics.md) of `splits` (as given to `eval_data`), keyed like
   'test/reweighted_acc'."""
   counts = jax.device_get(exp.eval_counts(state, data))  # Leading axis: the splits.
   return split_values(counts, splits, train_group_counts=exp.dataset.train_group_counts)
