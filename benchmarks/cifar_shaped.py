@@ -6,7 +6,7 @@
 
 Registers `cifar_shaped` in polyjax.data.DATASETS, then runs polyjax.main or
 polyjax.sweep with the remaining arguments. The shapes follow the imbalanced binary
-CIFAR-10 of SPEC §3 (4000 + 400 training images of 32x32x3, about 4400 as after the
+CIFAR-10 of docs/DATASETS.md (4000 + 400 training images of 32x32x3, about 4400 as after the
 80/20 split of 5000 + 500); the pixels are Gaussian noise shifted by a class mean,
 so the models have something to learn, but only the time and memory are measured.
 At exit it prints the first device's peak allocation where the backend reports one

@@ -1,7 +1,7 @@
 """The paper's synthetic Figures 1 and 2, computed from polyjax's losses and weights.
 
 Figure 1: a linear classifier trained by full-batch gradient descent on two
-truncated Gaussians (SPEC §3), with cross-entropy and the poly-tailed loss, each
+truncated Gaussians (docs/figures.md), with cross-entropy and the poly-tailed loss, each
 without and with importance weights. Figure 2: the high-dimensional Gaussian
 mixture with its exact test error, for weighted poly-tailed classifiers and the
 max-margin classifier. `scripts/figure1.py`, `scripts/figure2.py` and the
@@ -195,7 +195,7 @@ SAMPLERS = ("reduced", "explicit")
 
 
 def fig2_mu_norm(p: int) -> float:
-  """`||mu|| = p ** 0.251` (SPEC §3)."""
+  """`||mu|| = p ** 0.251` (docs/figures.md)."""
   return float(p) ** 0.251
 
 

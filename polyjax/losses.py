@@ -1,4 +1,4 @@
-"""Per-example classification losses (SPEC §2), unreduced.
+"""Per-example classification losses (docs/losses.md), unreduced.
 
 Every loss here maps `(logits_BxC, labels_B, groups_B) -> loss_B`: cross-entropy,
 the polynomially-tailed loss (logit/exp/linear kinds, switch point beta,
@@ -51,7 +51,7 @@ def cross_entropy(logits_BxC: Array, labels_B: Array) -> Array:
 
 def poly_tailed_of_margin(v: Array, *, alpha: float = 1.0, beta: float = 1.0,
                           kind: str = "logit") -> Array:
-  """The polynomially-tailed loss as a function of the margin `v` (SPEC §2).
+  """The polynomially-tailed loss as a function of the margin `v` (docs/losses.md).
 
   Left of the switch point `beta` the loss follows a light-tailed curve
   (logistic, exponential or linear); right of it, `u ** -alpha` with

@@ -1,4 +1,4 @@
-"""Evaluation metrics of SPEC §6: sums inside jit, ratios on the host.
+"""Evaluation metrics (docs/metrics.md): sums inside jit, ratios on the host.
 
 `batch_counts` turns one padded batch into additive counts (masked examples count
 for nothing), `add` accumulates them, and `finalize` divides on the host. Because
@@ -57,7 +57,7 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 
 def finalize(counts: Mapping[str, np.ndarray], *,
              train_group_counts: np.ndarray) -> dict[str, float]:
-  """Turns summed counts into the metrics of SPEC §6.
+  """Turns summed counts into the metrics of docs/metrics.md.
 
   Args:
     counts: summed output of `batch_counts`, fetched to the host.

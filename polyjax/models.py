@@ -1,4 +1,4 @@
-"""Flax NNX classifiers (SPEC §4), chosen by name through `MODELS`.
+"""Flax NNX classifiers (docs/DATASETS.md, "Models"), chosen by name through `MODELS`.
 
 Every model maps a batch `x_BxD` or `x_BxHxWxC` to logits `x_BxK`. Models that
 hold statistics (BatchNorm) keep them in `nnx.BatchStat` variables, which the

@@ -1,4 +1,4 @@
-"""ResNets in Flax NNX (SPEC §4) and loading of torchvision ImageNet weights.
+"""ResNets in Flax NNX (docs/DATASETS.md, "Models") and loading of torchvision ImageNet weights.
 
 - CIFAR ResNet-18/34/50: 3x3 stride-1 stem of `init_channels`, no initial pooling,
   four stages of widths (1, 2, 4, 8) x init_channels, global average pool.

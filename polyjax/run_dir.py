@@ -1,4 +1,6 @@
-"""The files of a run directory (SPEC §8): the contract between training and analysis.
+"""The files of a run directory: the contract between training and analysis.
+
+README.md, "A run directory", describes them for users:
 
     <workdir>/config.json      resolved config plus seed, workdir, data_dir, host, versions
     <workdir>/metrics.jsonl    one JSON object per (evaluation, split)

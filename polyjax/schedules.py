@@ -1,4 +1,4 @@
-"""Learning-rate schedules (SPEC §5), built from optax schedules.
+"""Learning-rate schedules (docs/run_lifecycle.md), built from optax schedules.
 
 A schedule here is a *multiplier* of the base learning rate, a function of the
 optimizer step: the optimizer applies `lr * factor(step)`. Keeping the base lr a

@@ -1,4 +1,4 @@
-"""Importance weights and every way of using them (SPEC §2), in one place.
+"""Importance weights and every way of using them (docs/losses.md), in one place.
 
 Weights are a function of the *training* split's group counts. How they are used
 is the weighting mode:
@@ -79,7 +79,7 @@ def group_weights(train_group_counts: np.ndarray, *, mode: str,
 
 def undersample_indices(groups: np.ndarray, train_group_counts: np.ndarray, *,
                         exponent: float, seed: int) -> np.ndarray:
-  """Sorted indices of the examples kept by undersampling (SPEC §2).
+  """Sorted indices of the examples kept by undersampling (docs/losses.md).
 
   Each example is kept once with probability `w_i / max w`, with its own seed, so
   every group shrinks to about the smallest group's size (exactly so in

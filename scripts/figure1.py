@@ -1,6 +1,6 @@
 """The paper's Figure 1: importance weights with cross-entropy vs the poly-tailed loss.
 
-    PYTHONPATH=. python scripts/figure1.py --out figures/
+    python scripts/figure1.py --out figures/
 
 Two truncated Gaussians in 2-D (20 minority points around (0, 5), 200 majority
 points around (5, 0), radius 5), a linear model trained by full-batch gradient

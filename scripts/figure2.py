@@ -1,8 +1,8 @@
 """The paper's Figure 2: importance weights in a high-dimensional Gaussian mixture.
 
-    PYTHONPATH=. python scripts/figure2.py --out figures/
+    python scripts/figure2.py --out figures/
 
-Mixture of SPEC §3: p dimensions, n = 100 points, means ||mu|| e_1 and ||mu|| e_2
+Mixture of docs/figures.md: p dimensions, n = 100 points, means ||mu|| e_1 and ||mu|| e_2
 with ||mu|| = p^0.251, exact test error 0.5 (Phi(-<mu_1, w/|w|>) + Phi(-<mu_2, w/|w|>)).
 Linear classifiers fitted to the weighted poly-tailed loss (alpha 1) plus |w|^2 as
 the paper does, and the max-margin classifier (scikit-learn's LinearSVC). Left:

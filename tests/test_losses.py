@@ -20,7 +20,7 @@ def np_sigmoid(x):
 
 
 def ref_poly(v, alpha, beta, kind):
-  """SPEC §2, written directly in float64; returns (loss, dloss/dv)."""
+  """docs/losses.md, written directly in float64; returns (loss, dloss/dv)."""
   v = np.asarray(v, np.float64)
   u = v - beta + 1
   with np.errstate(all="ignore"):

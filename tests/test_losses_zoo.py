@@ -1,4 +1,4 @@
-"""The baselines of SPEC §2 (LDAM, LA, VS, CDT, VS-group) and the poly loss's options,
+"""The baselines of docs/losses.md (LDAM, LA, VS, CDT, VS-group) and the poly loss's options,
 each against an independent NumPy reference, plus finite gradients at extreme logits."""
 
 import jax
@@ -176,8 +176,8 @@ def test_every_loss_and_weighting_has_finite_gradients_at_extreme_logits():
                        weighting.make_reduction(mode, num_groups=4, adv_probs_lr=0.05)))
   for name, kw in _loss_settings():
     if name == "poly" and kw["kind"] == "exp":
-      # exp(1 - u) overflows float32 for margins below about -88 (SPEC: "wherever
-      # exp(1 - u) fits in float32"), so this kind is checked at +-40 (margins +-80).
+      # exp(1 - u) overflows float32 for margins below about -88 (docs/losses.md:
+      # finite wherever exp(1 - u) fits), so this kind is checked at +-40 (margins +-80).
       x = jnp.clip(logits, -40.0, 40.0)
     else:
       x = logits

@@ -1,4 +1,4 @@
-"""Weighting modes of SPEC §2: importance weights, undersampling, resampling and
+"""Weighting modes of docs/losses.md: importance weights, undersampling, resampling and
 group DRO (against a NumPy transcription of Sagawa et al.'s update), in the train
 step and through a checkpoint."""
 

@@ -1,4 +1,6 @@
-"""Analysis of finished runs (SPEC §9): run directories in, results CSVs, tables and plots out.
+"""Analysis of finished runs: run directories in, results CSVs, tables and plots out.
+
+For users: README.md, "Analysis", and docs/metrics.md.
 
     python -m polyjax.analysis collect --runs DIR --out results.csv [--task evaluate]
     python -m polyjax.analysis report --results results.csv [--format markdown]
@@ -7,6 +9,6 @@
 It reads run directories only (never wandb). `runs` finds, loads and filters
 them; `tasks` turns one run (and, for checkpoint tasks, one checkpoint) into
 result rows; `results` is the CSV store that several collectors may append to at
-once; `report` and `plots` turn the CSV into the tables and figures of SPEC §7.
+once; `report` and `plots` turn the CSV into tables and figures.
 Only the checkpoint tasks import the model and training code.
 """

@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
                  help="directory to search for run directories (repeatable)")
   c.add_argument("--out", required=True, help="results CSV to create or extend")
   c.add_argument("--task", default="evaluate", choices=list(tasks.TASKS),
-                 help="evaluate: SPEC §6 metrics from a checkpoint; margins: margin "
+                 help="evaluate: every metric (docs/metrics.md) from a checkpoint; margins: margin "
                       "distribution per group; boundary: 2-D linear decision boundary; "
                       "logged: logged metrics at the last/best-validation epoch")
   c.add_argument("--checkpoint", default="last", choices=list(runs.CHECKPOINT_RULES),

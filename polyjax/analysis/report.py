@@ -1,4 +1,6 @@
-"""Tables of SPEC §7 from a results CSV: mean, std and n over seeds, rules side by side.
+"""Tables from a results CSV: mean, std and n over seeds, rules side by side.
+
+The rules and the metrics are those of docs/metrics.md, "Model selection".
 
 Rows are grouped by every config column of the CSV except the seeds (so each group
 is one setting: dataset, model, loss and its parameters, weighting and exponent,
@@ -10,7 +12,7 @@ column: the task and checkpoint the number came from,
     logged:last, logged:best_val_reweighted_acc, logged:best_val_worst_group_acc
                     the metrics the run logged at the epoch the rule selects
 
-so model-selection rules (SPEC §5: last epoch vs early stopping on validation
+so model-selection rules (docs/metrics.md: last epoch vs early stopping on validation
 reweighted or worst-group accuracy) sit side by side. `std` is the sample
 standard deviation (ddof=1; empty for n=1); `n` counts runs (seeds).
 
@@ -83,7 +85,7 @@ def summarize(df: pd.DataFrame, *, metric: str = "reweighted_acc", split: str = 
 
   Args:
     df: the results CSV (`results.read`).
-    metric: a metric column (SPEC §6 name).
+    metric: a metric column (a name of docs/metrics.md).
     split: the split the metric was computed on.
     by: grouping columns (default: every config column but the seeds).
   """

@@ -2,9 +2,9 @@
 
 Every append takes an exclusive `fcntl.flock` on `<csv>.lock` (removed when the
 append ends), re-reads the CSV, drops the rows whose key is already there and
-rewrites the whole file through a temporary file, `fsync` and `os.replace`. So several collectors may append at
-once without losing or doubling a row, and a reader (which needs no lock) always
-sees a complete CSV. Existing rows are copied back as the exact text they had;
+rewrites the whole file through a temporary file, `fsync` and `os.replace`. So
+several collectors may append at once without losing or doubling a row, and a
+reader (which needs no lock) always sees a complete CSV. Existing rows are copied back as the exact text they had;
 new columns (another task's metrics) are added at the right, empty for old rows.
 Floats are written with `repr`, which round-trips exactly.
 

@@ -1,4 +1,4 @@
-"""Finding, loading and filtering run directories (the SPEC §8 layout).
+"""Finding, loading and filtering run directories (README.md, "A run directory").
 
 A run directory is one holding `config.json` or `summary.json`. `find_runs`
 follows symbolic links to directories (a run kept elsewhere and linked in belongs
@@ -11,7 +11,7 @@ filtering a thousand runs stays cheap.
 
 The config of a run is rebuilt as `base_config()` updated with the saved values.
 Top-level keys of `config.json` that are not config fields (workdir, host,
-versions, ...) are run-record fields (SPEC §6: "part of every run's record").
+versions, ...) are run-record fields (README.md, "A run directory").
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ ModelDef, abstract state) and restore the checkpoint into it; the metrics come
 from the training code's own `steps.make_eval_counts` and `metrics.finalize`, so
 `evaluate` recomputes exactly what the run logged at that epoch.
 
-- evaluate: every SPEC §6 metric of a split.
+- evaluate: every metric of a split (docs/metrics.md).
 - margins: distribution of the margins `f_y - max_{j!=y} f_j` of a split (default
   train) per group, and the normalised margin (see `norm_product`).
 - boundary: for a linear model on 2-D inputs with 2 classes, the decision
@@ -112,7 +112,7 @@ def _split(loaded: Loaded, split: str):
 
 
 def evaluate(loaded: Loaded, split: str) -> dict[str, float]:
-  """All SPEC §6 metrics of `split` at the checkpoint (`train.evaluate` on one split)."""
+  """All metrics (docs/metrics.md) of `split` at the checkpoint (`train.evaluate` on one split)."""
   import jax
 
   from polyjax import steps, train

@@ -1,4 +1,4 @@
-"""Subsampled CelebA (SPEC §3), from tensorflow-datasets' `celeb_a`, read with grain.
+"""Subsampled CelebA (docs/DATASETS.md), from tensorflow-datasets' `celeb_a`, read with grain.
 
 Label y is the `target` attribute (default Blond_Hair), the spurious attribute the
 `confounder` (default Male), group g = 2*y + confounder. Official splits: the

@@ -1,4 +1,4 @@
-"""Imbalanced CIFAR-10 (SPEC §3), from tensorflow-datasets' `cifar10`, read with grain.
+"""Imbalanced CIFAR-10 (docs/DATASETS.md), from tensorflow-datasets' `cifar10`, read with grain.
 
 Each class of the task is a set of CIFAR-10 labels (default cat (3) vs dog (5)),
 relabelled 0..K-1. The official training set is subsampled per class ("step":

@@ -1,4 +1,4 @@
-"""Imbalanced binary digits from scikit-learn's bundled 8x8 images (SPEC §3).
+"""Imbalanced binary digits from scikit-learn's bundled 8x8 images (docs/DATASETS.md).
 
 Offline real data for a first run: two classes, each a set of digits; a balanced
 test split is taken first, then the minority class of the rest is subsampled by

@@ -2,7 +2,7 @@
 
 Image datasets keep their splits as uint8 in memory (and on device); the jitted
 train and eval steps call the dataset's `ImagePreprocess` on each batch. The
-augmentation (SPEC §3: random crop with zero padding, horizontal flip) draws its
+augmentation (docs/DATASETS.md: random crop with zero padding, horizontal flip) draws its
 randomness from a key the step derives with `fold_in(rng, step)`, so it is a pure
 function of the run seed and the step.
 """

@@ -93,7 +93,7 @@ def with_weights(ds: Dataset, *, mode: str, exponent: float) -> Dataset:
 
 
 def undersample(ds: Dataset, *, exponent: float, seed: int) -> Dataset:
-  """The dataset with its training split undersampled (SPEC §2); val and test untouched.
+  """The dataset with its training split undersampled (docs/losses.md); val and test untouched.
 
   Uses the data seed, so the kept examples are the same for every run seed.
   """
@@ -103,7 +103,7 @@ def undersample(ds: Dataset, *, exponent: float, seed: int) -> Dataset:
 
 
 def train_val_split(split: Split, *, val_frac: float, seed: int) -> tuple[Split, Split]:
-  """Random train/val split of `split` with its own fixed seed (SPEC §3: 80/20)."""
+  """Random train/val split of `split` with its own fixed seed (80/20 in docs/DATASETS.md)."""
   perm = np.random.default_rng(seed).permutation(len(split))
   n_val = int(round(val_frac * len(split)))
   return split.take(np.sort(perm[n_val:])), split.take(np.sort(perm[:n_val]))

@@ -1,4 +1,4 @@
-"""Synthetic data that runs anywhere (SPEC §3): truncated Gaussian mixtures."""
+"""Synthetic data that runs anywhere (docs/DATASETS.md): truncated Gaussian mixtures."""
 
 from __future__ import annotations
 

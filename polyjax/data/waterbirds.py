@@ -1,4 +1,4 @@
-"""Waterbirds (Sagawa et al. 2020) from its standard folder (SPEC §3).
+"""Waterbirds (Sagawa et al. 2020) from its standard folder (docs/DATASETS.md).
 
 The folder (`waterbird_complete95_forest2water2`, under `data.data_dir` or
 `data.data_dir` itself) holds `metadata.csv` with columns img_filename, y, split,
