@@ -6,6 +6,7 @@ The runs are short digits/MLP runs launched with the real command line
 exit status), and in-process otherwise.
 """
 
+import gc
 import importlib.util
 import json
 import os
@@ -551,6 +552,22 @@ DAMAGES = {
 }
 
 
+# A failed restore of a damaged checkpoint leaves TensorStore reads whose completions
+# find Orbax's event loop closed; pytest reports them as unraisable (the commands
+# drop them, polyjax.cli.quiet_logs). Expected here, not a fault of the test.
+_DAMAGED_RESTORE = pytest.mark.filterwarnings(
+    "ignore::pytest.PytestUnraisableExceptionWarning")
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage_within_the_test():
+  """The abandoned reads are collected while the test (and its filter) still runs,
+  not reported against whichever test runs next."""
+  yield
+  gc.collect()
+
+
+@_DAMAGED_RESTORE
 @pytest.mark.parametrize("damage", sorted(DAMAGES))
 def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(
     tmp_path, damage, capsys):
@@ -576,6 +593,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(
   np.testing.assert_array_equal(jax.tree.leaves(restored.params)[0], 2.0)
 
 
+@_DAMAGED_RESTORE
 def test_no_intact_checkpoint_is_an_error_and_a_misfit_is_not_damage(tmp_path):
   ckpts = checkpointing.Checkpoints(tmp_path / run_dir.CHECKPOINTS, every_epochs=1)
   ckpts.save(1, _tiny_state(1.0), meta=_meta(1), best_value=1.0)
