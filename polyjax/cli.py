@@ -1,10 +1,14 @@
-"""What the command lines (`polyjax.main`, `polyjax.sweep`) share: flag parsing with
-bad input as one line and exit status 2, before any work starts.
+"""What the command lines (`polyjax.main`, `polyjax.sweep`, `polyjax.data`) share.
 
-absl and ml_collections report a config file that cannot be loaded (missing, a
-syntax or import error, an exception in `get_config`, no `get_config`) as a
-traceback or as a misleading "no field 'config_config'"; `check_config_file`
-loads the file first and names the file and the cause instead.
+- `parse_flags`: flag parsing with bad input as one line and exit status 2, before
+  any work starts. absl and ml_collections report a config file that cannot be
+  loaded (missing, a syntax or import error, an exception in `get_config`, no
+  `get_config`) as a traceback or as a misleading "no field 'config_config'";
+  `check_config_file` loads the file first and names the file and the cause.
+  `--config_help` lists every config field; `--only_check_args` also validates the
+  config's values.
+- `quiet_logs`: library log lines about failures that polyjax reports itself stay
+  off the terminal.
 """
 
 from __future__ import annotations
