@@ -1,12 +1,19 @@
 """Executes every notebook in notebooks/ top to bottom at small settings.
 
 Each notebook runs in a fresh kernel of this interpreter with POLYJAX_SMOKE=1
-(its own switch to tiny settings), the repository root as working directory and
-on PYTHONPATH, so the notebooks cannot rot while the code changes.
+(its own switch to tiny settings), started in notebooks/ as Jupyter starts it,
+with the repository root on PYTHONPATH, so the notebooks cannot rot while the
+code changes. Their shared setup cell, which finds or installs polyjax, is also
+run alone with pip recorded instead of run: from a clone, outside one, with and
+without polyjax installed.
 """
 
+import importlib
+import importlib.util
 import os
 import pathlib
+import subprocess
+import sys
 
 import nbclient
 import nbformat
@@ -16,6 +23,7 @@ import subprocess_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+_FIND_SPEC = importlib.util.find_spec  # Before the setup-cell tests patch it.
 
 
 def test_there_are_notebooks():
@@ -32,7 +40,7 @@ def test_notebook_runs(path, tmp_path):
              PYTHONPATH=subprocess_env.pythonpath())
   client = nbclient.NotebookClient(
       nb, timeout=300, kernel_name=NATIVE_KERNEL_NAME,
-      resources={"metadata": {"path": str(ROOT)}})
+      resources={"metadata": {"path": str(ROOT / "notebooks")}})
   client.execute(env=env)
   errors = [out for cell in nb.cells if cell.cell_type == "code"
             for out in cell.get("outputs", []) if out.get("output_type") == "error"]
@@ -40,3 +48,58 @@ def test_notebook_runs(path, tmp_path):
   assert all(cell.get("execution_count") for cell in nb.cells if cell.cell_type == "code")
   printed = "".join(out.get("text", "") for out in nb.cells[-1].outputs)
   assert "--xla_gpu_deterministic_ops=true" in printed.split("XLA_FLAGS=")[1]
+
+
+def _code_cells(path):
+  return [c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+
+
+def test_notebooks_share_one_setup_cell():
+  setups = {_code_cells(p)[0] for p in NOTEBOOKS}
+  assert len(setups) == 1
+  # Stdlib only: it runs before polyjax (and its dependencies) can be imported.
+  assert "polyjax import" not in setups.pop()
+
+
+def _run_setup(monkeypatch, cwd, *, installed, source=""):
+  """Runs the setup cell in `cwd` with polyjax installed or not; returns the pip
+  commands it ran (recorded, not run) and its namespace."""
+  calls = []
+  monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: (
+      _FIND_SPEC(name, *args) if name != "polyjax" or installed else None))
+  monkeypatch.setattr(subprocess, "check_call", lambda cmd, **_: calls.append(cmd[1:]))
+  monkeypatch.setattr(sys, "path", list(sys.path))
+  monkeypatch.setenv("POLYJAX_SOURCE", source)
+  monkeypatch.chdir(cwd)
+  namespace = {}
+  exec(_code_cells(NOTEBOOKS[0])[0], namespace)
+  return calls, namespace
+
+
+def test_setup_from_a_clone_installs_it_if_missing(monkeypatch):
+  calls, ns = _run_setup(monkeypatch, ROOT / "notebooks", installed=False)
+  assert calls == [["-m", "pip", "install", "-q", "-e", str(ROOT)]]
+  assert ns["REPO"] == ROOT and pathlib.Path.cwd() == ROOT
+  calls, _ = _run_setup(monkeypatch, ROOT / "notebooks", installed=True)
+  assert calls == []
+
+
+def test_setup_outside_a_clone(monkeypatch, tmp_path):
+  calls, ns = _run_setup(monkeypatch, tmp_path, installed=True)  # E.g. from a wheel.
+  assert calls == [] and ns["REPO"] is None
+  with pytest.raises(RuntimeError, match="POLYJAX_SOURCE"):
+    _run_setup(monkeypatch, tmp_path, installed=False)
+  calls, _ = _run_setup(monkeypatch, tmp_path, installed=False, source="git+https://x/polyjax")
+  assert calls == [["-m", "pip", "install", "-q", "git+https://x/polyjax"]]
+
+
+def test_quickstart_config_without_a_clone_is_the_config_file():
+  (cell,) = [s for s in _code_cells(ROOT / "notebooks" / "quickstart.ipynb")
+             if "def digits_poly" in s]
+  namespace = {"importlib": importlib}
+  exec(cell, namespace)
+  configs = []
+  for repo in (ROOT, None):
+    namespace["REPO"] = repo
+    configs.append(namespace["digits_poly"]().to_dict())
+  assert configs[0] == configs[1]
