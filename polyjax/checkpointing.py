@@ -95,6 +95,19 @@ def _first_line(e: BaseException) -> str:
   return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
+def _arrays(tree) -> list[tuple[tuple[int, ...], str]]:
+  """The (shape, dtype) of every array of `tree` (a state, or Orbax's metadata of a
+  saved one), sorted: equal for a checkpoint that the state can be restored from."""
+  return sorted((tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves(tree))
+
+
+def _arrays_difference(saved, like) -> str:
+  a, b = _arrays(saved), _arrays(like)
+  only_saved = [x for x in a if x not in b][:3]
+  only_like = [x for x in b if x not in a][:3]
+  return f"{len(a)} arrays against {len(b)}; e.g. saved {only_saved}, expected {only_like}"
+
+
 def _ranking(mode: str):
   """Orbax `best_fn`: larger is better; among equal values the earlier epoch wins."""
   sign = 1.0 if mode == "max" else -1.0
@@ -333,6 +346,18 @@ class Checkpoints:
     """
     damaged = []
     for epoch in sorted(self.all_epochs(), reverse=True):
+      try:
+        saved = self._manager.item_metadata(epoch)["state"]
+      except Exception as e:  # noqa: BLE001  (no readable metadata: damaged)
+        damaged.append(self._move_damaged(epoch, e))
+        continue
+      if _arrays(saved) != _arrays(_to_saved(like)):
+        # Checked before restoring: a restore that fails on a misfit leaves Orbax's
+        # reads behind, to fail once its event loop is closed.
+        raise CheckpointMismatch(
+            f"the checkpoint of epoch {epoch} in {self._directory} does not fit the current "
+            f"config's model or optimizer (it holds other arrays: "
+            f"{_arrays_difference(saved, _to_saved(like))})")
       try:
         state, meta = self.restore(epoch, like=like)
         return epoch, state, meta
