@@ -42,6 +42,8 @@ class _Bar(tqdm):
 
   def __init__(self, **kwargs):
     super().__init__(dynamic_ncols=True, **kwargs)  # Follows the terminal's width.
+    if self.disable:  # TQDM_DISABLE: tqdm set nothing up (`Progress` prints lines).
+      return
     # tqdm's own size query hides the bar on a terminal of 0 rows and trims it to
     # nothing at 0 columns: what a pseudo-terminal without a size reports (`script`
     # without a terminal, some CI runners).

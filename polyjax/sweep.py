@@ -14,7 +14,11 @@ device per core for this (`--cpu_devices`). `--member_batch=N`: N members side b
 side at a time on each device, the rest in turn inside the same program, to bound
 memory.
 Any other field (model, dataset, batch size, loss name, epochs, ...) splits the
-grid into groups that run one after another.
+grid into groups that run one after another. Before training, the sweep says which
+fields split its grid and how many members each group has (`describe_groups`), and
+when a group leaves CPU cores or devices idle, how to use them (`idle_note`); while
+training, each group shows one progress bar, or plain lines when stdout is not a
+terminal (`polyjax.progress`, `--log_every`).
 
 Every member writes an ordinary run directory, `DIR/<field>=<value>,...`, with the
 same files `polyjax.main` writes for that member's config (config.json,
@@ -60,8 +64,8 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from polyjax import (checkpointing, cli, data, distributed, lifecycle, losses, run_dir, steps,
-                     train, wandb_logger, weighting)
+from polyjax import (checkpointing, cli, data, distributed, lifecycle, losses, progress,
+                     run_dir, steps, train, wandb_logger, weighting)
 from polyjax import config as config_lib
 from polyjax.data.splits import with_weights
 
@@ -201,15 +205,22 @@ def _get(config: ml_collections.ConfigDict, field: str) -> Any:
   return node
 
 
-def group_key(config: ml_collections.ConfigDict) -> str:
-  """Members with equal keys can be stacked into one program."""
-  c = config.to_dict()
+def stackable_fields(config: ml_collections.ConfigDict) -> set[str]:
+  """The fields of `STACKABLE` that members of `config`'s kind can differ in and
+  still share a program (loss parameters and the weighting exponent only for some
+  losses and modes)."""
   stackable = set(STACKABLE)
   if config.loss.name not in _LOSSES_WITH_TRACED_FIELDS:
     stackable -= {f"loss.{f}" for f in _TRACED_LOSS_FIELDS}
   if config.weighting.mode not in _EXPONENT_STACKABLE_MODES:
     stackable.discard("weighting.exponent")
-  for field in stackable:
+  return stackable
+
+
+def group_key(config: ml_collections.ConfigDict) -> str:
+  """Members with equal keys can be stacked into one program."""
+  c = config.to_dict()
+  for field in stackable_fields(config):
     *parents, leaf = field.split(".")
     node = c
     for p in parents:
@@ -450,9 +461,12 @@ class _HostStack:
 
 
 def _train_group(members: list[Member], *, stop: lifecycle.StopSignals,
-                 member_batch: int | None = None) -> None:
+                 member_batch: int | None = None, label: str = "sweep",
+                 log_every: int = 0) -> None:
   """Trains members that share a program and a start epoch, together, and writes
-  each one's rows, checkpoints and summary as `train.train_and_evaluate` would."""
+  each one's rows, checkpoints and summary as `train.train_and_evaluate` would.
+  Shows one progress bar (`label`: which group) or the plain lines, as
+  `progress.Progress` decides from stdout and `log_every`."""
   exp0 = members[0].exp
   cfg0 = members[0].config
   num_epochs, eval_every = cfg0.num_epochs, cfg0.eval_every_epochs
@@ -520,6 +534,10 @@ def _train_group(members: list[Member], *, stop: lifecycle.StopSignals,
                                    group=m.run.path.parent.name)
   start = time.time()
   status = "completed"
+  # The medians over the members still training: one line per group, however many.
+  shown = progress.Progress(num_epochs, start_epoch=members[0].start_epoch,
+                            desc=f"{label} ({len(members)} members) epoch",
+                            log_every=log_every, eval_every=eval_every)
   try:
     for epoch in range(members[0].start_epoch + 1, num_epochs + 1):
       t0 = time.time()
@@ -553,7 +571,7 @@ def _train_group(members: list[Member], *, stop: lifecycle.StopSignals,
         m.checkpoints.close()
         m.run.write_summary(m.summary)
         m.wandb.finish(m.summary)
-        print(f"polyjax.sweep: {m.name} diverged: {why}", flush=True)
+        shown.write(f"polyjax.sweep: {m.name} diverged: {why}")
       if not any(active):
         break
       if newly_diverged:  # Mask them from here on, whatever their objective does.
@@ -585,12 +603,20 @@ def _train_group(members: list[Member], *, stop: lifecycle.StopSignals,
             state=functools.partial(host.member, i), values=values,
             best_epoch=m.best_epoch, best_value=m.best_value, stopping=stopping)
         m.summary["best_epoch"] = m.best_epoch
+      bar_text = line = None
       if evaluated:
         accs = [members[i].values["test/reweighted_acc"] for i in range(len(members))
                 if active[i]]
-        print(f"epoch {epoch}/{num_epochs}  {sum(active)}/{len(members)} members  "
-              f"test/reweighted_acc min {min(accs):.4f} median {np.median(accs):.4f} "
-              f"max {max(accs):.4f}  ({time.time() - t0:.2f}s)", flush=True)
+        line = (f"epoch {epoch}/{num_epochs}  {sum(active)}/{len(members)} members  "
+                f"test/reweighted_acc min {min(accs):.4f} median {np.median(accs):.4f} "
+                f"max {max(accs):.4f}  ({time.time() - t0:.2f}s)")
+        medians = {k: float(np.median([members[i].values[k] for i in range(len(members))
+                                       if active[i]]))
+                   for k in progress.BAR_KEYS}
+        bar_text = (f"{sum(active)}/{len(members)} alive, median "
+                    if sum(active) < len(members) else "median ") + progress.metrics_text(
+                        medians)
+      shown.epoch(epoch, bar_text=bar_text, line=line)
       if stopping:
         break
     done = [i for i in range(len(members))
@@ -606,6 +632,7 @@ def _train_group(members: list[Member], *, stop: lifecycle.StopSignals,
     status = "failed"
     raise
   finally:
+    shown.close()
     for i, m in enumerate(members):
       if not active[i]:
         continue
@@ -656,7 +683,8 @@ def _finish(members: list[Member], done: list[int], state_M, like, evaluate_M,
 
 def run_sweep(members: list[tuple[str, ml_collections.ConfigDict]], workdir: str, *,
               mesh=None, checkpoint_every_epochs: int | None = None,
-              member_batch: int | None = None) -> dict[str, dict[str, Any]]:
+              member_batch: int | None = None, log_every: int = 0
+              ) -> dict[str, dict[str, Any]]:
   """Trains every member (name, config) under `workdir/<name>`; returns name -> summary.
 
   Args:
@@ -667,6 +695,9 @@ def run_sweep(members: list[tuple[str, ml_collections.ConfigDict]], workdir: str
       member (so config.json records it).
     member_batch: train (and evaluate) this many members side by side at a time
       (`over_members`); None: all members of a group. Smaller bounds memory.
+    log_every: as for `train.train_and_evaluate`: a bar per group when stdout is a
+      terminal, and the line of every `log_every`-th evaluated epoch (0: on a
+      terminal none, elsewhere every one).
 
   Raises:
     ConfigError: a member config that cannot be trained, or a member directory holding
@@ -682,8 +713,9 @@ def run_sweep(members: list[tuple[str, ml_collections.ConfigDict]], workdir: str
     config_lib.validate(cfg, device_count=1)
   workdir_path = pathlib.Path(workdir)
   out: dict[str, dict[str, Any]] = {}
-  todo_groups: list[list[Member]] = []
-  for group in groups(members):  # Every directory is checked before any is written.
+  todo_groups: list[tuple[str, list[Member]]] = []
+  all_groups = groups(members)
+  for number, group in enumerate(all_groups, 1):  # Every directory is checked first.
     todo: list[Member] = []
     for name, cfg in group:
       m = Member(name=name, config=cfg, run=run_dir.RunDir(workdir_path / name))
@@ -692,8 +724,9 @@ def run_sweep(members: list[tuple[str, ml_collections.ConfigDict]], workdir: str
       else:
         print(f"polyjax.sweep: {name} already {m.summary['status']}; skipped", flush=True)
         out[name] = m.summary
-    if todo:
-      todo_groups.append(todo)
+    if todo:  # Numbered as `describe_groups` lists them.
+      todo_groups.append((f"group {number}/{len(all_groups)}" if len(all_groups) > 1
+                          else "sweep", todo))
   # One sweep process per directory (a second exits naming the first's PID).
   lock = run_dir.RunDir(workdir_path)
   created = not workdir_path.exists()
@@ -701,10 +734,11 @@ def run_sweep(members: list[tuple[str, ml_collections.ConfigDict]], workdir: str
   stop = lifecycle.StopSignals()
   try:
     with stop:
-      for todo in todo_groups:
+      for label, todo in todo_groups:
         if stop.received_anywhere():
           break  # Stopped during an earlier group: later groups are not started.
-        _run_group(todo, mesh=mesh, stop=stop, member_batch=member_batch)
+        _run_group(todo, mesh=mesh, stop=stop, member_batch=member_batch, label=label,
+                   log_every=log_every)
         for m in todo:
           out[m.name] = m.summary
   finally:
@@ -722,7 +756,8 @@ def _with_checkpoint_every(config: ml_collections.ConfigDict, every: int
 
 
 def _run_group(todo: list[Member], *, mesh, stop: lifecycle.StopSignals,
-               member_batch: int | None = None) -> None:
+               member_batch: int | None = None, label: str = "sweep",
+               log_every: int = 0) -> None:
   """Builds, opens (resuming) and trains the members of one stackable group."""
   cfg0 = todo[0].config
   # One load of the data; each member reweights it with its own exponent.
@@ -787,7 +822,8 @@ def _run_group(todo: list[Member], *, mesh, stop: lifecycle.StopSignals,
       continue
     print(f"polyjax.sweep: training {len(sub)} members together "
           f"({', '.join(m.name for m in sub)}) from epoch {start_epoch}", flush=True)
-    _train_group(sub, stop=stop, member_batch=member_batch)
+    _train_group(sub, stop=stop, member_batch=member_batch, label=label,
+                 log_every=log_every)
 
 
 # ----------------------------------------------------------------------------
@@ -802,6 +838,86 @@ def cpu_device_count(cores: int, group_sizes: Sequence[int]) -> int:
   on 2 CPU devices as vmapped on 1 (XLA:CPU runs small batched products on one
   device at 60-80 GFLOP/s, two devices' blocks side by side at 115-120)."""
   return max(c for c in range(1, max(cores, 1) + 1) if all(n % c == 0 for n in group_sizes))
+
+
+def describe_groups(members: list[tuple[str, ml_collections.ConfigDict]],
+                    fields: Sequence[str], *, most: int = 8) -> list[str]:
+  """What the sweep will train, as lines for the user: which of the grid's `fields`
+  split it into separate programs (groups trained one after another), which are
+  stacked within a program, and each group's number of members (the first `most`
+  groups by name)."""
+  varying = [f for f in fields if len({repr(_get(c, f)) for _, c in members}) > 1]
+  split = [f for f in varying if any(f not in stackable_fields(c) for _, c in members)]
+  stacked = [f for f in varying if f not in split]
+  # A loss parameter is stacked for some losses and splits for others.
+  partly = {f for f in split if any(f in stackable_fields(c) for _, c in members)}
+  found = groups(members)
+  n = len(members)
+  if len(found) == 1:
+    return [f"{n} member{'s' if n > 1 else ''} in one compiled program"
+            + (f" (stacked: {', '.join(stacked)})" if stacked else "")]
+  named = ", ".join(f + (" (for some members)" if f in partly else "") for f in split)
+  lines = [f"{n} members in {len(found)} groups, one compiled program each, trained one "
+           f"after another: split by {named} (a field outside STACKABLE changes the "
+           "program)" + (f"; stacked within a group: {', '.join(stacked)}" if stacked
+                         else "")]
+  for number, group in enumerate(found[:most], 1):
+    values = ",".join(f"{f}={_get(group[0][1], f)}" for f in split)
+    lines.append(f"group {number}/{len(found)} ({values}): {len(group)} "
+                 f"member{'s' if len(group) > 1 else ''}")
+  if len(found) > most:
+    rest = found[most:]
+    lines.append(f"... and {len(rest)} more groups ({sum(map(len, rest))} members)")
+  return lines
+
+
+def _devices_used(num_members: int, devices: int, batch_size: int) -> int:
+  """How many of `devices` a group's `member_mesh` uses."""
+  members = math.gcd(num_members, devices)
+  return members * math.gcd(devices // members, batch_size)
+
+
+def idle_note(group_sizes: Sequence[int], batch_sizes: Sequence[int], *, devices: int,
+              platform: str, cores: int, count_from: str) -> str | None:
+  """A note for the user when a group leaves devices (or, on a CPU, cores) idle,
+  with how to use them; None when none is.
+
+  Args:
+    group_sizes, batch_sizes: each group's number of members and batch size.
+    devices: JAX's device count; platform: theirs ('cpu', 'gpu', 'tpu').
+    cores: the cores this process may use (a CPU device trains its members with
+      about one core's worth of threads: `cpu_device_count`).
+    count_from: what set the CPU device count: 'auto' (`cpu_device_count`), 'flag'
+      (--cpu_devices) or 'environment' (XLA_FLAGS, JAX_NUM_CPU_DEVICES).
+  """
+  used = [_devices_used(n, devices, b) for n, b in zip(group_sizes, batch_sizes)]
+  numbered = len(group_sizes) > 1
+  for number, (n, b, u) in enumerate(zip(group_sizes, batch_sizes, used), 1):
+    where = f"group {number}/{len(group_sizes)}'s " if numbered else ""
+    on = f"{where}{n} member{'s' if n > 1 else ''} train on {u} {platform.upper()} device"
+    on += "s" if u > 1 else ""
+    if platform != "cpu":
+      if u < devices:
+        return (f"{on} of {devices}: members split over as many devices as divide "
+                f"their number, each member's batch ({b}) over as many of the rest as "
+                f"divide it; a number of members divisible by {devices} uses them all")
+      continue
+    if min(u, cores) >= cores:
+      continue
+    idle = cores - u
+    fixes = [f"make every group's number of members divisible by {cores}"
+             + (f" (e.g. {n - n % cores or cores} or {n - n % cores + cores} here)"
+                if n % cores else "")]
+    with_cores = _devices_used(n, cores, b)
+    if count_from != "environment" and devices != cores and with_cores > u:
+      fixes.append(f"pass --cpu_devices={cores} (each member's batch is then split over "
+                   f"{with_cores // math.gcd(n, cores)} devices)")
+    if count_from == "environment":
+      fixes.append(f"set XLA_FLAGS/JAX_NUM_CPU_DEVICES to {cores} devices (now {devices})")
+    return (f"{on}, leaving {idle} of the {cores} CPU cores this process may use "
+            f"mostly idle (a CPU device trains its members with about one core); to use "
+            f"them, {', or '.join(fixes)}")
+  return None
 
 
 def cpu_count_set(environ: Mapping[str, str]) -> bool:
@@ -874,19 +990,32 @@ def main(argv) -> int:
       raise config_lib.ConfigError(f"--member_batch must be >= 0, got {_MEMBER_BATCH.value}")
     if _CPU_DEVICES.value < 0:
       raise config_lib.ConfigError(f"--cpu_devices must be >= 0, got {_CPU_DEVICES.value}")
+    count_from = "environment" if cpu_count_set(os.environ) else "auto"
     if _CPU_DEVICES.value:
       split_cpu(_CPU_DEVICES.value)
-    elif not cpu_count_set(os.environ):
+      count_from = "flag"
+    elif count_from == "auto":
       count = cpu_device_count(_usable_cores(), [len(g) for g in groups(members)])
       if count > 1:
         split_cpu(count)
     if jax.process_count() > 1:  # E.g. a runtime started by the platform.
       raise config_lib.ConfigError(_ONE_PROCESS.format(f"{jax.process_count()} processes"))
+    # What will happen, before the first (long) compilation.
+    fields = list(dict.fromkeys(f for g in grid for f in g))
+    for line in describe_groups(members, fields):
+      print(f"polyjax.sweep: {line}", flush=True)
+    note = idle_note([len(g) for g in groups(members)],
+                     [g[0][1].batch_size for g in groups(members)],
+                     devices=jax.device_count(), platform=jax.devices()[0].platform,
+                     cores=_usable_cores(), count_from=count_from)
+    if note:
+      print(f"polyjax.sweep: note: {note}", flush=True)
     if _COMPILATION_CACHE.value:
       steps.use_compilation_cache(_COMPILATION_CACHE.value)
     summaries = run_sweep(members, _WORKDIR.value,
                           checkpoint_every_epochs=_CHECKPOINT_EVERY.value,
-                          member_batch=_MEMBER_BATCH.value or None)
+                          member_batch=_MEMBER_BATCH.value or None,
+                          log_every=_LOG_EVERY.value)
   except (config_lib.ConfigError, checkpointing.CheckpointDirError, run_dir.RunDirBusy,
           data.DataMissing) as e:
     print(f"polyjax.sweep: error: {e}", file=sys.stderr)
@@ -908,14 +1037,14 @@ def main(argv) -> int:
 
 
 _CONFIG = _WORKDIR = _GRID = _CHECKPOINT_EVERY = _MEMBER_BATCH = _COMPILATION_CACHE = None
-_CPU_DEVICES = None
+_CPU_DEVICES = _LOG_EVERY = None
 
 
 def run() -> None:
   """Defines the flags (here, so importing this module next to polyjax.main is safe)
   and runs `main`."""
   global _CONFIG, _WORKDIR, _GRID, _CHECKPOINT_EVERY, _MEMBER_BATCH, _COMPILATION_CACHE
-  global _CPU_DEVICES
+  global _CPU_DEVICES, _LOG_EVERY
   from absl import app, flags
   from ml_collections import config_flags
 
@@ -942,6 +1071,11 @@ def run() -> None:
   _COMPILATION_CACHE = flags.DEFINE_string(
       "compilation_cache_dir", None, "Keep compiled programs here and reuse them in "
       "later runs of the same shapes (steps.use_compilation_cache).")
+  _LOG_EVERY = flags.DEFINE_integer(
+      "log_every", 0, "Print the per-epoch line of every Nth evaluated epoch (and the "
+      "last). 0: a live progress bar per group only when stdout is a terminal, every "
+      "epoch's line otherwise (a pipe, a log file); N > 0 on a terminal: the lines "
+      "above the bar.", lower_bound=0)
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(lambda argv: lifecycle.exit(main(argv)),
           flags_parser=lambda argv: cli.parse_flags(argv, "polyjax.sweep"))
