@@ -121,14 +121,14 @@ class Progress:
     epochs), printed if it is one of every `log_every`."""
     if not self.enabled:
       return
-    if line is not None and self.log_every and (
-        (epoch // self.eval_every) % self.log_every == 0 or epoch == self.num_epochs):
-      self.write(line)
-    if self._bar is not None:
+    if self._bar is not None:  # First, so that a line below redraws the bar as it is now.
       if bar_text is not None:
         self._bar.set_postfix_str(bar_text, refresh=False)
       # Absolute, so that a call that trained several epochs moves the bar as far.
       self._bar.update(epoch - self._bar.n)
+    if line is not None and self.log_every and (
+        (epoch // self.eval_every) % self.log_every == 0 or epoch == self.num_epochs):
+      self.write(line)
 
   def write(self, text: str) -> None:
     """Prints `text` (a line) above the bar, or plainly when there is none."""
