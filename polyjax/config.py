@@ -17,9 +17,7 @@ import re
 import ml_collections
 from ml_collections import config_dict
 
-
-class ConfigError(ValueError):
-  """A config value that cannot be trained; the message names the field."""
+from polyjax.errors import ConfigError  # noqa: F401  (raised here; polyjax.config.ConfigError)
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from polyjax.config import ConfigError
+from polyjax.errors import ConfigError
 
 Array = jax.Array
 

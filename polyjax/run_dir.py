@@ -42,22 +42,23 @@ _VERSIONED = ("polyjax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "
               "tensorflow-datasets", "ml-collections", "numpy")
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+  """`value` as JSON can hold it: mappings with string keys, lists, NaN/Inf as strings."""
   if isinstance(value, Mapping):
-    return {str(k): _jsonable(v) for k, v in value.items()}
+    return {str(k): jsonable(v) for k, v in value.items()}
   if isinstance(value, (list, tuple)):
-    return [_jsonable(v) for v in value]
+    return [jsonable(v) for v in value]
   if isinstance(value, float) and not math.isfinite(value):
     return str(value)  # JSON has no NaN/Inf; keep them readable.
   if hasattr(value, "item"):
-    return _jsonable(value.item())
+    return jsonable(value.item())
   return value
 
 
 def write_json(path: pathlib.Path, obj: Any) -> None:
   """Atomically writes `obj` as JSON to `path` (on failure, e.g. a full disk, the
   previous file stays and no temporary file is left)."""
-  _replace(path, [json.dumps(_jsonable(obj), indent=2, sort_keys=True) + "\n"], sync=False)
+  _replace(path, [json.dumps(jsonable(obj), indent=2, sort_keys=True) + "\n"], sync=False)
 
 
 def _replace(path: pathlib.Path, parts: list[str], *, sync: bool) -> None:
@@ -198,7 +199,7 @@ class RunDir:
       return
     with open(self.path / METRICS, "a") as f:
       for row in rows:
-        f.write(json.dumps(_jsonable(row), sort_keys=True) + "\n")
+        f.write(json.dumps(jsonable(row), sort_keys=True) + "\n")
 
   def sync_metrics(self) -> None:
     """Forces metrics.jsonl to disk, so that no checkpoint outlives its rows in a crash."""

@@ -30,7 +30,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from polyjax import checkpointing, metrics, weighting
-from polyjax.config import ConfigError
+from polyjax.errors import ConfigError
 from polyjax.data.splits import Split
 from polyjax.losses import LossFn
 from polyjax.train_state import ModelDef, TrainState

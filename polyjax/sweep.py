@@ -226,7 +226,7 @@ def group_key(config: ml_collections.ConfigDict) -> str:
     for p in parents:
       node = node[p]
     node.pop(leaf)
-  return json.dumps(run_dir._jsonable(c), sort_keys=True)
+  return json.dumps(run_dir.jsonable(c), sort_keys=True)
 
 
 def groups(members: list[tuple[str, ml_collections.ConfigDict]]

@@ -32,7 +32,7 @@ import numpy as np
 from polyjax import (checkpointing, data, lifecycle, losses, metrics, progress, run_dir,
                      schedules, steps, train_state, wandb_logger, weighting)
 from polyjax import config as config_lib
-from polyjax.config import ConfigError
+from polyjax.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
 PROGRESS_KEYS = ("train/objective", "train/acc", "val/reweighted_acc",

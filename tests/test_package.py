@@ -1,0 +1,73 @@
+"""The package's shape: imports run one way (no cycle, counting imports inside
+functions too) and no module reaches into another's private names."""
+
+import ast
+import pathlib
+
+PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "polyjax"
+
+
+def _modules() -> dict[str, pathlib.Path]:
+  out = {}
+  for path in PACKAGE.rglob("*.py"):
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+  return out
+
+
+def _imports(name: str, path: pathlib.Path, modules) -> set[str]:
+  """The polyjax modules that module `name` imports, anywhere in its code."""
+  package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+  deps = set()
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, ast.Import):
+      deps |= {a.name for a in node.names}
+    elif isinstance(node, ast.ImportFrom):
+      base = node.module or ""
+      if node.level:  # Relative: from the package, `level - 1` packages up.
+        parents = package.split(".")[:len(package.split(".")) - node.level + 1]
+        base = ".".join(parents + ([base] if base else []))
+      for a in node.names:  # `from polyjax import losses` imports a module.
+        deps.add(f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base)
+  return {d for d in deps if d in modules and d != name}
+
+
+def test_no_import_cycles():
+  modules = _modules()
+  graph = {name: _imports(name, path, modules) for name, path in modules.items()}
+  state: dict[str, str] = {}  # 'open' while on the DFS stack, then 'done'.
+
+  def visit(name, stack):
+    state[name] = "open"
+    for dep in sorted(graph[name]):
+      assert state.get(dep) != "open", "import cycle: " + " -> ".join(
+          stack[stack.index(dep):] + [dep])
+      if dep not in state:
+        visit(dep, stack + [dep])
+    state[name] = "done"
+
+  for name in sorted(graph):
+    if name not in state:
+      visit(name, [name])
+
+
+def test_no_private_names_across_modules():
+  found = []
+  for path in sorted(PACKAGE.rglob("*.py")):
+    tree = ast.parse(path.read_text())
+    aliases = set()  # Local names bound to polyjax modules or their members.
+    for node in ast.walk(tree):
+      if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("polyjax"):
+        for a in node.names:
+          if a.name.startswith("_") and not a.name.startswith("__"):
+            found.append(f"{path.name}: imports {node.module}.{a.name}")
+          aliases.add(a.asname or a.name)
+      elif isinstance(node, ast.Import):
+        aliases |= {a.asname or a.name.split(".")[0] for a in node.names
+                    if a.name.startswith("polyjax")}
+    for node in ast.walk(tree):
+      if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+          and node.value.id in aliases and node.attr.startswith("_")
+          and not node.attr.startswith("__")):
+        found.append(f"{path.name}:{node.lineno}: {node.value.id}.{node.attr}")
+  assert not found, found
