@@ -25,10 +25,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-# Below this many input channels the transforms cost about what the products save.
-# CPU ms of a layer's gradient in a loop, batch 64, 64 outputs (benchmarks/conv_layer.py,
-# 2026-11-23 01:52), im2col / F(2x2) / F(4x4): 3 channels (32x32 input) 38 / 65 / -,
-# 8 channels (30x30) 58 / 53 / 42, 16 channels 102 / 63 / 46.
+# Below this many input channels the transforms cost about what the products save
+# (the crossover measured by benchmarks/conv_layer.py: docs/BENCHMARKS.md).
 WINOGRAD_MIN_CHANNELS = 16
 
 
