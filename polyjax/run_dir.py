@@ -283,6 +283,30 @@ class MetricsRepair:
   damaged_lines: list[int] = dataclasses.field(default_factory=list)
   missing_epochs: list[int] = dataclasses.field(default_factory=list)
 
+  def warning(self, path: pathlib.Path, epoch: int) -> str | None:
+    """One line on what could not be kept of the metrics file `path` when resuming
+    after `epoch` (None if nothing)."""
+    parts = []
+    if self.damaged_lines:
+      parts.append(f"dropped {len(self.damaged_lines)} damaged line(s) "
+                   f"({_ranges(self.damaged_lines)}; the original is kept as "
+                   f"{path.name}.damaged)")
+    if self.missing_epochs:
+      parts.append(f"no rows for evaluated epoch(s) {_ranges(self.missing_epochs)} before "
+                   f"the checkpoint of epoch {epoch}: they cannot be recomputed")
+    return f"{path}: {'; '.join(parts)}" if parts else None
+
+
+def _ranges(numbers: list[int]) -> str:
+  """[1, 2, 3, 7] -> '1-3, 7'."""
+  out, start = [], None
+  for i, n in enumerate(numbers):
+    start = n if start is None else start
+    if i + 1 == len(numbers) or numbers[i + 1] != n + 1:
+      out.append(f"{start}" if start == n else f"{start}-{n}")
+      start = None
+  return ", ".join(out)
+
 
 def _ends_with_newline(path: pathlib.Path) -> bool:
   with open(path, "rb") as f:

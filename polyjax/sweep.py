@@ -800,9 +800,8 @@ def _run_group(todo: list[Member], *, mesh, stop: lifecycle.StopSignals,
                           "time": time.time()})
         print(f"polyjax.sweep: {m.name} resumes after epoch {m.start_epoch}", flush=True)
     if saved is not None:
-      warning = train.missing_rows_warning(
-          m.run, m.run.truncate_metrics(m.start_epoch, eval_every=m.config.eval_every_epochs),
-          m.start_epoch)
+      repair = m.run.truncate_metrics(m.start_epoch, eval_every=m.config.eval_every_epochs)
+      warning = repair.warning(m.run.path / run_dir.METRICS, m.start_epoch)
       if warning:
         print(f"polyjax.sweep: warning: {warning}", file=sys.stderr, flush=True)
     m.record = train.run_record(m.config, m.run.path)

@@ -290,31 +290,6 @@ def completed_summary(config, run: run_dir.RunDir) -> dict[str, Any] | None:
   return summary
 
 
-def missing_rows_warning(run: run_dir.RunDir, repair: run_dir.MetricsRepair,
-                         epoch: int) -> str | None:
-  """One line on what `RunDir.truncate_metrics` could not keep (None if nothing)."""
-  parts = []
-  if repair.damaged_lines:
-    parts.append(f"dropped {len(repair.damaged_lines)} damaged line(s) "
-                 f"({_ranges(repair.damaged_lines)}; the original is kept as "
-                 f"{run_dir.METRICS}.damaged)")
-  if repair.missing_epochs:
-    parts.append(f"no rows for evaluated epoch(s) {_ranges(repair.missing_epochs)} before "
-                 f"the checkpoint of epoch {epoch}: they cannot be recomputed")
-  return f"{run.path / run_dir.METRICS}: {'; '.join(parts)}" if parts else None
-
-
-def _ranges(numbers: Sequence[int]) -> str:
-  """[1, 2, 3, 7] -> '1-3, 7'."""
-  out, start = [], None
-  for i, n in enumerate(numbers):
-    start = n if start is None else start
-    if i + 1 == len(numbers) or numbers[i + 1] != n + 1:
-      out.append(f"{start}" if start == n else f"{start}-{n}")
-      start = None
-  return ", ".join(out)
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        mesh=None, allow_config_change: bool = False,
                        log_every: int = 0) -> dict[str, Any]:
@@ -415,7 +390,7 @@ def _train_and_evaluate(config, run: run_dir.RunDir, *, mesh, stop: lifecycle.St
           + (f" (dropped {repair.dropped} metrics rows written after that checkpoint)"
              if repair.dropped else "")
           + (f"; changed: {', '.join(changed)}" if changed else ""), flush=True)
-    warning = missing_rows_warning(run, repair, start_epoch)
+    warning = repair.warning(run.path / run_dir.METRICS, start_epoch)
     if warning:
       print(f"polyjax: warning: {warning}", file=sys.stderr, flush=True)
 
