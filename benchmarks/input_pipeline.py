@@ -9,7 +9,7 @@ Measures, in images per second, on random 32x32x3 uint8 images and binary labels
   stream   a grain streaming pipeline (shuffle from a seed, batch 64 with
            drop_remainder, threaded prefetch), host side only;
   streamed data.pipeline='stream' as training runs it: PNG records decoded per
-           batch by grain (`polyjax.steps.streamed_batches`, prefetching), each
+           batch by grain (`polyjax.streaming.streamed_batches`, prefetching), each
            batch delivered as a global device array sharded over the mesh;
   feed     the in-memory path training uses: per-epoch index array to device,
            batch gather, crop + flip augmentation and normalisation inside jit;
@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from polyjax import losses, steps, train_state
+from polyjax import losses, placement, steps, streaming, train_state
 from polyjax.data import sources
 from polyjax.data.preprocess import CIFAR_MEAN, CIFAR_STD, ImagePreprocess
 from polyjax.data.stream import stream_split
@@ -92,8 +92,8 @@ def main():
   results["stream"] = (n // b) * b / timed(stream, args.epochs)
   print(f"stream  {results['stream']:12,.0f} images/s", flush=True)
 
-  mesh = steps.make_mesh()
-  sh = steps.Shardings(mesh)
+  mesh = placement.make_mesh()
+  sh = placement.Shardings(mesh)
   # data.pipeline='stream': nothing decoded up front; each epoch's batches (same
   # order as training) are decoded by grain ahead of the consumer and arrive as
   # global device arrays, this process's rows only.
@@ -103,7 +103,7 @@ def main():
     epoch[0] += 1
     idx = steps.epoch_indices(n, b, seed=0, epoch=epoch[0])
     count = 0
-    for batch in steps.streamed_batches(split, idx, sh.batch, num_threads=args.threads):
+    for batch in streaming.streamed_batches(split, idx, sh.batch, num_threads=args.threads):
       jax.block_until_ready(batch)
       count += batch["x"].shape[0]
     assert count == (n // b) * b

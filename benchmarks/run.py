@@ -38,7 +38,7 @@ import time
 import jax
 import numpy as np
 
-from polyjax import losses, steps, train_state
+from polyjax import losses, placement, steps, train_state, xla_runtime
 from polyjax import train as train_lib
 
 WORKLOADS = ("convnet", "mlp", "fig1")
@@ -91,7 +91,7 @@ def _fig1_calls(exp, state, train, num_steps: int):
   while done < num_steps:
     epochs = range(done + 1, min(num_steps, done + train_lib.FUSED_STEPS) + 1)
     idx = steps.epochs_indices(n, n, seed=exp.order_seed, epochs=epochs)
-    state, obj = exp.train_epoch(state, train, steps.to_global(idx, sh.stacked_batches))
+    state, obj = exp.train_epoch(state, train, placement.to_global(idx, sh.stacked_batches))
     obj = np.asarray(obj)
     if not np.all(np.isfinite(obj)):
       raise RuntimeError("fig1: the training objective is not finite")
@@ -100,13 +100,13 @@ def _fig1_calls(exp, state, train, num_steps: int):
 
 
 def run(workload: str, *, batch_size: int, num_steps: int, mode: str = "epoch") -> dict:
-  mesh = steps.make_mesh(jax.devices()[:1])
-  sh = steps.Shardings(mesh)
+  mesh = placement.make_mesh(jax.devices()[:1])
+  sh = placement.Shardings(mesh)
   if workload == "fig1":
     if mode != "epoch":
       raise ValueError("fig1 times a run's own loop: --mode epoch only")
     exp = train_lib.build(_fig1(), mesh=mesh)
-    train = steps.to_global(steps.split_arrays(exp.dataset.train), sh.replicated)
+    train = placement.to_global(steps.split_arrays(exp.dataset.train), sh.replicated)
 
     def call(state, c):
       return _fig1_calls(exp, state, train, num_steps)
@@ -167,13 +167,13 @@ def main(argv=None) -> None:
   parser.add_argument("--steps", type=int, default=32)
   parser.add_argument("--mode", choices=("epoch", "step"), default="epoch",
                       help="epoch: the whole-epoch compiled call; step: one jitted step per batch")
-  parser.add_argument("--matmul_precision", choices=tuple(steps.MATMUL_PRECISIONS),
+  parser.add_argument("--matmul_precision", choices=tuple(xla_runtime.MATMUL_PRECISIONS),
                       default="default", help="as config.matmul_precision")
   args = parser.parse_args(argv)
   if args.batch_size < 1 or args.steps < 1:
     parser.error("--batch-size and --steps must be >= 1")
-  # What `steps.WithMatmulPrecision` does for a run's programs.
-  with jax.default_matmul_precision(steps.MATMUL_PRECISIONS[args.matmul_precision]):
+  # What `xla_runtime.WithMatmulPrecision` does for a run's programs.
+  with jax.default_matmul_precision(xla_runtime.MATMUL_PRECISIONS[args.matmul_precision]):
     result = run(args.workload, batch_size=args.batch_size, num_steps=args.steps,
                  mode=args.mode)
   print(json.dumps({**result, "matmul_precision": args.matmul_precision}), flush=True)

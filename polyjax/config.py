@@ -243,7 +243,7 @@ def _as_json(value):
 def validate(config: ml_collections.ConfigDict, *, device_count: int) -> None:
   """Raises ConfigError naming the first field whose value cannot be trained."""
   # Registries are imported here so that loading a config file stays light.
-  from polyjax import data, losses, models, schedules, steps, weighting
+  from polyjax import data, losses, models, schedules, weighting, xla_runtime
 
   c = config
   _known("data.name", c.data.name, data.DATASETS)
@@ -255,7 +255,7 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int) -> None:
     _known("wandb.mode", c.wandb.mode, ("online", "offline", "disabled"))
   _check(c.wandb.init_timeout > 0, "wandb.init_timeout", "> 0", c.wandb.init_timeout)
   _known("lr_schedule", c.lr_schedule, schedules.SCHEDULES)
-  _known("matmul_precision", c.matmul_precision, steps.MATMUL_PRECISIONS)
+  _known("matmul_precision", c.matmul_precision, xla_runtime.MATMUL_PRECISIONS)
   _check(c.warmup_epochs >= 0, "warmup_epochs", ">= 0", c.warmup_epochs)
   step_epochs = tuple(c.lr_step_epochs)
   _check(all(int(e) == e and e > c.warmup_epochs for e in step_epochs)

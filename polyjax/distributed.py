@@ -2,7 +2,7 @@
 
 One polyjax run may span several processes, e.g. the hosts of a TPU pod slice or
 the nodes of a SLURM GPU job. Each process runs the same command; the device
-mesh spans the devices of all of them (`polyjax.steps.make_mesh`). This module
+mesh spans the devices of all of them (`polyjax.placement.make_mesh`). This module
 decides whether to call `jax.distributed.initialize` and calls it, which must
 happen before any other JAX call.
 

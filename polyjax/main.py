@@ -26,7 +26,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from polyjax import checkpointing, cli, data, lifecycle, run_dir, steps, train, weighting
+from polyjax import checkpointing, cli, data, lifecycle, run_dir, train, weighting, xla_runtime
 from polyjax import config as config_lib
 from polyjax import distributed
 from polyjax.data import DataMissing
@@ -47,7 +47,7 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in 
 _COMPILATION_CACHE = flags.DEFINE_string(
     "compilation_cache_dir", None,
     "Keep compiled programs here and reuse them in later runs of the same shapes "
-    "(steps.use_compilation_cache): runs one after another skip most compilation.")
+    "(xla_runtime.use_compilation_cache): runs one after another skip most compilation.")
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     "allow_config_change", False,
     "Resume a workdir even if its config differs in fields that matter.")
@@ -99,7 +99,7 @@ def main(argv) -> int:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   cli.quiet_logs()
   config = _CONFIG.value
-  steps.set_deterministic(config.deterministic)  # Before JAX starts its backends.
+  xla_runtime.set_deterministic(config.deterministic)  # Before JAX starts its backends.
   try:  # Before any other JAX call (the device count below is one).
     distributed.initialize(mode=_DISTRIBUTED.value, coordinator_address=_COORDINATOR.value,
                            num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
@@ -112,7 +112,7 @@ def main(argv) -> int:
       print_config(config)
       return 0
     if _COMPILATION_CACHE.value:
-      steps.use_compilation_cache(_COMPILATION_CACHE.value)
+      xla_runtime.use_compilation_cache(_COMPILATION_CACHE.value)
   except (config_lib.ConfigError, checkpointing.CheckpointDirError, DataMissing) as e:
     print(f"polyjax: error: {e}", file=sys.stderr)
     return 2

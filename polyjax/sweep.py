@@ -66,6 +66,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from polyjax import (checkpointing, cli, data, distributed, lifecycle, losses, progress,
                      run_dir, steps, train, wandb_logger, weighting)
+from polyjax import placement, xla_runtime
 from polyjax import config as config_lib
 from polyjax.data.splits import with_weights
 
@@ -265,7 +266,7 @@ def member_mesh(devices: Sequence[Any], *, num_members: int, batch_size: int
   # In the order given (a run's mesh is already laid out for the topology); a subset
   # of devices may not form the physical mesh `jax.make_mesh` would ask for.
   used = np.asarray(list(devices)[:members * per_member]).reshape(members, per_member)
-  return jax.sharding.Mesh(used, (MEMBERS_AXIS, steps.DATA_AXIS),
+  return jax.sharding.Mesh(used, (MEMBERS_AXIS, placement.DATA_AXIS),
                            axis_types=(jax.sharding.AxisType.Auto,) * 2)
 
 
@@ -304,7 +305,7 @@ def make_sweep_epoch(exp: train.Experiment, *, mesh: jax.sharding.Mesh,
   group's `member_mesh`: the stacked state and per-member inputs are split along
   its members axis, each member's batch along its data axis.
   """
-  sh = steps.Shardings(mesh)
+  sh = placement.Shardings(mesh)
   split = mesh.shape[MEMBERS_AXIS]
   member_loss = _member_loss(exp, loss_config)
   tx = _member_tx(exp)
@@ -336,7 +337,7 @@ def make_sweep_epoch(exp: train.Experiment, *, mesh: jax.sharding.Mesh,
     return state_M, alive_M, obj_SxM.T, _finite_M(state_M)
 
   rep, mem = sh.replicated, members_sharding(mesh)
-  members_batches = NamedSharding(mesh, P(None, MEMBERS_AXIS, steps.DATA_AXIS))
+  members_batches = NamedSharding(mesh, P(None, MEMBERS_AXIS, placement.DATA_AXIS))
   return jax.jit(train_epoch, in_shardings=(mem, rep, mem, members_batches, mem, mem),
                  out_shardings=(mem, mem, rep, rep), donate_argnums=(0,))
 
@@ -350,7 +351,7 @@ def make_sweep_eval(exp: train.Experiment, *, mesh: jax.sharding.Mesh,
   example weights; the counts come back with leading member and split axes
   (replicated). `mesh` as for `make_sweep_epoch`.
   """
-  sh = steps.Shardings(mesh)
+  sh = placement.Shardings(mesh)
   split = mesh.shape[MEMBERS_AXIS]
   member_loss = _member_loss(exp, loss_config)
 
@@ -368,7 +369,7 @@ def make_sweep_eval(exp: train.Experiment, *, mesh: jax.sharding.Mesh,
 
   mem = members_sharding(mesh)
   return jax.jit(eval_members, in_shardings=(
-      mem, sh.stacked_batches, NamedSharding(mesh, P(MEMBERS_AXIS, None, steps.DATA_AXIS)),
+      mem, sh.stacked_batches, NamedSharding(mesh, P(MEMBERS_AXIS, None, placement.DATA_AXIS)),
       mem), out_shardings=sh.replicated)
 
 
@@ -482,12 +483,12 @@ def _train_group(members: list[Member], *, stop: lifecycle.StopSignals,
 
   mesh = member_mesh(list(exp0.shardings.mesh.devices.flat), num_members=len(members),
                      batch_size=cfg0.batch_size)
-  sh = steps.Shardings(mesh)
+  sh = placement.Shardings(mesh)
   mem = members_sharding(mesh)
   print(f"polyjax.sweep: {len(members)} members on {mesh.size} "
         f"{mesh.devices.flat[0].platform.upper()} device{'s' if mesh.size > 1 else ''} "
         f"(members axis {mesh.shape[MEMBERS_AXIS]} x data axis "
-        f"{mesh.shape[steps.DATA_AXIS]})", flush=True)
+        f"{mesh.shape[placement.DATA_AXIS]})", flush=True)
   state_M = jax.device_put(_tree_stack([m.state for m in members]), mem)
   like = members[0].state  # Structure and dtypes of one member's state.
   for m in members:
@@ -500,22 +501,22 @@ def _train_group(members: list[Member], *, stop: lifecycle.StopSignals,
   # All splits in one pass (`steps.pack_for_eval`); only the weights differ by member.
   member_splits = [[m.exp.dataset.splits()[s] for s in train.SPLITS] for m in members]
   eval_batch = steps.eval_batch_size(cfg0.eval_batch_size, member_splits[0],
-                                     mesh.shape[steps.DATA_AXIS])
+                                     mesh.shape[placement.DATA_AXIS])
   eval_data = jax.device_put(
       steps.pack_for_eval(member_splits[0], eval_batch, keys=("x", "y", "group")),
       sh.stacked_batches)
   eval_weight_M = jax.device_put(
       np.stack([steps.pack_for_eval(splits, eval_batch, keys=("weight",))["weight"]
                 for splits in member_splits]),
-      NamedSharding(mesh, P(MEMBERS_AXIS, None, steps.DATA_AXIS)))
+      NamedSharding(mesh, P(MEMBERS_AXIS, None, placement.DATA_AXIS)))
   loss_params_M = jax.device_put(loss_params_M, mem)
 
   reduction = weighting.make_reduction(cfg0.weighting.mode, num_groups=ds.num_groups,
                                        adv_probs_lr=cfg0.weighting.adv_probs_lr)
-  epoch_fn = steps.WithMatmulPrecision(  # The group's (a field that splits groups).
+  epoch_fn = xla_runtime.WithMatmulPrecision(  # The group's (a field that splits groups).
       make_sweep_epoch(exp0, mesh=mesh, loss_config=loss_config, reduction=reduction,
                        member_batch=member_batch), cfg0.matmul_precision)
-  eval_fn = steps.WithMatmulPrecision(
+  eval_fn = xla_runtime.WithMatmulPrecision(
       make_sweep_eval(exp0, mesh=mesh, loss_config=loss_config, member_batch=member_batch),
       cfg0.matmul_precision)
 
@@ -528,7 +529,7 @@ def _train_group(members: list[Member], *, stop: lifecycle.StopSignals,
 
   active = [True] * len(members)
   alive_M = jax.device_put(np.ones(len(members), bool), mem)
-  idx_sharding = NamedSharding(mesh, P(None, MEMBERS_AXIS, steps.DATA_AXIS))
+  idx_sharding = NamedSharding(mesh, P(None, MEMBERS_AXIS, placement.DATA_AXIS))
   for m in members:  # Each member its own wandb run, as `polyjax.main` would log it.
     m.wandb = wandb_logger.for_run(m.config, m.run.path, m.record,
                                    group=m.run.path.parent.name)
@@ -703,7 +704,7 @@ def run_sweep(members: list[tuple[str, ml_collections.ConfigDict]], workdir: str
     ConfigError: a member config that cannot be trained, or a member directory holding
       a run of a different config (before any training).
   """
-  mesh = steps.make_mesh() if mesh is None else mesh
+  mesh = placement.make_mesh() if mesh is None else mesh
   if checkpoint_every_epochs is not None:
     members = [(name, _with_checkpoint_every(cfg, checkpoint_every_epochs))
                for name, cfg in members]
@@ -983,7 +984,7 @@ def main(argv) -> int:
         raise config_lib.ConfigError(
             "no grid: pass --grid=field=v1,v2 or define sweep() in the config file")
     members = expand(config, grid)
-    steps.set_deterministic(process_deterministic(members))  # Before JAX starts.
+    xla_runtime.set_deterministic(process_deterministic(members))  # Before JAX starts.
     check_one_process(os.environ)
     if _MEMBER_BATCH.value < 0:
       raise config_lib.ConfigError(f"--member_batch must be >= 0, got {_MEMBER_BATCH.value}")
@@ -1010,7 +1011,7 @@ def main(argv) -> int:
     if note:
       print(f"polyjax.sweep: note: {note}", flush=True)
     if _COMPILATION_CACHE.value:
-      steps.use_compilation_cache(_COMPILATION_CACHE.value)
+      xla_runtime.use_compilation_cache(_COMPILATION_CACHE.value)
     summaries = run_sweep(members, _WORKDIR.value,
                           checkpoint_every_epochs=_CHECKPOINT_EVERY.value,
                           member_batch=_MEMBER_BATCH.value or None,
@@ -1069,7 +1070,7 @@ def run() -> None:
       "JAX_NUM_CPU_DEVICES set a count.")
   _COMPILATION_CACHE = flags.DEFINE_string(
       "compilation_cache_dir", None, "Keep compiled programs here and reuse them in "
-      "later runs of the same shapes (steps.use_compilation_cache).")
+      "later runs of the same shapes (xla_runtime.use_compilation_cache).")
   _LOG_EVERY = flags.DEFINE_integer(
       "log_every", 0, "Print the per-epoch line of every Nth evaluated epoch (and the "
       "last). 0: a live progress bar per group only when stdout is a terminal, every "

@@ -31,6 +31,7 @@ import numpy as np
 
 from polyjax import (checkpointing, data, lifecycle, losses, metrics, progress, run_dir,
                      schedules, steps, train_state, wandb_logger, weighting)
+from polyjax import placement, streaming, xla_runtime
 from polyjax import config as config_lib
 from polyjax.errors import ConfigError
 
@@ -49,7 +50,7 @@ class Experiment:
   dataset: data.Dataset
   model_def: train_state.ModelDef
   state: train_state.TrainState
-  shardings: steps.Shardings
+  shardings: placement.Shardings
   train_epoch: Any
   eval_counts: Any
   order_seed: int
@@ -64,7 +65,7 @@ def build(config: ml_collections.ConfigDict, *, mesh=None,
   `dataset`, if given, is `config.data` already loaded and weighted with
   `config.weighting` (a sweep loads it once for many members).
   """
-  mesh = steps.make_mesh() if mesh is None else mesh
+  mesh = placement.make_mesh() if mesh is None else mesh
   data_cfg = config.data.to_dict()
   name = data_cfg.pop("name")
   data_cfg.pop("order_seed")
@@ -93,8 +94,8 @@ def build(config: ml_collections.ConfigDict, *, mesh=None,
       model_name=model_cfg.pop("name"), model_kwargs=model_cfg, in_shape=dataset.in_shape,
       num_classes=dataset.num_classes, num_groups=dataset.num_groups, tx=tx,
       seed=config.seed, freeze_features=freeze)
-  shardings = steps.Shardings(mesh)
-  state = steps.to_global(state, shardings.replicated)
+  shardings = placement.Shardings(mesh)
+  state = placement.to_global(state, shardings.replicated)
   reduction = weighting.make_reduction(config.weighting.mode, num_groups=dataset.num_groups,
                                        adv_probs_lr=config.weighting.adv_probs_lr)
   train_step = steps.make_train_step(model_def=model_def, loss_fn=loss_fn, tx=tx,
@@ -103,19 +104,19 @@ def build(config: ml_collections.ConfigDict, *, mesh=None,
   eval_kwargs = dict(model_def=model_def, loss_fn=loss_fn, num_groups=dataset.num_groups,
                      shardings=shardings, preprocess=dataset.preprocess)
   if config.data.pipeline == "stream":  # Splits stay in their source, read per batch.
-    train_epoch = steps.make_streamed_train_epoch(train_step, shardings)
-    eval_counts = steps.make_streamed_eval_counts(**eval_kwargs,
+    train_epoch = streaming.make_streamed_train_epoch(train_step, shardings)
+    eval_counts = streaming.make_streamed_eval_counts(**eval_kwargs,
                                                   batch_size=config.eval_batch_size)
   else:
     train_epoch = steps.make_train_epoch(
-        train_step, shardings, compiler_options=steps.train_compiler_options(
+        train_step, shardings, compiler_options=xla_runtime.train_compiler_options(
             num_params=sum(x.size for x in jax.tree.leaves(state.params)),
             batch_size=config.batch_size))
     eval_counts = steps.make_eval_counts(**eval_kwargs)
   return Experiment(
       dataset=dataset, model_def=model_def, state=state, shardings=shardings,
-      train_epoch=steps.WithMatmulPrecision(train_epoch, config.matmul_precision),
-      eval_counts=steps.WithMatmulPrecision(eval_counts, config.matmul_precision),
+      train_epoch=xla_runtime.WithMatmulPrecision(train_epoch, config.matmul_precision),
+      eval_counts=xla_runtime.WithMatmulPrecision(eval_counts, config.matmul_precision),
       order_seed=order_seed, lr_factor=lr_factor,
       sample_p=weighting.sampling_probs(dataset.train.group, dataset.train_group_counts,
                                         mode=config.weighting.mode,
@@ -129,7 +130,7 @@ def eval_data(exp: Experiment, config, splits: Sequence[str] = SPLITS) -> Any:
   if config.data.pipeline == "stream":
     return chosen
   batch = steps.eval_batch_size(config.eval_batch_size, chosen, exp.shardings.mesh.size)
-  return steps.to_global(steps.pack_for_eval(chosen, batch), exp.shardings.stacked_batches)
+  return placement.to_global(steps.pack_for_eval(chosen, batch), exp.shardings.stacked_batches)
 
 
 def evaluate(exp: Experiment, state, data: Any, splits: Sequence[str] = SPLITS
@@ -351,7 +352,7 @@ def _train_and_evaluate(config, run: run_dir.RunDir, *, mesh, stop: lifecycle.St
   if streamed:  # The streamed steps read the splits themselves, batch by batch.
     train_data = exp.dataset.train
   else:
-    train_data = steps.to_global(steps.split_arrays(exp.dataset.train), sh.replicated)
+    train_data = placement.to_global(steps.split_arrays(exp.dataset.train), sh.replicated)
   eval_inputs = eval_data(exp, config)
   check_best_metric(config, exp.dataset)
 
@@ -418,7 +419,7 @@ def _train_and_evaluate(config, run: run_dir.RunDir, *, mesh, stop: lifecycle.St
                                      epochs=range(first, epoch + 1), p=exp.sample_p)
       state, objective = exp.train_epoch(
           state, train_data,
-          idx_SxB if streamed else steps.to_global(idx_SxB, sh.stacked_batches))
+          idx_SxB if streamed else placement.to_global(idx_SxB, sh.stacked_batches))
       objective_ExS = np.asarray(objective).reshape(epoch - first + 1, steps_per_epoch)
       if not np.all(np.isfinite(objective_ExS)):
         bad_e, bad_s = np.argwhere(~np.isfinite(objective_ExS))[0]
@@ -467,7 +468,7 @@ def _train_and_evaluate(config, run: run_dir.RunDir, *, mesh, stop: lifecycle.St
         else:
           # Placed like the run's state (the held copy is host arrays), so that the
           # evaluation program compiled for the epochs is reused.
-          best_state = steps.to_global(checkpoints.best_state(best_epoch, like=state),
+          best_state = placement.to_global(checkpoints.best_state(best_epoch, like=state),
                                        sh.replicated)
           best = evaluate(exp, best_state, eval_inputs)
       summary.update(status="completed", final=values, best=best)

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from polyjax import distributed, run_dir, steps
+from polyjax import distributed, placement, run_dir
 
 LAPTOP = {"HOME": "/home/me", "PATH": "/usr/bin"}
 SRUN = {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "gpu[01-02]", "SLURM_NTASKS": "8",
@@ -64,9 +64,9 @@ def test_bad_flags_name_the_flag(flags, message):
 
 
 def test_to_global_places_each_shard_from_host_data():
-  shardings = steps.Shardings(steps.make_mesh())
+  shardings = placement.Shardings(placement.make_mesh())
   idx_SxB = np.arange(3 * 16, dtype=np.int32).reshape(3, 16)
-  out = steps.to_global({"idx": idx_SxB}, shardings.stacked_batches)["idx"]
+  out = placement.to_global({"idx": idx_SxB}, shardings.stacked_batches)["idx"]
   assert out.sharding == shardings.stacked_batches
   np.testing.assert_array_equal(np.asarray(out), idx_SxB)
   for shard in out.addressable_shards:  # Each device holds its slice of every batch.
@@ -75,9 +75,9 @@ def test_to_global_places_each_shard_from_host_data():
 
 
 def test_to_global_keeps_typed_keys():
-  shardings = steps.Shardings(steps.make_mesh())
+  shardings = placement.Shardings(placement.make_mesh())
   key = jax.random.key(3)
-  out = steps.to_global({"rng": key}, shardings.replicated)["rng"]
+  out = placement.to_global({"rng": key}, shardings.replicated)["rng"]
   assert jax.dtypes.issubdtype(out.dtype, jax.dtypes.prng_key)
   assert out.sharding == shardings.replicated
   np.testing.assert_array_equal(jax.random.key_data(out), jax.random.key_data(key))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from polyjax import metrics, steps
+from polyjax import metrics, placement, steps
 from polyjax.data.splits import Split
 
 
@@ -38,7 +38,7 @@ def test_metrics_match_sklearn_on_random_predictions(num_classes, num_groups, n,
   g = rng.integers(0, num_groups, n).astype(np.int32)
   w = rng.uniform(0.1, 3.0, n).astype(np.float32)
   assert n % batch != 0 and len(jax.devices()) == 8
-  sh = steps.Shardings(steps.make_mesh())
+  sh = placement.Shardings(placement.make_mesh())
   eval_counts = steps.make_eval_counts(model_def=FixedLogits(), loss_fn=ce,
                                        num_groups=num_groups, shardings=sh)
   packed = jax.device_put(steps.pack_for_eval([Split(logits, y, g, w)], batch),
@@ -76,7 +76,7 @@ def test_balanced_accuracy_equals_sklearn_when_groups_are_classes():
   n = 301
   y = (rng.uniform(size=n) < 0.2).astype(np.int32)
   logits = rng.normal(size=(n, 2)).astype(np.float32)
-  sh = steps.Shardings(steps.make_mesh())
+  sh = placement.Shardings(placement.make_mesh())
   eval_counts = steps.make_eval_counts(model_def=FixedLogits(), loss_fn=ce, num_groups=2,
                                        shardings=sh)
   packed = jax.device_put(steps.pack_for_eval([Split(logits, y, y, np.ones(n, np.float32))], 40),
@@ -103,7 +103,7 @@ def test_padding_is_never_counted():
 
 def _eval(logits, y, g, num_groups, train_counts, batch=64):
   """`metrics.finalize` of one split through the real padded, sharded eval path."""
-  sh = steps.Shardings(steps.make_mesh())
+  sh = placement.Shardings(placement.make_mesh())
   eval_counts = steps.make_eval_counts(model_def=FixedLogits(), loss_fn=ce,
                                        num_groups=num_groups, shardings=sh)
   w = np.ones(len(y), np.float32)

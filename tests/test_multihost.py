@@ -18,7 +18,7 @@ import sys
 import jax
 import numpy as np
 
-from polyjax import checkpointing, run_dir, steps, train
+from polyjax import checkpointing, placement, run_dir, train
 import subprocess_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -110,7 +110,7 @@ def _assert_close(got: dict, want: dict, what: str) -> None:
 def test_two_processes_match_one_process_with_two_devices_and_resume(tmp_path):
   ref_dir = tmp_path / "one_process"
   ref = train.train_and_evaluate(_config(3), str(ref_dir),
-                                 mesh=steps.make_mesh(jax.devices()[:2]))
+                                 mesh=placement.make_mesh(jax.devices()[:2]))
   ref_rows = _rows(ref_dir)
 
   multi = tmp_path / "two_processes"

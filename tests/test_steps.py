@@ -4,7 +4,7 @@ import jax
 import numpy as np
 
 from configs import digits_poly
-from polyjax import steps, train
+from polyjax import placement, steps, train, xla_runtime
 
 
 def _config():
@@ -27,16 +27,16 @@ def _train_params(mesh, epochs=3):
 
 def test_sharded_step_matches_single_device():
   assert jax.device_count() == 8
-  p8, obj8 = _train_params(steps.make_mesh())
-  p1, obj1 = _train_params(steps.make_mesh(jax.devices()[:1]))
+  p8, obj8 = _train_params(placement.make_mesh())
+  p1, obj1 = _train_params(placement.make_mesh(jax.devices()[:1]))
   np.testing.assert_allclose(obj8, obj1, rtol=1e-5, atol=1e-6)
   for a, b in zip(jax.tree.leaves(p8), jax.tree.leaves(p1)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_batch_is_actually_sharded_over_the_mesh():
-  mesh = steps.make_mesh()
-  sh = steps.Shardings(mesh)
+  mesh = placement.make_mesh()
+  sh = placement.Shardings(mesh)
   idx = jax.device_put(np.zeros((3, 64), np.int32), sh.stacked_batches)
   assert len(idx.addressable_shards) == 8
   assert idx.addressable_shards[0].data.shape == (3, 8)
@@ -64,10 +64,10 @@ def test_epochs_indices_concatenate_epochs_and_a_full_batch_keeps_its_order():
 
 
 def test_only_tiny_models_get_xla_options_on_cpu():
-  tiny = steps.train_compiler_options(num_params=6, batch_size=220)
+  tiny = xla_runtime.train_compiler_options(num_params=6, batch_size=220)
   assert tiny == {"xla_cpu_experimental_ynn_fusion_type": "",
                   "xla_cpu_experimental_xnn_fusion_type": ""}
-  assert steps.train_compiler_options(num_params=93_000, batch_size=64) is None
+  assert xla_runtime.train_compiler_options(num_params=93_000, batch_size=64) is None
 
 
 def test_eval_batches_are_as_few_and_as_full_as_possible():
@@ -99,29 +99,29 @@ def test_packed_splits_keep_every_row_once_with_its_split():
 
 
 def test_to_global_places_host_values_and_keeps_placed_arrays():
-  sh = steps.Shardings(steps.make_mesh())
+  sh = placement.Shardings(placement.make_mesh())
   tree = {"w": np.arange(6.0, dtype=np.float32).reshape(2, 3), "key": jax.random.key(3)}
-  placed = steps.to_global(tree, sh.replicated)
+  placed = placement.to_global(tree, sh.replicated)
   assert all(a.sharding == sh.replicated for a in jax.tree.leaves(placed))
   np.testing.assert_array_equal(placed["w"], tree["w"])
   np.testing.assert_array_equal(jax.random.key_data(placed["key"]),
                                 jax.random.key_data(tree["key"]))
-  again = steps.to_global(placed, sh.replicated)
+  again = placement.to_global(placed, sh.replicated)
   assert again["w"] is placed["w"] and again["key"] is placed["key"]
 
 
 def test_set_deterministic_adds_the_gpu_flag_once_and_keeps_the_users():
   env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-  steps.set_deterministic(True, env)
+  xla_runtime.set_deterministic(True, env)
   assert env["XLA_FLAGS"] == ("--xla_force_host_platform_device_count=2 "
                               "--xla_gpu_deterministic_ops=true")
-  steps.set_deterministic(True, env)
+  xla_runtime.set_deterministic(True, env)
   assert env["XLA_FLAGS"].count("--xla_gpu_deterministic_ops") == 1
   users = {"XLA_FLAGS": "--xla_gpu_deterministic_ops=false"}
-  steps.set_deterministic(True, users)
+  xla_runtime.set_deterministic(True, users)
   assert users == {"XLA_FLAGS": "--xla_gpu_deterministic_ops=false"}
   empty: dict[str, str] = {}
-  steps.set_deterministic(False, empty)
+  xla_runtime.set_deterministic(False, empty)
   assert empty == {}
-  steps.set_deterministic(True, empty)
+  xla_runtime.set_deterministic(True, empty)
   assert empty == {"XLA_FLAGS": "--xla_gpu_deterministic_ops=true"}

@@ -12,7 +12,7 @@ import pytest
 import mock_tfds
 import test_data_waterbirds
 from polyjax import config as config_lib
-from polyjax import data, run_dir, steps, train
+from polyjax import data, placement, run_dir, steps, streaming, train
 from polyjax.data.stream import StreamSplit
 
 
@@ -130,27 +130,27 @@ def test_process_rows_for_two_processes_of_four_devices():
   devices = jax.devices()
   assert len(devices) == 8
   process_of = lambda d: d.id // 4  # devices 0-3: process 0, devices 4-7: process 1
-  sharding = steps.Shardings(steps.make_mesh(devices)).batch
-  assert steps.process_rows(sharding, 32, process_index=0, process_of=process_of) == slice(0, 16)
-  assert steps.process_rows(sharding, 32, process_index=1, process_of=process_of) == slice(16, 32)
-  assert steps.process_rows(sharding, 32) == slice(0, 32)  # the one real process
+  sharding = placement.Shardings(placement.make_mesh(devices)).batch
+  assert streaming.process_rows(sharding, 32, process_index=0, process_of=process_of) == slice(0, 16)
+  assert streaming.process_rows(sharding, 32, process_index=1, process_of=process_of) == slice(16, 32)
+  assert streaming.process_rows(sharding, 32) == slice(0, 32)  # the one real process
   # A mesh that interleaves the processes' devices has no contiguous slice per process.
-  mixed = steps.Shardings(steps.make_mesh([devices[i] for i in (0, 4, 1, 5, 2, 6, 3, 7)])).batch
+  mixed = placement.Shardings(placement.make_mesh([devices[i] for i in (0, 4, 1, 5, 2, 6, 3, 7)])).batch
   with pytest.raises(ValueError, match="not contiguous"):
-    steps.process_rows(mixed, 32, process_index=0, process_of=process_of)
+    streaming.process_rows(mixed, 32, process_index=0, process_of=process_of)
 
 
 def test_each_process_reads_only_its_slice_of_every_batch():
   with mock_tfds.mock():
     ds = data.load("cifar10", weighting_mode="reweighted", exponent=1.0,
                    data_dir="/nonexistent", pipeline="stream")
-  sharding = steps.Shardings(steps.make_mesh()).batch
+  sharding = placement.Shardings(placement.make_mesh()).batch
   idx_SxB = steps.epoch_indices(len(ds.train), 16, seed=3, epoch=2)
   parts = []
   for p in (0, 1):
-    rows = steps.process_rows(sharding, 16, process_index=p, process_of=lambda d: d.id // 4)
+    rows = streaming.process_rows(sharding, 16, process_index=p, process_of=lambda d: d.id // 4)
     split = recorded(ds.train)
-    local = list(steps.read_local_batches(split, idx_SxB, rows, num_threads=4,
+    local = list(streaming.read_local_batches(split, idx_SxB, rows, num_threads=4,
                                           prefetch_batches=2))
     assert len(local) == len(idx_SxB)
     want = split.rows[idx_SxB[:, rows]].reshape(-1)

@@ -9,7 +9,7 @@ import jax
 import pytest
 
 from configs import digits_poly, gaussians_poly
-from polyjax import checkpointing, steps, train
+from polyjax import checkpointing, placement, steps, train
 from polyjax import config as config_lib
 import subprocess_env
 
@@ -72,7 +72,7 @@ def test_gaussians_full_batch_learns_the_true_boundary(tmp_path):
   c.num_epochs, c.eval_every_epochs = 300, 300
   # Full batch (220) does not divide over 8 devices; one device, as on a laptop.
   summary = train.train_and_evaluate(c, str(tmp_path / "g"),
-                                     mesh=steps.make_mesh(jax.devices()[:1]))
+                                     mesh=placement.make_mesh(jax.devices()[:1]))
   assert summary["final"]["test/reweighted_acc"] > 0.9
 
 
@@ -113,7 +113,7 @@ def test_fused_epochs_equal_one_call_per_epoch(tmp_path, monkeypatch):
   """Epochs fused into one call train, diverge and record exactly as one call each."""
   c = gaussians_poly.get_config()
   c.num_epochs, c.eval_every_epochs, c.checkpoint_every_epochs = 40, 20, 40
-  mesh = steps.make_mesh(jax.devices()[:1])
+  mesh = placement.make_mesh(jax.devices()[:1])
   fused = train.train_and_evaluate(c, str(tmp_path / "fused"), mesh=mesh)
   monkeypatch.setattr(train, "FUSED_STEPS", 1)
   single = train.train_and_evaluate(c, str(tmp_path / "single"), mesh=mesh)
@@ -181,7 +181,7 @@ def test_main_sets_deterministic_gpu_programs_before_jax_starts(tmp_path, flag, 
   # The run itself is replaced by a print of the XLA_FLAGS it would start JAX with.
   script = (
       "import os, sys\n"
-      "from polyjax import main, train\n"
+      "from polyjax import main, placement, train\n"
       "def run(config, workdir, **_):\n"
       "  print('FLAGS', os.environ.get('XLA_FLAGS', ''))\n"
       "  raise SystemExit(0)\n"
@@ -197,10 +197,10 @@ def test_main_sets_deterministic_gpu_programs_before_jax_starts(tmp_path, flag, 
 
 
 def _epoch_args(exp, config, epochs=1):
-  data = steps.to_global(steps.split_arrays(exp.dataset.train), exp.shardings.replicated)
+  data = placement.to_global(steps.split_arrays(exp.dataset.train), exp.shardings.replicated)
   idx = steps.epochs_indices(len(exp.dataset.train), config.batch_size, seed=0,
                              epochs=range(1, epochs + 1))
-  return exp.state, data, steps.to_global(idx, exp.shardings.stacked_batches)
+  return exp.state, data, placement.to_global(idx, exp.shardings.stacked_batches)
 
 
 def test_matmul_precision_reaches_every_product_of_the_programs():
@@ -211,7 +211,7 @@ def test_matmul_precision_reaches_every_product_of_the_programs():
   for precision in ("default", "float32"):
     c = digits_poly.get_config()
     c.matmul_precision = precision
-    exp = train.build(c, mesh=steps.make_mesh(jax.devices()[:1]))
+    exp = train.build(c, mesh=placement.make_mesh(jax.devices()[:1]))
     args = _epoch_args(exp, c)
     texts = [exp.train_epoch.lower(*args).as_text(),
              exp.eval_counts.lower(exp.state, train.eval_data(exp, c)).as_text()]

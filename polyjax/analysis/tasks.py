@@ -139,12 +139,12 @@ def logits(loaded: Loaded, split: str) -> np.ndarray:
   """(N, C) float32 logits of every example of `split`, in order."""
   import jax
 
-  from polyjax import steps
+  from polyjax import steps, xla_runtime
 
   s = _split(loaded, split)
   padded = steps.pack_for_eval([s], _eval_batch_size(loaded.run))
   sh = loaded.exp.shardings
-  apply = steps.WithMatmulPrecision(  # As the run's own programs computed them.
+  apply = xla_runtime.WithMatmulPrecision(  # As the run's own programs computed them.
       jax.jit(lambda state, x: loaded.exp.model_def.apply(state, x, train=False)[0],
               in_shardings=(sh.replicated, sh.batch), out_shardings=sh.replicated),
       loaded.run.config.matmul_precision)
