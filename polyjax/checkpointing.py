@@ -180,6 +180,31 @@ class Checkpoints:
         item_handlers={"state": ocp.StandardCheckpointHandler(),
                        "meta": ocp.JsonCheckpointHandler()})
 
+  def end_epoch(self, epoch: int, state, *, meta: dict[str, Any], value: float | None,
+                is_best: bool, force: bool = False) -> None:
+    """What the training loop calls once per finished epoch.
+
+    Saves `state` as epoch `epoch` when the interval (or `force`: the last epoch, a
+    stop) asks for it, keeps it as the new best when `is_best` (written before any
+    later checkpoint), and starts pending writes when the writer is free.
+
+    Args:
+      epoch: completed epochs; the checkpoint's step.
+      state: the train state after `epoch` epochs, finite, or a function returning
+        it (called only when it is saved or kept).
+      meta: JSON-serialisable record saved beside the state.
+      value: the epoch's value of the ranking metric (None: not evaluated).
+      is_best: the epoch is the run's new best.
+      force: save even off the interval.
+    """
+    get_state = state if callable(state) else lambda: state
+    saved = False
+    if self.due(epoch, force=force):
+      saved = self.save(epoch, get_state(), best_value=value, meta=meta, force=force)
+    if not saved and is_best:
+      self.hold_best(epoch, get_state(), meta=meta, best_value=value)
+    self.write_deferred()
+
   def save(self, epoch: int, state: TrainState, *, meta: dict[str, Any],
            best_value: float | None = None, force: bool = False) -> bool:
     """Saves `state` as epoch `epoch` if the policy (or `force`) says so, after
