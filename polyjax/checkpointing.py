@@ -14,21 +14,23 @@ over `metrics.jsonl`). The caller decides when to save: every `every_epochs`
 epochs (the save decision policy), and with `force=True` for the last epoch and
 an interruption.
 
-With `defer_while_writing` (the training loops of one-process runs), an interval
-save that comes due while the previous save is still being written is deferred: a
-host copy is kept and written by `write_deferred` once the writer is free (a newer
-deferred save replaces it), or by `flush`. Orbax starts a save only after the
-previous one is committed, so without this a loop whose epochs are shorter than a
-commit (a ConvNet epoch of 0.05 s on a GPU, a commit of 0.2 s) waits for the disk at
-every save. A run of several processes saves on every interval: Orbax's save is
-collective, and the processes' writers are not free at the same moments.
+Writes go through one queue of pending writes (host copies of the state): at
+most one latest (a due save) and one best (a new best epoch), a newer one of a
+kind replacing the older, and one write for an epoch that is both. They go out
+oldest epoch first, so a best is written before any later latest: a crash
+resumes from a latest written after every best before it (a pending best that a
+newer one replaced is found again by the resumed run's deterministic replay).
+A best waits for the next save rather than being written when it happens: a run
+that evaluates every epoch finds many bests early on, and each write has a cost
+whatever the state's size.
 
-A new best between two saves is held in memory (`hold_best`, a host copy of the
-state) and written just before the next save, not when it happens: a run that
-evaluates every epoch finds many bests early on, and each save costs about 0.05-0.1 s
-whatever the state's size. Nothing is lost by waiting: a run that crashes resumes
-from the latest checkpoint, which was written after every best before it, and
-its deterministic replay finds the later ones again.
+With `defer_while_writing` (one-process runs), a call starts at most one pending
+write, and only when the writer is free: Orbax starts a save only after the
+previous one is committed, so a loop whose epochs are shorter than a commit would
+otherwise wait for the disk at every save. A run of several processes writes at
+every interval: Orbax's save is collective, and the processes' writers are not
+free at the same moments. A forced save, and `flush` (a run that diverges: the
+pending states are finite), start every pending write at once.
 
 Orbax writes each checkpoint into a temporary directory and renames it when the
 write is complete, so a crash during a save leaves no step that is later restored.
@@ -41,7 +43,7 @@ import os
 import pathlib
 import sys
 import uuid
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import orbax.checkpoint as ocp
@@ -114,6 +116,14 @@ def _ranking(mode: str):
   return lambda m: (sign * m[BEST_KEY], -m[EPOCH_KEY])
 
 
+class _Write(NamedTuple):
+  """A pending write: the state of epoch `epoch` as `host_copy` gives it."""
+  epoch: int
+  state: TrainState
+  value: float | None  # The ranking metric; None: not evaluated, never kept as the best.
+  meta: dict[str, Any]
+
+
 def check_writable(directory: str | os.PathLike, what: str = "checkpoint directory") -> None:
   """Raises CheckpointDirError unless a file can be created in `directory` (made if missing).
 
@@ -144,8 +154,8 @@ class Checkpoints:
       every_epochs: the save interval of the latest checkpoint.
       best_mode: 'max' or 'min': which way the ranking metric is better.
       read_only: only restore (e.g. for analysis); nothing is written or deleted.
-      defer_while_writing: defer an interval save that comes due while a write is
-        in progress (see the module docstring); one-process runs only.
+      defer_while_writing: keep an interval save pending while a write is in
+        progress (see the module docstring); one-process runs only.
     """
     if best_mode not in ("max", "min"):
       raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
@@ -170,10 +180,8 @@ class Checkpoints:
           # Temporary directories of saves cut short by a kill are removed.
           cleanup_tmp_directories=True)
     self._defer = defer_while_writing
-    self._held: tuple[int, TrainState, float, dict[str, Any]] | None = None
-    # A deferred interval save: (epoch, host copy, best_value, meta).
-    self._deferred: tuple[int, TrainState, float | None, dict[str, Any]] | None = None
-    self._written_best: tuple[int, TrainState] | None = None  # The last held best written.
+    self._pending: dict[str, _Write] = {}  # 'latest', 'best': the newest of each kind.
+    self._written_best: _Write | None = None  # For `best_state` without a disk read.
     self._directory = pathlib.Path(os.path.abspath(directory))
     self._manager = ocp.CheckpointManager(
         os.path.abspath(directory), options=options,
@@ -184,138 +192,71 @@ class Checkpoints:
                 is_best: bool, force: bool = False) -> None:
     """What the training loop calls once per finished epoch.
 
-    Saves `state` as epoch `epoch` when the interval (or `force`: the last epoch, a
-    stop) asks for it, keeps it as the new best when `is_best` (written before any
-    later checkpoint), and starts pending writes when the writer is free.
+    Queues `state` as the latest when the interval (or `force`: the last epoch, a
+    stop) asks for it and as the best when `is_best`, then starts pending writes:
+    all of them when forced (or due, without `defer_while_writing`), else the
+    oldest one if a latest is pending and the writer is free.
 
     Args:
       epoch: completed epochs; the checkpoint's step.
       state: the train state after `epoch` epochs, finite, or a function returning
-        it (called only when it is saved or kept).
+        it (called only when it is saved or kept); on device or as `host_copy`
+        gives it.
       meta: JSON-serialisable record saved beside the state.
       value: the epoch's value of the ranking metric (None: not evaluated).
       is_best: the epoch is the run's new best.
       force: save even off the interval.
     """
-    get_state = state if callable(state) else lambda: state
-    saved = False
-    if self.due(epoch, force=force):
-      saved = self.save(epoch, get_state(), best_value=value, meta=meta, force=force)
-    if not saved and is_best:
-      self.hold_best(epoch, get_state(), meta=meta, best_value=value)
-    self.write_deferred()
-
-  def save(self, epoch: int, state: TrainState, *, meta: dict[str, Any],
-           best_value: float | None = None, force: bool = False) -> bool:
-    """Saves `state` as epoch `epoch` if the policy (or `force`) says so, after
-    writing the held best (`hold_best`), if any.
-
-    Args:
-      epoch: completed epochs; the checkpoint's step.
-      state: the train state after `epoch` epochs (must be finite: callers check),
-        on device or as `host_copy` gives it.
-      meta: JSON-serialisable record saved beside the state.
-      best_value: this epoch's value of the ranking metric; None when the epoch
-        was not evaluated (such a checkpoint is never kept as the best).
-      force: save even when the epoch is not on the save interval.
-
-    Returns:
-      Whether a save of `epoch` was started (it completes in the background);
-      False when it is not due, or deferred.
-    """
-    if not self.due(epoch, force=force):
-      return False
-    deferrable = self._defer and not force
-    if deferrable and self._manager.is_saving_in_progress():
-      return self._defer_save(epoch, state, best_value, meta)
-    self._deferred = None  # Older than this save, which supersedes it.
-    if self._held is not None and self._held[0] < epoch:
-      self._write_held()
-      if deferrable:  # Rather than wait for that write here.
-        return self._defer_save(epoch, state, best_value, meta)
-    return self._write(epoch, host_copy(state), meta=meta, best_value=best_value)
-
-  def _defer_save(self, epoch: int, state: TrainState, best_value: float | None,
-                  meta: dict[str, Any]) -> bool:
-    """Keeps this save for `write_deferred` (it replaces an older one); False."""
-    self._deferred = (epoch, host_copy(state), best_value, dict(meta))
-    return False
-
-  def write_deferred(self) -> None:
-    """Starts the deferred save if the writer is free (called once per epoch): the
-    held best first if it is older, as every checkpoint is written after the bests
-    before it; the deferred save then waits for a later call."""
-    if self._deferred is None or self._manager.is_saving_in_progress():
-      return
-    if self._held is not None and self._held[0] < self._deferred[0]:
-      self._write_held()
-    else:
-      self._write_deferred()
+    due = self.due(epoch, force=force)
+    if due or is_best:
+      write = _Write(epoch, host_copy(state() if callable(state) else state), value,
+                     dict(meta))
+      self._pending.update({kind: write for kind, on in (("latest", due), ("best", is_best))
+                            if on})
+    if force or (due and not self._defer):
+      self._start()
+    elif "latest" in self._pending and not self._manager.is_saving_in_progress():
+      self._start(1)  # A second would wait for this one's commit.
 
   def due(self, epoch: int, *, force: bool = False) -> bool:
-    """Whether `save(epoch, ..., force=force)` would write a checkpoint."""
+    """Whether `end_epoch(epoch, ..., force=force)` saves epoch `epoch` as the latest."""
     if epoch in self._manager.all_steps():
       return False  # Already saved (e.g. restored from it).
     return force or self._manager.should_save(epoch)
 
-  def hold_best(self, epoch: int, state: TrainState, *, meta: dict[str, Any],
-                best_value: float) -> None:
-    """Keeps a copy of a new best state, to be written before the next save
-    (or by `flush`); it replaces an earlier held best, which was not as good."""
-    if self._deferred is not None and self._deferred[0] == epoch:
-      copy = self._deferred[1]  # The epoch's save was deferred: its copy serves.
-    else:
-      copy = host_copy(state)
-    self._held = (epoch, copy, best_value, dict(meta))
-
   def flush(self) -> None:
-    """Writes the held best state and the deferred save now, if there are any (e.g.
-    when the run diverges: both are finite states)."""
-    if self._held is not None and (self._deferred is None or
-                                   self._held[0] < self._deferred[0]):
-      self._write_held()
-    if self._deferred is not None:
-      self._write_deferred()
-    self._write_held()  # A best newer than the deferred save.
+    """Starts every pending write now (e.g. when the run diverges: they are finite,
+    evaluated states)."""
+    self._start()
 
-  def flush_best(self) -> None:
-    """Starts the write of the held best state now, if there is one."""
-    self._write_held()
-
-  def _write_held(self) -> None:
-    if self._held is not None:
-      epoch, state, value, meta = self._held
-      self._held = None
+  def _start(self, count: int | None = None) -> None:
+    """Starts the `count` oldest pending writes (all by default), oldest first."""
+    for epoch, write in sorted({w.epoch: w for w in self._pending.values()}.items())[:count]:
+      kinds = [kind for kind, w in self._pending.items() if w.epoch == epoch]
+      for kind in kinds:
+        del self._pending[kind]
+      if "best" in kinds:
+        self._written_best = write
       if epoch not in self._manager.all_steps():
-        self._write(epoch, state, meta=meta, best_value=value)
-        self._written_best = (epoch, state)
-
-  def _write_deferred(self) -> None:
-    epoch, state, value, meta = self._deferred
-    self._deferred = None
-    if self._held is not None and self._held[0] == epoch:
-      self._held = None  # The same epoch: this write is also that best's.
-      self._written_best = (epoch, state)
-    if epoch not in self._manager.all_steps():
-      self._write(epoch, state, meta=meta, best_value=value)
+        self._write(write)
 
   def best_state(self, epoch: int, like: TrainState) -> TrainState:
     """The state of the best epoch `epoch` (e.g. to test it at the end): the copy
     this object wrote, if it is that epoch (no disk read; host arrays), else restored."""
-    if self._written_best is not None and self._written_best[0] == epoch:
-      return from_saved(self._written_best[1])
+    if self._written_best is not None and self._written_best.epoch == epoch:
+      return from_saved(self._written_best.state)
     self.wait()
     return self.restore(epoch, like=like)[0]
 
-  def _write(self, epoch: int, saved: TrainState, *, meta: dict[str, Any],
-             best_value: float | None) -> bool:
-    """Starts the save of `saved` (a `host_copy`) as epoch `epoch`."""
+  def _write(self, write: _Write) -> None:
+    """Starts the save of `write` (it completes in the background)."""
     metrics = None
-    if best_value is not None and math.isfinite(best_value):
-      metrics = {BEST_KEY: float(best_value), EPOCH_KEY: int(epoch)}
-    args = ocp.args.Composite(state=ocp.args.StandardSave(saved),
-                              meta=ocp.args.JsonSave({**meta, EPOCH_KEY: int(epoch)}))
-    return self._manager.save(epoch, args=args, metrics=metrics, force=True)
+    if write.value is not None and math.isfinite(write.value):
+      metrics = {BEST_KEY: float(write.value), EPOCH_KEY: int(write.epoch)}
+    args = ocp.args.Composite(
+        state=ocp.args.StandardSave(write.state),
+        meta=ocp.args.JsonSave({**write.meta, EPOCH_KEY: int(write.epoch)}))
+    self._manager.save(write.epoch, args=args, metrics=metrics, force=True)
 
   def latest_epoch(self) -> int | None:
     return self._manager.latest_step()

@@ -30,7 +30,7 @@ import subprocess_env
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG_FILE = ROOT / "configs" / "digits_poly.py"
 # Small enough to be quick, long enough to interrupt: every epoch is evaluated,
-# the latest is saved every 3 epochs, so a new best is often held until the next save.
+# the latest is saved every 3 epochs, so a new best is often pending until the next save.
 NUM_EPOCHS = 20  # Long enough that a run killed mid-way has epochs left after a commit.
 OVERRIDES = {"num_epochs": NUM_EPOCHS, "checkpoint_every_epochs": 3, "eval_every_epochs": 1,
              "model.hidden": 32}
@@ -287,9 +287,10 @@ _CRASH_DURING_SAVE = textwrap.dedent("""
         model_state=nnx.State({}), opt_state=tx.init(params), rng=jax.random.key(0),
         adv_probs=jnp.ones((2,)) / 2)
     ckpts = checkpointing.Checkpoints(sys.argv[1], every_epochs=1)
-    ckpts.save(1, state, meta={})
+    ckpts.end_epoch(1, state, meta={}, value=None, is_best=False)
     ckpts.wait()
-    ckpts.save(2, state.replace(params=jax.tree.map(lambda w: w * 2, params)), meta={})
+    ckpts.end_epoch(2, state.replace(params=jax.tree.map(lambda w: w * 2, params)), meta={},
+                    value=None, is_best=False)
     os.kill(os.getpid(), signal.SIGKILL)  # Dies while the save of epoch 2 is being written.
 """)
 
@@ -313,30 +314,6 @@ def _tiny_state(value: float):
   return state.replace(params=jax.tree.map(lambda a: a * 0 + value, state.params))
 
 
-def test_a_held_best_is_written_just_before_the_next_save(tmp_path):
-  ckpts = checkpointing.Checkpoints(tmp_path, every_epochs=5)
-  like = _tiny_state(0.0)
-  meta = lambda e: {"step": e, "best_epoch": e, "best_value": float(e)}  # noqa: E731
-  for epoch in (1, 2, 4):  # Each a new best between saves: held, not written.
-    state = _tiny_state(float(epoch))
-    assert not ckpts.save(epoch, state, meta=meta(epoch), best_value=float(epoch))
-    ckpts.hold_best(epoch, state, meta=meta(epoch), best_value=float(epoch))
-    # The loop donates the state to the next epoch's call: the held copy must survive.
-    jax.tree.map(lambda a: a.delete(), jax.tree.leaves(state.params))
-  ckpts.wait()
-  assert ckpts.all_epochs() == []
-  assert ckpts.save(5, _tiny_state(5.0), meta=meta(4), best_value=0.5)  # Not a best.
-  ckpts.wait()
-  assert ckpts.all_epochs() == [4, 5] and ckpts.best_epoch() == 4
-  restored, saved_meta = ckpts.restore(4, like=like)
-  np.testing.assert_array_equal(jax.tree.leaves(restored.params)[0], 4.0)
-  assert saved_meta["best_epoch"] == 4
-  ckpts.hold_best(7, _tiny_state(7.0), meta=meta(7), best_value=7.0)
-  ckpts.flush()  # E.g. when the run diverges before the next save.
-  ckpts.close()
-  assert checkpointing.Checkpoints(tmp_path, read_only=True).best_epoch() == 7
-
-
 def _writing(ckpts, monkeypatch, now: bool) -> dict:
   """Makes `ckpts` see a write in progress while the returned dict's 'now' is True."""
   writing = {"now": now}
@@ -344,51 +321,187 @@ def _writing(ckpts, monkeypatch, now: bool) -> dict:
   return writing
 
 
+def _started(ckpts, monkeypatch) -> list[int]:
+  """The epochs whose writes `ckpts` starts, in order (appended as they start)."""
+  started, save = [], ckpts._manager.save
+  def spy(step, *args, **kwargs):
+    started.append(step)
+    return save(step, *args, **kwargs)
+  monkeypatch.setattr(ckpts._manager, "save", spy)
+  return started
+
+
 def _meta(epoch):
   return {"step": epoch, "best_epoch": epoch, "best_value": float(epoch)}
 
 
+def _end(ckpts, epoch, *, value=None, is_best=False, force=False, state=None, meta=None):
+  """`end_epoch` with a state of `epoch`'s value and `_meta(epoch)` unless given."""
+  ckpts.end_epoch(epoch, _tiny_state(float(epoch)) if state is None else state,
+                  meta=_meta(epoch) if meta is None else meta, value=value,
+                  is_best=is_best, force=force)
+
+
+def _disk(path) -> list[int]:
+  """The epochs committed in `path`, as a process that opens it after a crash sees them."""
+  return checkpointing.Checkpoints(path, read_only=True).all_epochs()
+
+
+def test_a_new_best_is_written_just_before_the_next_save(tmp_path, monkeypatch):
+  ckpts = checkpointing.Checkpoints(tmp_path, every_epochs=5)
+  started = _started(ckpts, monkeypatch)
+  like = _tiny_state(0.0)
+  for epoch in (1, 2, 4):  # Each a new best between saves: pending, not written.
+    state = _tiny_state(float(epoch))
+    _end(ckpts, epoch, state=state, value=float(epoch), is_best=True)
+    assert started == []
+    # The loop donates the state to the next epoch's call: the pending copy must survive.
+    jax.tree.map(lambda a: a.delete(), jax.tree.leaves(state.params))
+  ckpts.wait()
+  assert ckpts.all_epochs() == []
+  _end(ckpts, 5, meta=_meta(4), value=0.5)  # Not a best.
+  assert started == [4, 5]  # Only the newest best, and before the save.
+  ckpts.wait()
+  assert ckpts.all_epochs() == [4, 5] and ckpts.best_epoch() == 4
+  restored, saved_meta = ckpts.restore(4, like=like)
+  np.testing.assert_array_equal(jax.tree.leaves(restored.params)[0], 4.0)
+  assert saved_meta["best_epoch"] == 4
+  _end(ckpts, 7, value=7.0, is_best=True)
+  ckpts.flush()  # E.g. when the run diverges before the next save.
+  ckpts.close()
+  assert started == [4, 5, 7]
+  assert checkpointing.Checkpoints(tmp_path, read_only=True).best_epoch() == 7
+
+
 def test_a_save_due_while_one_is_being_written_is_deferred_not_waited_for(
     tmp_path, monkeypatch):
-  ckpts = checkpointing.Checkpoints(tmp_path, every_epochs=1, defer_while_writing=True)
+  ckpts = checkpointing.Checkpoints(tmp_path, every_epochs=2, defer_while_writing=True)
   writing = _writing(ckpts, monkeypatch, True)
-  state1 = _tiny_state(1.0)
-  assert not ckpts.save(1, state1, meta=_meta(1))  # Deferred: a host copy is kept.
-  jax.tree.map(lambda a: a.delete(), jax.tree.leaves(state1.params))  # Donated next epoch.
-  ckpts.write_deferred()  # Still writing: nothing.
-  assert not ckpts.save(2, _tiny_state(2.0), meta=_meta(2))  # Replaces the deferred 1.
+  started = _started(ckpts, monkeypatch)
+  state2 = _tiny_state(2.0)
+  _end(ckpts, 2, state=state2)  # Deferred: a host copy is kept.
+  jax.tree.map(lambda a: a.delete(), jax.tree.leaves(state2.params))  # Donated next epoch.
+  _end(ckpts, 3)  # Still writing: nothing.
+  _end(ckpts, 4)  # Replaces the deferred 2.
+  assert started == []
   writing["now"] = False
-  ckpts.write_deferred()
+  _end(ckpts, 5)  # The writer is free: the deferred save is started.
   ckpts.wait()
-  assert ckpts.all_epochs() == [2]
+  assert started == [4] and ckpts.all_epochs() == [4]
+  restored, _ = ckpts.restore(4, like=_tiny_state(0.0))
+  np.testing.assert_array_equal(jax.tree.leaves(restored.params)[0], 4.0)
   writing["now"] = True
-  assert ckpts.save(3, _tiny_state(3.0), meta=_meta(3), force=True)  # The last epoch, a stop.
+  _end(ckpts, 6)  # Deferred.
+  _end(ckpts, 7, force=True)  # The last epoch, a stop: written now, replacing 6.
+  assert started == [4, 7]
   ckpts.wait()
-  assert ckpts.all_epochs() == [3]
+  assert ckpts.all_epochs() == [7]
   ckpts.close()
   plain = checkpointing.Checkpoints(tmp_path / "plain", every_epochs=1)
   _writing(plain, monkeypatch, True)
-  assert plain.save(1, _tiny_state(1.0), meta=_meta(1))  # Without deferral: written.
+  plain_started = _started(plain, monkeypatch)
+  _end(plain, 1)  # Without deferral: written.
+  assert plain_started == [1]
   plain.close()
+  assert _disk(tmp_path / "plain") == [1]
 
 
-def test_a_deferred_save_is_written_after_the_older_held_best(tmp_path, monkeypatch):
+def test_a_deferred_save_is_written_after_the_older_pending_best(tmp_path, monkeypatch):
   ckpts = checkpointing.Checkpoints(tmp_path, every_epochs=2, defer_while_writing=True)
   writing = _writing(ckpts, monkeypatch, False)
-  ckpts.hold_best(1, _tiny_state(1.0), meta=_meta(1), best_value=1.0)
-  # Free: the held best is written, and the save waits for a later call rather than
-  # for that write.
-  assert not ckpts.save(2, _tiny_state(2.0), meta=_meta(1), best_value=0.5)
+  started = _started(ckpts, monkeypatch)
+  _end(ckpts, 1, value=1.0, is_best=True)
+  # Free: the pending best is written, and the save waits for a later call rather
+  # than for that write.
+  _end(ckpts, 2, meta=_meta(1), value=0.5)
   ckpts.wait()
-  assert ckpts.all_epochs() == [1]
+  assert started == [1] and ckpts.all_epochs() == [1]
   writing["now"] = True
-  ckpts.hold_best(3, _tiny_state(3.0), meta=_meta(3), best_value=3.0)
-  assert not ckpts.save(4, _tiny_state(4.0), meta=_meta(3), best_value=0.1)
+  _end(ckpts, 3, value=3.0, is_best=True)
+  _end(ckpts, 4, meta=_meta(3), value=0.1)
   ckpts.flush()  # E.g. the run diverges: the best and the deferred save, in order.
   ckpts.wait()
+  assert started == [1, 3, 4]
   assert ckpts.all_epochs() == [3, 4] and ckpts.best_epoch() == 3
   restored, meta = ckpts.restore(4, like=_tiny_state(0.0))
   np.testing.assert_array_equal(jax.tree.leaves(restored.params)[0], 4.0)
+  ckpts.close()
+
+
+def test_the_newest_pending_write_of_each_kind_wins(tmp_path, monkeypatch):
+  ckpts = checkpointing.Checkpoints(tmp_path, every_epochs=2, defer_while_writing=True)
+  _writing(ckpts, monkeypatch, True)
+  started = _started(ckpts, monkeypatch)
+  _end(ckpts, 1, value=1.0, is_best=True)
+  _end(ckpts, 2, meta=_meta(1), value=0.5)
+  _end(ckpts, 3, value=3.0, is_best=True)  # Replaces the pending best 1.
+  _end(ckpts, 4, meta=_meta(3), value=0.1)  # Replaces the pending latest 2.
+  never = lambda: pytest.fail("the state of an epoch neither due nor best was made")  # noqa: E731
+  _end(ckpts, 5, state=never, meta=_meta(3), value=0.2)
+  assert started == []
+  ckpts.flush()
+  assert started == [3, 4]
+  ckpts.close()
+  reopened = checkpointing.Checkpoints(tmp_path, read_only=True)
+  assert reopened.all_epochs() == [3, 4] and reopened.best_epoch() == 3
+  for epoch in (3, 4):
+    restored, meta = reopened.restore(epoch, like=_tiny_state(0.0))
+    np.testing.assert_array_equal(jax.tree.leaves(restored.params)[0], float(epoch))
+    assert meta["best_epoch"] == 3
+
+
+def test_a_best_is_committed_before_a_later_latest_is_started(tmp_path, monkeypatch):
+  """What a crash leaves (the directory read by another process, this one never
+  closed): never a latest without the pending best before it."""
+  ckpts = checkpointing.Checkpoints(tmp_path, every_epochs=2, defer_while_writing=True)
+  _writing(ckpts, monkeypatch, False)
+  started = _started(ckpts, monkeypatch)
+  _end(ckpts, 1, value=1.0, is_best=True)
+  _end(ckpts, 2, meta=_meta(1), value=0.5)  # The best is started; the save waits.
+  ckpts.wait()
+  assert started == [1] and _disk(tmp_path) == [1]  # A crash here resumes from the best.
+  _end(ckpts, 3, meta=_meta(1), value=0.4)  # A later call: the save of 2 is started.
+  ckpts.wait()
+  assert started == [1, 2]
+  after_crash = checkpointing.Checkpoints(tmp_path, read_only=True)
+  assert after_crash.all_epochs() == [1, 2]
+  assert after_crash.latest_epoch() == 2 and after_crash.best_epoch() == 1
+  assert after_crash.restore(2, like=_tiny_state(0.0))[1]["best_epoch"] == 1
+  ckpts.close()
+
+
+def test_a_forced_save_starts_the_pending_writes_first(tmp_path, monkeypatch):
+  ckpts = checkpointing.Checkpoints(tmp_path, every_epochs=2, defer_while_writing=True)
+  _writing(ckpts, monkeypatch, True)
+  started = _started(ckpts, monkeypatch)
+  _end(ckpts, 1, value=1.0, is_best=True)
+  _end(ckpts, 2, meta=_meta(1), value=0.5)  # Deferred.
+  assert started == []
+  _end(ckpts, 3, meta=_meta(1), value=0.2, force=True)  # A stop, the writer still busy.
+  assert started == [1, 3]  # The pending best, then the stop's save (newer than 2).
+  ckpts.wait()
+  assert ckpts.all_epochs() == [1, 3]
+  assert ckpts.latest_epoch() == 3 and ckpts.best_epoch() == 1
+  ckpts.close()
+
+
+@pytest.mark.parametrize("defer", [False, True])
+def test_a_best_that_is_also_a_due_save_is_written_once(tmp_path, monkeypatch, defer):
+  ckpts = checkpointing.Checkpoints(tmp_path, every_epochs=2, defer_while_writing=defer)
+  writing = _writing(ckpts, monkeypatch, True)
+  started = _started(ckpts, monkeypatch)
+  _end(ckpts, 1, value=0.1)
+  _end(ckpts, 2, value=2.0, is_best=True)
+  assert started == ([] if defer else [2])
+  writing["now"] = False
+  _end(ckpts, 3, meta=_meta(2), value=0.3)
+  ckpts.flush()
+  assert started == [2]
+  ckpts.wait()
+  assert ckpts.all_epochs() == [2] and ckpts.best_epoch() == 2
+  monkeypatch.setattr(ckpts, "restore", lambda *a, **k: pytest.fail("read from disk"))
+  best = ckpts.best_state(2, like=_tiny_state(0.0))
+  np.testing.assert_array_equal(jax.tree.leaves(best.params)[0], 2.0)
   ckpts.close()
 
 
@@ -422,9 +535,10 @@ def test_best_state_is_the_written_copy_or_the_restored_checkpoint(tmp_path):
   ckpts = checkpointing.Checkpoints(tmp_path, every_epochs=10)
   like = _tiny_state(0.0)
   meta = {"step": 3, "best_epoch": 3, "best_value": 3.0}
-  ckpts.hold_best(3, _tiny_state(3.0), meta=meta, best_value=3.0)
+  ckpts.end_epoch(3, _tiny_state(3.0), meta=meta, value=3.0, is_best=True)
   ckpts.flush()
   in_memory = ckpts.best_state(3, like=like)
+  assert isinstance(jax.tree.leaves(in_memory.params)[0], np.ndarray)  # The host copy.
   ckpts.close()
   reopened = checkpointing.Checkpoints(tmp_path, every_epochs=10)
   from_disk = reopened.best_state(3, like=like)  # Nothing written by this object: restored.
@@ -440,8 +554,8 @@ def test_saves_write_host_copies_that_restore_as_the_device_state(tmp_path):
   assert all(isinstance(a, np.ndarray) for a in jax.tree.leaves(host))
   assert host.rng.dtype == np.uint32  # The typed key as its raw data, as stored.
   ckpts = checkpointing.Checkpoints(tmp_path, every_epochs=1)
-  ckpts.save(1, state, meta={"step": 7}, best_value=1.0)
-  ckpts.save(2, host, meta={"step": 7}, best_value=0.5)  # As a sweep passes a member.
+  ckpts.end_epoch(1, state, meta={"step": 7}, value=1.0, is_best=True)
+  ckpts.end_epoch(2, host, meta={"step": 7}, value=0.5, is_best=False)  # As a sweep passes it.
   ckpts.close()
   reopened = checkpointing.Checkpoints(tmp_path, read_only=True)
   for epoch in (1, 2):
@@ -573,7 +687,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(
     tmp_path, damage, capsys):
   ckpts = checkpointing.Checkpoints(tmp_path / run_dir.CHECKPOINTS, every_epochs=1)
   for epoch in (1, 2):  # Epoch 1 is the best, so both are kept.
-    ckpts.save(epoch, _tiny_state(float(epoch)), meta=_meta(epoch), best_value=2.0 - epoch)
+    _end(ckpts, epoch, value=2.0 - epoch, is_best=epoch == 1)
     ckpts.wait()
   ckpts.close()
   DAMAGES[damage](tmp_path / run_dir.CHECKPOINTS / "2")
@@ -586,7 +700,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(
       f"polyjax: warning: checkpoint {tmp_path / run_dir.CHECKPOINTS / '2'} is damaged (")
   assert ckpts.all_epochs() == [1]  # Moved aside, so epoch 2 can be saved again.
   assert len(list((tmp_path / checkpointing.DAMAGED).iterdir())) == 1
-  ckpts.save(2, _tiny_state(2.0), meta=_meta(2), best_value=0.0)
+  _end(ckpts, 2, value=0.0)
   ckpts.close()
   restored, _ = checkpointing.Checkpoints(tmp_path / run_dir.CHECKPOINTS, read_only=True
                                           ).restore(2, like=_tiny_state(0.0))
@@ -596,7 +710,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(
 @_DAMAGED_RESTORE
 def test_no_intact_checkpoint_is_an_error_and_a_misfit_is_not_damage(tmp_path):
   ckpts = checkpointing.Checkpoints(tmp_path / run_dir.CHECKPOINTS, every_epochs=1)
-  ckpts.save(1, _tiny_state(1.0), meta=_meta(1), best_value=1.0)
+  _end(ckpts, 1, value=1.0, is_best=True)
   ckpts.close()
   ckpts = checkpointing.Checkpoints(tmp_path / run_dir.CHECKPOINTS, every_epochs=1)
   other = train_state_with_width(3)
@@ -640,7 +754,7 @@ def test_a_run_with_a_damaged_latest_checkpoint_ends_as_the_uninterrupted_run(tm
 def test_leftover_temporary_checkpoints_are_removed(tmp_path):
   (tmp_path / "3.orbax-checkpoint-tmp" / "state").mkdir(parents=True)  # A kill mid-save.
   ckpts = checkpointing.Checkpoints(tmp_path, every_epochs=1)
-  ckpts.save(3, _tiny_state(3.0), meta=_meta(3), best_value=1.0)
+  _end(ckpts, 3, value=1.0, is_best=True)
   ckpts.close()
   assert sorted(p.name for p in tmp_path.iterdir()) == ["3"]
 
