@@ -143,7 +143,7 @@ with the model, optimizer and loss built by `train_state.create`,
 more call is timed up to `block_until_ready`. The reference runs its PyTorch
 eager loop (3 warm-up steps, then the timed steps). fig1 is the Figure 1 problem
 (`configs/gaussians_poly.py`, one full-batch step per epoch) trained the way a run
-trains it: `train.build`, then calls of up to `train.FUSED_STEPS` epochs, each
+trains it: `experiment.build`, then calls of up to `train.FUSED_STEPS` epochs, each
 call's order from `steps.epochs_indices` and its objectives fetched and checked.
 A full batch is used in stored order (reordering it only reorders the gradient's
 sum), where the reference draws a permutation every step. Compile time (first

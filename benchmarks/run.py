@@ -10,7 +10,7 @@ Workloads are named and shaped like `torch_reference.py`'s:
   mlp:     3 hidden layers of 200 on 64-dimensional inputs, same step.
   fig1:    the Figure 1 problem (220 2-D points, linear model, importance-weighted
            poly-tailed loss alpha 1, plain SGD lr 0.1, full batch, one step per
-           epoch): `configs/gaussians_poly.py` built by `train.build`, trained the
+           epoch): `configs/gaussians_poly.py` built by `experiment.build`, trained the
            way `train.train_and_evaluate` trains it: calls of `train.FUSED_STEPS`
            one-step epochs, each call's order from `steps.epochs_indices` (a full
            batch is not shuffled: see `steps.epoch_indices`), its objectives fetched
@@ -38,7 +38,7 @@ import time
 import jax
 import numpy as np
 
-from polyjax import losses, placement, steps, train_state, xla_runtime
+from polyjax import experiment, losses, placement, steps, train_state, xla_runtime
 from polyjax import train as train_lib
 
 WORKLOADS = ("convnet", "mlp", "fig1")
@@ -105,7 +105,7 @@ def run(workload: str, *, batch_size: int, num_steps: int, mode: str = "epoch") 
   if workload == "fig1":
     if mode != "epoch":
       raise ValueError("fig1 times a run's own loop: --mode epoch only")
-    exp = train_lib.build(_fig1(), mesh=mesh)
+    exp = experiment.build(_fig1(), mesh=mesh)
     train = placement.to_global(steps.split_arrays(exp.dataset.train), sh.replicated)
 
     def call(state, c):

@@ -118,8 +118,8 @@ def bench(name: str, entry: list[str], common: list[str], grid: dict[str, list],
   """The sweep `sweep_rounds` times, interleaved with the sequential runs (sweep,
   a share of the single runs, sweep, ...), so that both sides see the machine's
   load over the same period; the ratio takes the sweep's median."""
-  from polyjax import sweep
-  points = sweep.expand(_dummy_config(), grid)  # Names only; the grid is int/float.
+  from polyjax import grid as grid_lib
+  points = grid_lib.expand(_dummy_config(), grid)  # Names only; the grid is int/float.
   if compilation_cache:  # Each side starts from an empty cache of its own.
     common = common + [f"--compilation_cache_dir={root / name}-cache-{{side}}"]
   side = lambda args, s: [a.replace("{side}", s) for a in args]  # noqa: E731

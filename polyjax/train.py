@@ -1,43 +1,51 @@
-"""`train_and_evaluate(config, workdir)`: one experiment, start to finish.
+"""The training loop, one for a single run and for a sweep's members.
 
-Fixed order: data -> model, optimizer, state -> jitted steps -> run directory ->
-restore (resume) -> wandb -> epoch loop (train, NaN check, evaluate, write,
-checkpoint; consecutive epochs that need nothing from the host share one compiled
-call, `call_end`) -> test the best checkpoint -> summary. Names in the config are
-resolved here, once; the steps never branch on a string. Every check that can
-fail on the config and data runs before the run directory is written.
+`train_and_evaluate(config, workdir)` trains one run (`polyjax.main`);
+`train_members` trains M members that share one compiled program (a group of
+`polyjax.sweep`). Both are the same host loop over a member axis (`Member` per
+run directory; `polyjax.programs` holds the M = 1 and M > 1 programs), in a fixed
+order: open each run directory (lock, resume check) -> build (`polyjax.experiment`)
+-> restore -> per compiled call: train, check each member for divergence,
+evaluate, write metrics rows and checkpoints, show progress -> test each member's
+best checkpoint -> summary. Consecutive epochs that need nothing from the host share
+one compiled call (`call_end`). Every check that can fail on the config and data
+runs before a run directory is written.
 
-An existing run directory is resumed from its latest checkpoint, and ends exactly
-where an uninterrupted run ends: the checkpoint holds the whole train state, and
-the epoch it was taken at fixes the input order from there on. A resume whose
-config differs in a field that matters (`config.resume_changes`) is refused
-unless `allow_config_change` is set. SIGTERM/SIGINT stop the run after the
-current call with a checkpoint and status 'interrupted'.
+A run directory is resumed from its latest checkpoint, and ends exactly where an
+uninterrupted run ends: the checkpoint holds the whole train state, and the epoch
+it was taken at fixes the input order from there on. A resume whose config
+differs in a field that matters (`config.resume_changes`) is refused unless
+allowed. A run directory that already holds the completed (or diverged) run of its
+config is left as it is. SIGTERM/SIGINT stop every member after the current call
+with a checkpoint and status 'interrupted'. A member whose objective or state
+becomes NaN/Inf is marked diverged (its last checkpoint is its last finite state);
+the others go on.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import platform
 import sys
 import time
-from typing import Any, Sequence
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from polyjax import (checkpointing, data, lifecycle, losses, metrics, progress, run_dir,
-                     schedules, steps, train_state, wandb_logger, weighting)
-from polyjax import placement, streaming, xla_runtime
+from polyjax import (checkpointing, data, experiment, lifecycle, placement, programs,
+                     progress, run_dir, wandb_logger)
 from polyjax import config as config_lib
+from polyjax.data.splits import with_weights
 from polyjax.errors import ConfigError
 
-SPLITS = ("train", "val", "test")
-PROGRESS_KEYS = ("train/objective", "train/acc", "val/reweighted_acc",
-                 "test/reweighted_acc", "test/worst_group_acc")
+TRAIN_ONLY_KEYS = ("train/objective", "train/lr")  # Values of the epoch, not of a state.
+LINE_KEYS = ("train/objective", "train/acc", "val/reweighted_acc", "test/reweighted_acc",
+             "test/worst_group_acc")  # A run's progress line.
+FUSED_STEPS = 512  # At most this many steps per call when a call trains several epochs.
 
 
 class Diverged(RuntimeError):
@@ -45,121 +53,31 @@ class Diverged(RuntimeError):
 
 
 @dataclasses.dataclass
-class Experiment:
-  """Everything resolved from the config that the loop needs."""
-  dataset: data.Dataset
-  model_def: train_state.ModelDef
-  state: train_state.TrainState
-  shardings: placement.Shardings
-  train_epoch: Any
-  eval_counts: Any
-  order_seed: int
-  lr_factor: Any  # step -> multiplier of config.lr (None: constant).
-  sample_p: np.ndarray | None = None  # (N,) per-epoch sampling probabilities ('resampled').
+class Member:
+  """One run directory of the loop, and the host-side record of its training."""
+  name: str
+  config: ml_collections.ConfigDict
+  run: run_dir.RunDir
+  wandb_group: str | None = None  # A sweep's members are grouped under its name.
+  saved_config: dict[str, Any] | None = None  # config.json of the run it resumes.
+  changed: list[str] = dataclasses.field(default_factory=list)  # `resume_check`.
+  active: bool = True  # Still to train: not finished before, not diverged now.
+  exp: experiment.Experiment | None = None
+  checkpoints: checkpointing.Checkpoints | None = None
+  state: Any = None  # Initial or restored, until placed with the group's.
+  start_epoch: int = 0
+  best_epoch: int | None = None
+  best_value: float | None = None
+  steps_done: int = 0
+  prior_seconds: float = 0.0  # wall_seconds of the runs this one resumes.
+  record: dict[str, Any] = dataclasses.field(default_factory=dict)  # `run_record`.
+  values: dict[str, float] = dataclasses.field(default_factory=dict)  # Last evaluation.
+  summary: dict[str, Any] = dataclasses.field(default_factory=dict)
+  wandb: wandb_logger.WandbLogger | None = None
+  diverged: str | None = None  # Why, once it has.
 
 
-def build(config: ml_collections.ConfigDict, *, mesh=None,
-          dataset: data.Dataset | None = None) -> Experiment:
-  """Loads data and builds model, optimizer, state and the jitted steps.
-
-  `dataset`, if given, is `config.data` already loaded and weighted with
-  `config.weighting` (a sweep loads it once for many members).
-  """
-  mesh = placement.make_mesh() if mesh is None else mesh
-  data_cfg = config.data.to_dict()
-  name = data_cfg.pop("name")
-  data_cfg.pop("order_seed")
-  if dataset is None:
-    dataset = data.load(name, weighting_mode=config.weighting.mode,
-                        exponent=config.weighting.exponent, **data_cfg)
-  if len(dataset.train) < config.batch_size:
-    raise ConfigError(f"config.batch_size={config.batch_size} is larger than the training "
-                      f"split of data.name={name!r} ({len(dataset.train)} examples)")
-  loss_cfg = config.loss.to_dict()
-  loss_fn = losses.get_loss(loss_cfg.pop("name"), class_counts=dataset.train_class_counts,
-                            group_counts=dataset.train_group_counts, **loss_cfg)
-  lr_factor = None
-  if config.lr_schedule != "constant" or config.warmup_epochs > 0:
-    lr_factor = schedules.lr_factor(
-        config.lr_schedule, steps_per_epoch=len(dataset.train) // config.batch_size,
-        num_epochs=config.num_epochs, warmup_epochs=config.warmup_epochs,
-        step_epochs=config.lr_step_epochs, step_factor=config.lr_step_factor,
-        final_frac=config.lr_final_frac)
-  tx = train_state.make_optimizer(lr=config.lr, momentum=config.momentum,
-                                  weight_decay=config.weight_decay, lr_factor=lr_factor)
-  model_cfg = config.model.to_dict()
-  freeze = model_cfg.pop("freeze_features")
-  tx = train_state.head_only(tx) if freeze else tx
-  model_def, state = train_state.create(
-      model_name=model_cfg.pop("name"), model_kwargs=model_cfg, in_shape=dataset.in_shape,
-      num_classes=dataset.num_classes, num_groups=dataset.num_groups, tx=tx,
-      seed=config.seed, freeze_features=freeze)
-  shardings = placement.Shardings(mesh)
-  state = placement.to_global(state, shardings.replicated)
-  reduction = weighting.make_reduction(config.weighting.mode, num_groups=dataset.num_groups,
-                                       adv_probs_lr=config.weighting.adv_probs_lr)
-  train_step = steps.make_train_step(model_def=model_def, loss_fn=loss_fn, tx=tx,
-                                     reduction=reduction, preprocess=dataset.preprocess)
-  order_seed = config.seed if config.data.order_seed is None else config.data.order_seed
-  eval_kwargs = dict(model_def=model_def, loss_fn=loss_fn, num_groups=dataset.num_groups,
-                     shardings=shardings, preprocess=dataset.preprocess)
-  if config.data.pipeline == "stream":  # Splits stay in their source, read per batch.
-    train_epoch = streaming.make_streamed_train_epoch(train_step, shardings)
-    eval_counts = streaming.make_streamed_eval_counts(**eval_kwargs,
-                                                  batch_size=config.eval_batch_size)
-  else:
-    train_epoch = steps.make_train_epoch(
-        train_step, shardings, compiler_options=xla_runtime.train_compiler_options(
-            num_params=sum(x.size for x in jax.tree.leaves(state.params)),
-            batch_size=config.batch_size))
-    eval_counts = steps.make_eval_counts(**eval_kwargs)
-  return Experiment(
-      dataset=dataset, model_def=model_def, state=state, shardings=shardings,
-      train_epoch=xla_runtime.WithMatmulPrecision(train_epoch, config.matmul_precision),
-      eval_counts=xla_runtime.WithMatmulPrecision(eval_counts, config.matmul_precision),
-      order_seed=order_seed, lr_factor=lr_factor,
-      sample_p=weighting.sampling_probs(dataset.train.group, dataset.train_group_counts,
-                                        mode=config.weighting.mode,
-                                        exponent=config.weighting.exponent))
-
-
-def eval_data(exp: Experiment, config, splits: Sequence[str] = SPLITS) -> Any:
-  """What `evaluate` reads for `splits`: in memory, all of them packed into one
-  array set on the devices (`steps.pack_for_eval`); streamed, the splits themselves."""
-  chosen = [exp.dataset.splits()[s] for s in splits]
-  if config.data.pipeline == "stream":
-    return chosen
-  batch = steps.eval_batch_size(config.eval_batch_size, chosen, exp.shardings.mesh.size)
-  return placement.to_global(steps.pack_for_eval(chosen, batch), exp.shardings.stacked_batches)
-
-
-def evaluate(exp: Experiment, state, data: Any, splits: Sequence[str] = SPLITS
-             ) -> dict[str, float]:
-  """All metrics (docs/metrics.md) of `splits` (as given to `eval_data`), keyed like
-  'test/reweighted_acc'."""
-  counts = jax.device_get(exp.eval_counts(state, data))  # Leading axis: the splits.
-  return split_values(counts, splits, train_group_counts=exp.dataset.train_group_counts)
-
-
-def split_values(counts: dict[str, Any], splits: Sequence[str], *,
-                 train_group_counts) -> dict[str, float]:
-  """Host counts with a leading split axis (in `splits` order) -> the metrics of
-  every split, keyed like 'test/reweighted_acc'."""
-  out = {}
-  for i, split in enumerate(splits):
-    c = {k: v[i] for k, v in counts.items()}
-    for k, v in metrics.finalize(c, train_group_counts=train_group_counts).items():
-      out[f"{split}/{k}"] = v
-  return out
-
-
-def _progress(epoch: int, num_epochs: int, step: int, values: dict[str, float],
-              seconds: float) -> str:
-  shown = "  ".join(f"{k} {values[k]:.4f}" for k in PROGRESS_KEYS if k in values)
-  return f"epoch {epoch}/{num_epochs}  step {step}  {shown}  ({seconds:.2f}s)"
-
-
-def run_record(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def run_record(config: ml_collections.ConfigDict, workdir) -> dict[str, Any]:
   """What config.json holds beside the config: identity of the run and its machine."""
   return {
       "seed": config.seed,
@@ -173,75 +91,6 @@ def run_record(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any
       # What XLA was started with (the GPU determinism flag of `config.deterministic`).
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
   }
-
-
-def _better(value: float, best: float | None, mode: str) -> bool:
-  """Strictly better, so that among equal values the earliest epoch stays the best."""
-  if not np.isfinite(value):
-    return False
-  return best is None or (value > best if mode == "max" else value < best)
-
-
-def check_best_metric(config, ds: data.Dataset) -> None:
-  """Raises ConfigError unless config.best_metric is a metric this run reports."""
-  split, _, name = config.best_metric.partition("/")
-  # The names depend only on the numbers of classes and groups: trace the counts
-  # of one example (no compilation, no data read) and finalize ones of that shape.
-  shapes = jax.eval_shape(lambda: metrics.batch_counts(
-      logits_BxC=jnp.zeros((1, ds.num_classes)), labels_B=jnp.zeros(1, jnp.int32),
-      groups_B=jnp.zeros(1, jnp.int32), loss_B=jnp.zeros(1), weight_B=jnp.ones(1),
-      mask_B=jnp.ones(1, bool), num_groups=ds.num_groups))
-  counts = jax.tree.map(lambda s: np.ones(s.shape, s.dtype), shapes)
-  names = metrics.finalize(counts, train_group_counts=ds.train_group_counts)
-  if name not in names:
-    raise ConfigError(f"config.best_metric={config.best_metric!r} is not a metric of this "
-                      f"run; valid: {', '.join(f'{split}/{k}' for k in sorted(names))}")
-
-
-TRAIN_ONLY_KEYS = ("train/objective", "train/lr")  # Values of the epoch, not of a state.
-
-
-def lr_at(config, exp: Experiment, step: int) -> float:
-  """The learning rate of optimizer step `step` (1-based): config.lr times the schedule."""
-  return float(config.lr * (1.0 if exp.lr_factor is None else exp.lr_factor(step - 1)))
-
-
-def record_epoch(config, run: run_dir.RunDir, checkpoints: checkpointing.Checkpoints, *,
-                 epoch: int, step: int, state, values: dict[str, float] | None,
-                 best_epoch: int | None, best_value: float | None, stopping: bool = False
-                 ) -> tuple[int | None, float | None]:
-  """The end of a finished epoch: writes its metrics rows (`values`, None when the
-  epoch was not evaluated), tracks the best epoch and saves the checkpoint (with
-  its meta) when the policy, the last epoch or a stop asks for it (an interval save
-  may be deferred while the previous one is being written). A new best that is
-  not saved now is held and written before the next save (`Checkpoints.hold_best`).
-  `state` is the train state, or a function returning it (called only when the
-  state is saved or held).
-
-  Returns the new (best_epoch, best_value).
-  """
-  value = None
-  if values is not None:
-    rows = []
-    for split in SPLITS:
-      prefix = f"{split}/"
-      row = {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix)}
-      rows.append({"epoch": epoch, "step": step, "split": split, **row})
-    run.append_metrics(rows)
-    value = values[config.best_metric]
-    if _better(value, best_value, config.best_mode):
-      best_epoch, best_value = epoch, value
-  get_state = state if callable(state) else lambda: state
-  meta = {"step": step, "best_epoch": best_epoch, "best_value": best_value}
-  force = epoch == config.num_epochs or stopping
-  saved = False
-  if checkpoints.due(epoch, force=force):
-    run.sync_metrics()
-    saved = checkpoints.save(epoch, get_state(), best_value=value, meta=meta, force=force)
-  if not saved and best_epoch == epoch:  # Not due, or deferred.
-    checkpoints.hold_best(epoch, get_state(), meta=meta, best_value=value)
-  checkpoints.write_deferred()
-  return best_epoch, best_value
 
 
 def resume_check(config, saved: dict | None, workdir: str, allow_change: bool) -> list[str]:
@@ -259,7 +108,37 @@ def resume_check(config, saved: dict | None, workdir: str, allow_change: bool) -
   return changed
 
 
-FUSED_STEPS = 512  # At most this many steps per call when a call trains several epochs.
+def finished_summary(config, run: run_dir.RunDir) -> dict[str, Any] | None:
+  """The summary of the run in `run` if it has already done all that `config` asks
+  (rerunning its command then changes nothing): completed, or diverged; else None."""
+  summary = run.read_summary()
+  if not summary or summary.get("status") not in ("completed", "diverged"):
+    return None
+  if summary["status"] == "diverged":
+    return summary  # The same config replays the same divergence.
+  if summary.get("epochs_completed") != config.num_epochs:
+    return None  # num_epochs was raised: train on.
+  if config.test_on_best and summary.get("best_epoch") is not None and not summary.get("best"):
+    return None  # test_on_best was switched on: the best checkpoint is still to test.
+  return summary
+
+
+def open_member(member: Member, *, allow_config_change: bool = False) -> Member:
+  """Locks the member's run directory (if it exists) and checks what it holds: a run
+  of a config that differs in a field that matters raises ConfigError (unless
+  allowed); a finished run of the same config leaves the member inactive, with its
+  summary. The caller unlocks `member.run`."""
+  run = member.run
+  if run.path.exists():
+    run.lock()  # Before reading it: another writer would change it under us.
+  member.saved_config = run.read_config()
+  member.changed = resume_check(member.config, member.saved_config, str(run.path),
+                                allow_config_change)
+  if member.saved_config is not None and not member.changed:
+    done = finished_summary(member.config, run)
+    if done is not None:
+      member.summary, member.active = done, False
+  return member
 
 
 def call_end(config, epoch: int, steps_per_epoch: int) -> int:
@@ -278,17 +157,11 @@ def call_end(config, epoch: int, steps_per_epoch: int) -> int:
   return end
 
 
-def completed_summary(config, run: run_dir.RunDir) -> dict[str, Any] | None:
-  """The summary of the run in `run` if it has already done all that `config` asks
-  (rerunning its command then changes nothing), else None."""
-  summary = run.read_summary()
-  if not summary or summary.get("status") != "completed":
-    return None
-  if summary.get("epochs_completed") != config.num_epochs:
-    return None  # num_epochs was raised: train on.
-  if config.test_on_best and summary.get("best_epoch") is not None and not summary.get("best"):
-    return None  # test_on_best was switched on: the best checkpoint is still to test.
-  return summary
+def _better(value: float, best: float | None, mode: str) -> bool:
+  """Strictly better, so that among equal values the earliest epoch stays the best."""
+  if not np.isfinite(value):
+    return False
+  return best is None or (value > best if mode == "max" else value < best)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -311,7 +184,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     Diverged: the objective or the state became non-finite (after `summary.json`
       records it; the last checkpoint is the last finite state).
   """
-  run = run_dir.RunDir(workdir, is_writer=jax.process_index() == 0)
+  member = Member(name=str(workdir), config=config,
+                  run=run_dir.RunDir(workdir, is_writer=jax.process_index() == 0))
   sizes = {"checkpoint_bytes": 0}
   # SIGTERM/SIGINT are handled from here until the run's files are closed: a signal
   # that reaches one process of several, during set-up or the last (collective)
@@ -319,177 +193,335 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   stop = lifecycle.StopSignals()
   try:
     with stop:
-      return _train_and_evaluate(config, run, mesh=mesh, stop=stop, sizes=sizes,
-                                 allow_config_change=allow_config_change,
-                                 log_every=log_every)
+      open_member(member, allow_config_change=allow_config_change)
+      if member.active:
+        train_members([member], mesh=mesh, stop=stop, log_every=log_every, sizes=sizes)
+      elif member.run.is_writer and member.summary["status"] == "completed":
+        print(f"polyjax: {workdir} already holds the completed run of "
+              f"{member.summary['epochs_completed']} epochs; nothing to do", flush=True)
   except Exception as e:
     if run_dir.is_disk_full(e):
-      raise run_dir.disk_full_error(run.path, sizes["checkpoint_bytes"]) from e
+      raise run_dir.disk_full_error(member.run.path, sizes["checkpoint_bytes"]) from e
     raise
   finally:
-    run.unlock()
+    member.run.unlock()
+  summary = member.summary
+  if summary["status"] == "diverged":
+    at = summary.get("diverged_at", {})
+    why = member.diverged or (f"{workdir} holds a run of this config that diverged at "
+                              f"epoch {at.get('epoch')}, step {at.get('step')}")
+    raise Diverged(f"{why}; stopping (no checkpoint of this state is kept)")
+  return summary
 
 
-def _train_and_evaluate(config, run: run_dir.RunDir, *, mesh, stop: lifecycle.StopSignals,
-                        sizes: dict[str, int], allow_config_change: bool,
-                        log_every: int) -> dict[str, Any]:
-  workdir = str(run.path)
-  if run.path.exists():
-    run.lock()  # Before reading it: another writer would change it under us.
-  saved_config = run.read_config()
-  changed = resume_check(config, saved_config, workdir, allow_config_change)
-  if saved_config is not None and not changed:
-    done = completed_summary(config, run)
-    if done is not None:
-      if run.is_writer:
-        print(f"polyjax: {workdir} already holds the completed run of "
-              f"{done['epochs_completed']} epochs; nothing to do", flush=True)
-      return done
-  exp = build(config, mesh=mesh)
-  sizes["checkpoint_bytes"] = sum(x.nbytes for x in jax.tree.leaves(exp.state))
-  sh = exp.shardings
-  streamed = config.data.pipeline == "stream"
-  if streamed:  # The streamed steps read the splits themselves, batch by batch.
-    train_data = exp.dataset.train
-  else:
-    train_data = placement.to_global(steps.split_arrays(exp.dataset.train), sh.replicated)
-  eval_inputs = eval_data(exp, config)
-  check_best_metric(config, exp.dataset)
+def build_members(members: list[Member], mesh) -> list[experiment.Experiment]:
+  """Each member's experiment; the data is loaded once and reweighted per member."""
+  if len(members) == 1:
+    return [experiment.build(members[0].config, mesh=mesh)]
+  cfg0 = members[0].config
+  data_cfg = cfg0.data.to_dict()
+  name = data_cfg.pop("name")
+  data_cfg.pop("order_seed")
+  base = data.load(name, weighting_mode=cfg0.weighting.mode,
+                   exponent=cfg0.weighting.exponent, **data_cfg)
+  return [experiment.build(m.config, mesh=mesh, dataset=with_weights(
+      base, mode=m.config.weighting.mode, exponent=m.config.weighting.exponent))
+          for m in members]
 
-  checkpointing.check_writable(run.path, "run directory")
-  run.lock()
-  checkpoints = checkpointing.Checkpoints(run.checkpoints,
-                                          every_epochs=config.checkpoint_every_epochs,
-                                          best_mode=config.best_mode,
-                                          defer_while_writing=jax.process_count() == 1)
-  state = exp.state
-  start_epoch, best_epoch, best_value, prior_seconds = 0, None, None, 0.0
-  resumes = list((saved_config or {}).get("resumes", []))
+
+def train_members(members: list[Member], *, stop: lifecycle.StopSignals, mesh=None,
+                  member_batch: int | None = None, label: str = "epoch",
+                  log_every: int = 0, prefix: str = "polyjax",
+                  sizes: dict[str, int] | None = None) -> None:
+  """Trains the active members (opened with `open_member`), which share one program
+  (`grid.groups`), and writes each one's run directory; each member's summary is
+  left in `member.summary`.
+
+  Args:
+    members: from `open_member`; inactive ones (finished before) are left alone.
+    stop: the process's stop signals.
+    mesh: the devices (default: all); a group of several members splits them
+      (`programs.member_mesh`).
+    member_batch: members side by side at a time (`programs.over_members`).
+    label: what the progress display calls the group; prefix: of printed lines.
+    sizes: receives 'checkpoint_bytes', the size of the members' states.
+  """
+  todo = [m for m in members if m.active]
+  if not todo:
+    return
+  mesh = placement.make_mesh() if mesh is None else mesh
+  exps = build_members(todo, mesh)
+  experiment.check_best_metric(todo[0].config, exps[0].dataset)
+  if sizes is not None:
+    sizes["checkpoint_bytes"] = sum(x.nbytes for e in exps for x in jax.tree.leaves(e.state))
   try:
-    latest = checkpoints.latest_epoch()
-    if latest is not None:
-      if latest > config.num_epochs:
-        raise ConfigError(f"config.num_epochs={config.num_epochs} is below the {latest} "
-                          f"epochs already done in {workdir}")
-      try:
-        restored = checkpoints.restore_latest(like=exp.state)
-      except checkpointing.CheckpointMismatch as e:
-        raise ConfigError(str(e)) from e
-      if restored is not None:
-        start_epoch, state, meta = restored
-        best_epoch, best_value = meta["best_epoch"], meta["best_value"]
-        prior_seconds = float((run.read_summary() or {}).get("wall_seconds", 0.0))
-        resumes.append({"epoch": start_epoch, "changed_fields": changed, "time": time.time()})
-    repair = run_dir.MetricsRepair()
-    if saved_config is not None:
-      repair = run.truncate_metrics(start_epoch, eval_every=config.eval_every_epochs)
-  except BaseException:
-    checkpoints.close()
-    raise
-  if saved_config is not None and run.is_writer:
-    print(f"polyjax: resuming {workdir} at epoch {start_epoch}"
-          + (f" (dropped {repair.dropped} metrics rows written after that checkpoint)"
-             if repair.dropped else "")
-          + (f"; changed: {', '.join(changed)}" if changed else ""), flush=True)
-    warning = repair.warning(run.path / run_dir.METRICS, start_epoch)
-    if warning:
-      print(f"polyjax: warning: {warning}", file=sys.stderr, flush=True)
+    for m, exp in zip(todo, exps):
+      m.exp = exp
+      checkpointing.check_writable(m.run.path, "run directory")
+      m.run.lock()
+      _restore(m, prefix=prefix)
+    by_start: dict[int, list[Member]] = {}
+    for m in todo:
+      by_start.setdefault(m.start_epoch, []).append(m)
+    for start_epoch, sub in sorted(by_start.items()):
+      if len(todo) > 1:
+        print(f"{prefix}: training {len(sub)} members together "
+              f"({', '.join(m.name for m in sub)}) from epoch {start_epoch}", flush=True)
+      _train(sub, stop=stop, member_batch=member_batch, label=label, log_every=log_every,
+             prefix=prefix)
+  finally:
+    for m in todo:  # Failed before the loop (a restore, the set-up): nothing to record.
+      if m.checkpoints is not None:
+        _close(m, "failed", stop=stop, start=time.time(), timed=False, write=False)
 
-  record = run_record(config, workdir)
-  run.write_config(config.to_dict(), **record, resumes=resumes)
-  wandb = wandb_logger.for_run(config, workdir, record, enabled=run.is_writer)
 
-  summary: dict[str, Any] = {
-      "status": "running", "epochs_completed": start_epoch, "final": {}, "best": {},
-      "best_metric": config.best_metric, "best_epoch": best_epoch}
-  start = time.time()
-  values: dict[str, float] = {}
-  steps_done = int(jax.device_get(state.step))
-  shown = progress.Progress(config.num_epochs, start_epoch=start_epoch, log_every=log_every,
-                            eval_every=config.eval_every_epochs, enabled=run.is_writer)
+def _restore(m: Member, *, prefix: str) -> None:
+  """Opens the member's checkpoints, restores its latest one (if any), repairs its
+  metrics to that epoch and writes its config.json."""
+  config = m.config
+  m.checkpoints = checkpointing.Checkpoints(
+      m.run.checkpoints, every_epochs=config.checkpoint_every_epochs,
+      best_mode=config.best_mode, defer_while_writing=jax.process_count() == 1)
+  m.state = m.exp.state
+  resumes = list((m.saved_config or {}).get("resumes", []))
+  latest = m.checkpoints.latest_epoch()
+  if latest is not None:
+    if latest > config.num_epochs:
+      raise ConfigError(f"config.num_epochs={config.num_epochs} is below the {latest} "
+                        f"epochs already done in {m.run.path}")
+    try:
+      restored = m.checkpoints.restore_latest(like=m.exp.state)
+    except checkpointing.CheckpointMismatch as e:
+      raise ConfigError(str(e)) from e
+    if restored is not None:
+      m.start_epoch, m.state, meta = restored
+      m.best_epoch, m.best_value = meta["best_epoch"], meta["best_value"]
+      m.steps_done = int(meta["step"])
+      m.prior_seconds = float((m.run.read_summary() or {}).get("wall_seconds", 0.0))
+      resumes.append({"epoch": m.start_epoch, "changed_fields": m.changed,
+                      "time": time.time()})
+  if m.saved_config is not None:
+    repair = m.run.truncate_metrics(m.start_epoch, eval_every=config.eval_every_epochs)
+    if m.run.is_writer:
+      print(f"{prefix}: resuming {m.run.path} at epoch {m.start_epoch}"
+            + (f" (dropped {repair.dropped} metrics rows written after that checkpoint)"
+               if repair.dropped else "")
+            + (f"; changed: {', '.join(m.changed)}" if m.changed else ""), flush=True)
+      warning = repair.warning(m.run.path / run_dir.METRICS, m.start_epoch)
+      if warning:
+        print(f"{prefix}: warning: {warning}", file=sys.stderr, flush=True)
+  m.record = run_record(config, m.run.path)
+  m.run.write_config(config.to_dict(), **m.record, resumes=resumes)
+  m.summary = {"status": "running", "epochs_completed": m.start_epoch, "final": {},
+               "best": {}, "best_metric": config.best_metric, "best_epoch": m.best_epoch}
+
+
+def _train(members: list[Member], *, stop: lifecycle.StopSignals, member_batch: int | None,
+           label: str, log_every: int, prefix: str) -> None:
+  """The epoch loop of members that share a program and a start epoch."""
+  cfg0 = members[0].config
+  num_epochs = cfg0.num_epochs
+  program = programs.for_members([m.exp for m in members], [m.config for m in members],
+                                 member_batch=member_batch)
+  if isinstance(program, programs.Stacked):
+    mesh = program.mesh
+    print(f"{prefix}: {len(members)} members on {mesh.size} "
+          f"{mesh.devices.flat[0].platform.upper()} device{'s' if mesh.size > 1 else ''} "
+          f"(members axis {mesh.shape[programs.MEMBERS_AXIS]} x data axis "
+          f"{mesh.shape['data']})", flush=True)
+  # A state like each member's, to restore best checkpoints into (a run's own is donated).
+  like = members[0].state if len(members) > 1 else None
+  state = program.place([m.state for m in members])
+  for m in members:
+    m.state = None  # The placed state is the only copy from here on.
+    m.wandb = wandb_logger.for_run(m.config, m.run.path, m.record, group=m.wandb_group,
+                                   enabled=m.run.is_writer)
+  steps_per_epoch = len(members[0].exp.dataset.train) // cfg0.batch_size
+  shown = progress.Progress(
+      num_epochs, start_epoch=members[0].start_epoch, log_every=log_every,
+      desc=f"{label} ({len(members)} members) epoch" if len(members) > 1 else label,
+      eval_every=cfg0.eval_every_epochs, enabled=members[0].run.is_writer)
+  start, status, epoch = time.time(), "completed", members[0].start_epoch
   try:
-    n_train = len(exp.dataset.train)
-    steps_per_epoch = n_train // config.batch_size
-    epoch = start_epoch
     stopped_in_setup = stop.received_anywhere()  # Then no epoch is started.
-    while epoch < config.num_epochs and not stopped_in_setup:
+    while epoch < num_epochs and not stopped_in_setup:
       t0 = time.time()
-      first, epoch = epoch + 1, call_end(config, epoch, steps_per_epoch)
-      idx_SxB = steps.epochs_indices(n_train, config.batch_size, seed=exp.order_seed,
-                                     epochs=range(first, epoch + 1), p=exp.sample_p)
-      state, objective = exp.train_epoch(
-          state, train_data,
-          idx_SxB if streamed else placement.to_global(idx_SxB, sh.stacked_batches))
-      objective_ExS = np.asarray(objective).reshape(epoch - first + 1, steps_per_epoch)
-      if not np.all(np.isfinite(objective_ExS)):
-        bad_e, bad_s = np.argwhere(~np.isfinite(objective_ExS))[0]
-        bad_epoch = first + int(bad_e)
-        step = (bad_epoch - 1) * steps_per_epoch + int(bad_s) + 1
-        summary.update(status="diverged", diverged_at={"epoch": bad_epoch, "step": step})
-        raise Diverged(f"training objective is {objective_ExS[bad_e, bad_s]} at epoch "
-                       f"{bad_epoch}, step {step}; stopping (no checkpoint of this state "
-                       f"is kept)")
-      if not lifecycle.is_finite(state):
-        step = epoch * steps_per_epoch
-        summary.update(status="diverged", diverged_at={"epoch": epoch, "step": step})
-        raise Diverged(f"the train state holds NaN or Inf after epoch {epoch}, step "
-                       f"{step}; stopping (no checkpoint of this state is kept)")
-      objective_S = objective_ExS[-1]
-      summary["epochs_completed"] = epoch
-      step = steps_done = int(state.step)
-      values_now = bar_text = line = None
-      if epoch % config.eval_every_epochs == 0 or epoch == config.num_epochs:
-        values = values_now = evaluate(exp, state, eval_inputs)
-        values["train/objective"] = float(objective_S.mean())
-        values["train/lr"] = lr_at(config, exp, step)
-        wandb.log(step, {"epoch": epoch, **values})
-        bar_text = progress.metrics_text(values)
-        line = _progress(epoch, config.num_epochs, step, values, time.time() - t0)
-      shown.epoch(epoch, bar_text=bar_text, line=line)
-      stopping = epoch < config.num_epochs and stop.received_anywhere()
-      best_epoch, best_value = record_epoch(
-          config, run, checkpoints, epoch=epoch, step=step, state=state, values=values_now,
-          best_epoch=best_epoch, best_value=best_value, stopping=stopping)
-      summary["best_epoch"] = best_epoch
+      first, epoch = epoch + 1, call_end(cfg0, epoch, steps_per_epoch)
+      alive = np.asarray([m.active for m in members])
+      state, objective_MxS, finite_M = program.train(state, range(first, epoch + 1), alive)
+      _check_divergence(members, objective_MxS, finite_M, first=first, last=epoch,
+                        steps_per_epoch=steps_per_epoch, start=start, shown=shown,
+                        prefix=prefix)
+      if not any(m.active for m in members):
+        break
+      stopping = epoch < num_epochs and stop.received_anywhere()
+      _end_call(members, program, state, objective_MxS[:, -steps_per_epoch:],
+                epoch=epoch, stopping=stopping, shown=shown, seconds=time.time() - t0)
       if stopping:
         break
-    if summary["epochs_completed"] < config.num_epochs:
-      summary.update(status="interrupted", signal=stop.name)
-    else:
-      if not values:  # Resumed after the last epoch (killed before the summary).
-        # Its values as the epoch logged them, train/objective and train/lr included.
-        values = run.epoch_values(summary["epochs_completed"])
-        if not values:  # Its rows were lost: the state's values are all there is.
-          values = evaluate(exp, state, eval_inputs)
-      best = {}
-      if config.test_on_best and best_epoch is not None:
-        if best_epoch == summary["epochs_completed"]:
-          best = {k: v for k, v in values.items() if k not in TRAIN_ONLY_KEYS}
-        else:
-          # Placed like the run's state (the held copy is host arrays), so that the
-          # evaluation program compiled for the epochs is reused.
-          best_state = placement.to_global(checkpoints.best_state(best_epoch, like=state),
-                                       sh.replicated)
-          best = evaluate(exp, best_state, eval_inputs)
-      summary.update(status="completed", final=values, best=best)
+    done = [m for m in members if m.active and m.summary["epochs_completed"] == num_epochs]
+    if len(done) < sum(m.active for m in members):
+      status = "interrupted"
+    if done:
+      _finish(members, done, program, state, like=like)
   except KeyboardInterrupt:
-    summary["status"] = "interrupted"
-    raise
-  except Diverged:
-    checkpoints.flush()  # The held best is a finite, evaluated state: keep it.
+    status = "interrupted"
     raise
   except BaseException:
-    summary["status"] = "failed"
+    status = "failed"
     raise
   finally:
-    shown.close()  # Before main's last line, or the error a raise here leads to.
-    summary["wall_seconds"] = prior_seconds + time.time() - start
-    summary["steps"] = steps_done
-    try:
+    shown.close()  # Before the caller's last line, or the error a raise here leads to.
+    for m in members:
+      if m.active:
+        _close(m, status, stop=stop, start=start)
+
+
+def _check_divergence(members: list[Member], objective_MxS: np.ndarray, finite_M: np.ndarray,
+                      *, first: int, last: int, steps_per_epoch: int, start: float,
+                      shown: progress.Progress, prefix: str) -> None:
+  """Marks each member whose objective (epochs `first`..`last`) or state is not finite
+  as diverged, and closes its run directory."""
+  for i, m in enumerate(members):
+    if not m.active:
+      continue
+    bad = np.flatnonzero(~np.isfinite(objective_MxS[i]))
+    if bad.size:
+      s = int(bad[0])
+      epoch, step = first + s // steps_per_epoch, (first - 1) * steps_per_epoch + s + 1
+      why = f"training objective is {objective_MxS[i, s]} at epoch {epoch}, step {step}"
+    elif not finite_M[i]:
+      epoch, step = last, last * steps_per_epoch
+      why = f"the train state holds NaN or Inf after epoch {epoch}, step {step}"
+    else:
+      continue
+    m.active, m.diverged = False, why
+    m.summary.update(status="diverged", diverged_at={"epoch": epoch, "step": step},
+                     wall_seconds=m.prior_seconds + time.time() - start, steps=m.steps_done)
+    m.checkpoints.flush()  # Pending saves hold finite, evaluated states: keep them.
+    _close(m, "diverged", stop=None, start=start, timed=False)
+    if len(members) > 1:
+      shown.write(f"{prefix}: {m.name} diverged: {why}")
+
+
+def _end_call(members: list[Member], program, state, objective_MxS: np.ndarray, *,
+              epoch: int, stopping: bool, shown: progress.Progress, seconds: float) -> None:
+  """The end of a call's last epoch: evaluation (when due), each member's metrics
+  rows, wandb values and checkpoint, and the progress display."""
+  cfg0 = members[0].config
+  num_epochs = cfg0.num_epochs
+  evaluated = epoch % cfg0.eval_every_epochs == 0 or epoch == num_epochs
+  values_M = program.evaluate(state) if evaluated else None
+  steps_M = program.steps_done(state)
+  member_state = program.member_states(state)
+  for i, m in enumerate(members):
+    if not m.active:
+      continue
+    m.summary["epochs_completed"], m.steps_done = epoch, steps_M[i]
+    values = None
+    if evaluated:
+      values = m.values = values_M[i]
+      values["train/objective"] = float(objective_MxS[i].mean())
+      values["train/lr"] = experiment.lr_at(m.config, m.exp, m.steps_done)
+      m.wandb.log(m.steps_done, {"epoch": epoch, **values})
+    _record(m, epoch, values, functools.partial(member_state, i),
+            force=epoch == num_epochs or stopping)
+  bar_text = line = None
+  if evaluated:
+    bar_text, line = _progress_texts(members, epoch, seconds)
+  shown.epoch(epoch, bar_text=bar_text, line=line)
+
+
+def _record(m: Member, epoch: int, values: dict[str, float] | None, state, *,
+            force: bool) -> None:
+  """Writes the epoch's metrics rows (`values`: None when not evaluated), tracks the
+  best epoch and hands the state to the checkpoints (`Checkpoints.end_epoch`)."""
+  value, is_best = None, False
+  if values is not None:
+    rows = []
+    for split in experiment.SPLITS:
+      prefix = f"{split}/"
+      row = {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix)}
+      rows.append({"epoch": epoch, "step": m.steps_done, "split": split, **row})
+    m.run.append_metrics(rows)
+    value = values[m.config.best_metric]
+    if _better(value, m.best_value, m.config.best_mode):
+      m.best_epoch, m.best_value, is_best = epoch, value, True
+  meta = {"step": m.steps_done, "best_epoch": m.best_epoch, "best_value": m.best_value}
+  if m.checkpoints.due(epoch, force=force):
+    m.run.sync_metrics()  # The rows a checkpoint's resume keeps are on disk first.
+  m.checkpoints.end_epoch(epoch, state, meta=meta, value=value, is_best=is_best, force=force)
+  m.summary["best_epoch"] = m.best_epoch
+
+
+def _progress_texts(members: list[Member], epoch: int, seconds: float) -> tuple[str, str]:
+  """The bar text and the line of an evaluated epoch: a run's values, or the
+  minimum, median and maximum over the members still training."""
+  num_epochs = members[0].config.num_epochs
+  live = [m for m in members if m.active]
+  if len(members) == 1:
+    values = live[0].values
+    shown = "  ".join(f"{k} {values[k]:.4f}" for k in LINE_KEYS if k in values)
+    return (progress.metrics_text(values), f"epoch {epoch}/{num_epochs}  step "
+            f"{live[0].steps_done}  {shown}  ({seconds:.2f}s)")
+  accs = [m.values["test/reweighted_acc"] for m in live]
+  line = (f"epoch {epoch}/{num_epochs}  {len(live)}/{len(members)} members  "
+          f"test/reweighted_acc min {min(accs):.4f} median {np.median(accs):.4f} "
+          f"max {max(accs):.4f}  ({seconds:.2f}s)")
+  medians = {k: float(np.median([m.values[k] for m in live])) for k in progress.BAR_KEYS}
+  alive = f"{len(live)}/{len(members)} alive, " if len(live) < len(members) else ""
+  return f"{alive}median " + progress.metrics_text(medians), line
+
+
+def _finish(members: list[Member], done: list[Member], program, state, *, like) -> None:
+  """Final and best values of the members that completed training (`done`): the
+  best checkpoints to test are restored and evaluated together, in one call."""
+  for m in done:  # Resumed after the last epoch: its values as the epoch logged them.
+    m.values = m.values or m.run.epoch_values(m.summary["epochs_completed"])
+  if not all(m.values for m in done):  # Those rows were lost: evaluate the state.
+    values_M = program.evaluate(state)
+    for i, m in enumerate(members):
+      if m in done and not m.values:
+        m.values = values_M[i]
+  restore = [i for i, m in enumerate(members) if m in done and m.config.test_on_best
+             and m.best_epoch is not None and m.best_epoch != m.summary["epochs_completed"]]
+  best_M = None
+  if restore:
+    member_state = program.member_states(state)
+    rows = [member_state(i) for i in range(len(members))]
+    for i in restore:
+      rows[i] = members[i].checkpoints.best_state(
+          members[i].best_epoch, like=state if like is None else like)
+    best_M = program.evaluate(program.place_rows(rows))
+  for i, m in enumerate(members):
+    if m not in done:
+      continue
+    best = {}
+    if m.config.test_on_best and m.best_epoch is not None:
+      best = (best_M[i] if i in restore else
+              {k: v for k, v in m.values.items() if k not in TRAIN_ONLY_KEYS})
+    m.summary.update(status="completed", final=m.values, best=best)
+
+
+def _close(m: Member, status: str, *, stop: lifecycle.StopSignals | None, start: float,
+           timed: bool = True, write: bool = True) -> None:
+  """Ends a member's run: its summary's status (unless completed), time and steps,
+  then the checkpoints (committed), summary.json and wandb."""
+  if m.summary.get("status") not in ("completed", "diverged"):
+    m.summary["status"] = status
+    if status == "interrupted" and stop is not None and stop.name is not None:
+      m.summary["signal"] = stop.name
+  if timed:
+    m.summary["wall_seconds"] = m.prior_seconds + time.time() - start
+    m.summary["steps"] = m.steps_done
+  checkpoints, m.checkpoints = m.checkpoints, None
+  try:
+    if checkpoints is not None:
       checkpoints.close()
+  finally:
+    try:
+      if write:
+        m.run.write_summary(m.summary)
     finally:
-      try:
-        run.write_summary(summary)
-      finally:
-        wandb.finish(summary)
-  return summary
+      if m.wandb is not None:
+        m.wandb.finish(m.summary)

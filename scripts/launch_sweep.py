@@ -33,7 +33,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from polyjax import config as config_lib  # noqa: E402
-from polyjax import sweep  # noqa: E402
+from polyjax import grid as grid_lib  # noqa: E402
 
 
 def _load_config(path: str):
@@ -48,36 +48,36 @@ def _value(v) -> str:
   return str(v)
 
 
-def commands(config_path: str, workdir: str, grid: sweep.Grid, overrides: list[str],
+def commands(config_path: str, workdir: str, grid: grid_lib.Grid, overrides: list[str],
              python: str = sys.executable, compilation_cache_dir: str | None = None
              ) -> list[tuple[str, list[str]]]:
   """(member name, argv) for every point of the grid."""
-  members = sweep.expand(_load_config(config_path), grid)
+  members = grid_lib.expand(_load_config(config_path), grid)
   fields = list(dict.fromkeys(f for g in grid for f in g))
   cache = [f"--compilation_cache_dir={compilation_cache_dir}"] if compilation_cache_dir else []
   out = []
   for name, cfg in members:
-    point = [f"--config.{f}={_value(sweep._get(cfg, f))}" for f in fields]
+    point = [f"--config.{f}={_value(grid._get(cfg, f))}" for f in fields]
     out.append((name, [python, "-m", "polyjax.main", f"--config={config_path}",
                        f"--workdir={pathlib.Path(workdir) / name}", *cache, *overrides,
                        *point]))
   return out
 
 
-def wandb_sweep_file(config_path: str, grid: sweep.Grid, overrides: list[str],
+def wandb_sweep_file(config_path: str, grid: grid_lib.Grid, overrides: list[str],
                      name: str) -> str:
   """A wandb sweep file (YAML) whose runs are `python -m polyjax.main` with the grid."""
   if len(grid) != 1:
     raise config_lib.ConfigError("a wandb sweep file holds one product grid; "
                                  f"this grid is a union of {len(grid)}")
-  members = sweep.expand(_load_config(config_path), grid)  # Validates fields and types.
+  members = grid_lib.expand(_load_config(config_path), grid)  # Validates fields and types.
   lines = [f"name: {json.dumps(name)}", "method: grid", "command:", "  - ${env}",
            "  - python", "  - -m", "  - polyjax.main",
            f"  - {json.dumps('--config=' + config_path)}"]
   lines += [f"  - {json.dumps(o)}" for o in overrides]
   lines += ["  - ${args}", "parameters:"]
   for field in grid[0]:
-    values = list(dict.fromkeys(sweep._get(cfg, field) for _, cfg in members))
+    values = list(dict.fromkeys(grid._get(cfg, field) for _, cfg in members))
     lines += [f"  config.{field}:", f"    values: {json.dumps(values)}"]
   return "\n".join(lines) + "\n"
 
@@ -135,8 +135,8 @@ def main(argv: list[str] | None = None) -> int:
   if args.parallel < 1:
     parser.error("--parallel must be >= 1")
   try:
-    grid = ([sweep.parse_grid_flags(args.grid)] if args.grid
-            else sweep.config_sweep(args.config))
+    grid = ([grid_lib.parse_grid_flags(args.grid)] if args.grid
+            else grid_lib.config_sweep(args.config))
     if grid is None:
       raise config_lib.ConfigError(
           "no grid: pass --grid=field=v1,v2 or define sweep() in the config file")

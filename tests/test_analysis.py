@@ -14,7 +14,7 @@ import pytest
 from scipy import stats
 
 from polyjax import config as config_lib
-from polyjax import train
+from polyjax import experiment, train
 from polyjax.analysis import __main__ as cli
 from polyjax.analysis import collect, plots, report, results, runs, tasks
 import subprocess_env
@@ -316,7 +316,7 @@ def test_checkpoint_programs_run_under_the_runs_matmul_precision(made, tmp_path)
   loaded.exp.model_def = Spy()
   tasks.logits(loaded, "test")
   assert seen == ["float32"]
-  # The evaluation is the run's own program (`train.build`), under the same value.
+  # The evaluation is the run's own program (`experiment.build`), under the same value.
   assert loaded.exp.eval_counts.precision == "float32"
 
 
@@ -329,7 +329,7 @@ def test_boundary_task(made, tmp_path):
   w, b = np.array([row["boundary_w0"], row["boundary_w1"]]), row["boundary_b"]
   # The boundary classifies the test set exactly as the logged run did.
   run = runs.load_run(made / "gauss" / "linear")
-  ds = train.build(run.config).dataset
+  ds = experiment.build(run.config).dataset
   acc = np.mean((ds.test.x @ w + b > 0).astype(int) == ds.test.y)
   assert acc == pytest.approx(_logged(run.path, 2, "test")["acc"], abs=1e-9)
   assert row["boundary_slope"] == pytest.approx(-w[0] / w[1])

@@ -10,7 +10,7 @@ import pytest
 
 import mock_tfds
 from polyjax import config as config_lib
-from polyjax import data, steps, train
+from polyjax import data, experiment, steps
 from polyjax.data import cifar
 import subprocess_env
 
@@ -96,8 +96,8 @@ def _config(**over):
 
 def test_same_data_seed_same_split_whatever_the_run_seed():
   with mock_tfds.mock():
-    a = train.build(_config(seed=0)).dataset
-    b = train.build(_config(seed=7)).dataset
+    a = experiment.build(_config(seed=0)).dataset
+    b = experiment.build(_config(seed=7)).dataset
     c = load(class_subset=((3,), (5,)), seed=1)
   for name in ("train", "val", "test"):
     for field in ("x", "y", "group", "weight"):
@@ -108,7 +108,7 @@ def test_same_data_seed_same_split_whatever_the_run_seed():
 
 def test_every_eval_example_counted_once():
   with mock_tfds.mock():
-    exp = train.build(_config())
+    exp = experiment.build(_config())
   # Both splits in one pass of batches of 16: the last val rows share a batch with
   # the first test rows, and only the final batch is padded.
   splits = (exp.dataset.val, exp.dataset.test)

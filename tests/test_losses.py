@@ -133,7 +133,7 @@ def test_cross_entropy_matches_reference_and_is_finite_at_extremes():
 
 def test_registry_builds_per_example_losses_and_rejects_unknown_names():
   counts = np.array([10, 1])
-  params = base_config().loss.to_dict()  # every loss's parameters, as train.build passes them
+  params = base_config().loss.to_dict()  # every loss's parameters, as experiment.build passes them
   del params["name"]
   for name in losses.LOSSES:
     fn = losses.get_loss(name, class_counts=counts, group_counts=counts, **params)

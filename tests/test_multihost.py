@@ -18,7 +18,7 @@ import sys
 import jax
 import numpy as np
 
-from polyjax import checkpointing, placement, run_dir, train
+from polyjax import checkpointing, experiment, placement, run_dir, train
 import subprocess_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -144,12 +144,12 @@ def test_two_processes_match_one_process_with_two_devices_and_resume(tmp_path):
   again = train.train_and_evaluate(_config(3), str(multi))
   assert again == run_dir.read_json(multi / run_dir.SUMMARY)
   assert again["steps"] == ref["steps"] and len(_rows(multi)) == len(ref_rows)
-  exp = train.build(_config(3))
+  exp = experiment.build(_config(3))
   ckpts = checkpointing.Checkpoints(multi / run_dir.CHECKPOINTS, read_only=True)
   epoch, state, _ = ckpts.restore_latest(like=exp.state)
   ckpts.close()
   assert epoch == 3
-  _assert_close(train.evaluate(exp, state, train.eval_data(exp, _config(3))),
+  _assert_close(experiment.evaluate(exp, state, experiment.eval_data(exp, _config(3))),
                 {k: v for k, v in ref["final"].items()
                  if k not in train.TRAIN_ONLY_KEYS},  # training stats, not evaluated
                 "re-evaluated")

@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from polyjax import grid as grid_lib
 from polyjax import progress, sweep
 import subprocess_env
 
@@ -212,29 +213,29 @@ def test_negative_log_every_is_one_line_and_status_2(tmp_path):
 
 def _members(grid):
   from configs import digits_poly
-  return sweep.expand(digits_poly.get_config(), grid)
+  return grid_lib.expand(digits_poly.get_config(), grid)
 
 
 def test_describe_groups_names_the_fields_that_split_the_grid():
   grid = {"seed": [0, 1, 2], "loss.name": ["poly", "ce"], "lr": [0.1, 0.2]}
-  lines = sweep.describe_groups(_members(grid), list(grid))
+  lines = grid_lib.describe_groups(_members(grid), list(grid))
   assert lines[0].startswith("12 members in 2 groups")
   assert "split by loss.name " in lines[0] and "stacked within a group: seed, lr" in lines[0]
   assert lines[1:] == ["group 1/2 (loss.name=poly): 6 members",
                        "group 2/2 (loss.name=ce): 6 members"]
 
   grid = {"seed": [0, 1], "lr": [0.1, 0.2]}
-  assert sweep.describe_groups(_members(grid), list(grid)) == [
+  assert grid_lib.describe_groups(_members(grid), list(grid)) == [
       "4 members in one compiled program (stacked: seed, lr)"]
 
   # loss.alpha is stacked for 'poly' but a constant of 'ldam''s program.
   grid = [{"loss.name": ["poly"], "loss.alpha": [1.0, 2.0]},
           {"loss.name": ["ldam"], "loss.alpha": [1.0, 2.0]}]
-  lines = sweep.describe_groups(_members(grid), ["loss.name", "loss.alpha"])
+  lines = grid_lib.describe_groups(_members(grid), ["loss.name", "loss.alpha"])
   assert "split by loss.name, loss.alpha (for some members)" in lines[0]
   assert len(lines) == 1 + 3  # poly (2 members), ldam alpha=1, ldam alpha=2.
 
-  lines = sweep.describe_groups(_members({"model.hidden": list(range(8, 20))}),
+  lines = grid_lib.describe_groups(_members({"model.hidden": list(range(8, 20))}),
                                 ["model.hidden"], most=3)
   assert len(lines) == 1 + 3 + 1 and lines[-1] == "... and 9 more groups (9 members)"
 

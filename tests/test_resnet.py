@@ -49,7 +49,7 @@ def test_cifar_resnet18_step_updates_params_and_batch_stats(small):
 
 def test_freeze_features_trains_only_the_head_with_frozen_batchnorm(small):
   _, model_def, state = small
-  # What train.build does for model.freeze_features: head-only optimizer, and the
+  # What experiment.build does for model.freeze_features: head-only optimizer, and the
   # evaluation graph (running BatchNorm statistics) in training.
   tx = train_state.head_only(train_state.make_optimizer(lr=0.1, momentum=0.9, weight_decay=1e-3))
   frozen_def = train_state.ModelDef(train=model_def.eval, eval=model_def.eval)

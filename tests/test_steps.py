@@ -4,7 +4,7 @@ import jax
 import numpy as np
 
 from configs import digits_poly
-from polyjax import placement, steps, train, xla_runtime
+from polyjax import experiment, placement, steps, xla_runtime
 
 
 def _config():
@@ -15,7 +15,7 @@ def _config():
 
 
 def _train_params(mesh, epochs=3):
-  exp = train.build(_config(), mesh=mesh)
+  exp = experiment.build(_config(), mesh=mesh)
   data = jax.device_put(steps.split_arrays(exp.dataset.train), exp.shardings.replicated)
   state = exp.state
   for epoch in range(1, epochs + 1):

@@ -12,7 +12,7 @@ import pytest
 import mock_tfds
 import test_data_waterbirds
 from polyjax import config as config_lib
-from polyjax import data, placement, run_dir, steps, streaming, train
+from polyjax import data, experiment, placement, run_dir, steps, streaming, train
 from polyjax.data.stream import StreamSplit
 
 
@@ -110,8 +110,8 @@ def test_stream_split_holds_no_images_and_reads_the_memory_pixels():
 
 def test_every_eval_example_counted_once_and_read_once():
   with mock_tfds.mock():
-    exp = train.build(_config("stream"))
-    mem = train.build(_config("memory")).dataset
+    exp = experiment.build(_config("stream"))
+    mem = experiment.build(_config("memory")).dataset
   names = ("val", "test")
   splits = [recorded(exp.dataset.splits()[name]) for name in names]
   counts_S = jax.device_get(exp.eval_counts(exp.state, splits))

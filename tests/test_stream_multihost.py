@@ -12,7 +12,7 @@ import jax
 
 import mock_tfds
 import test_multihost
-from polyjax import placement, steps, train
+from polyjax import experiment, placement, steps, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BATCH, EVAL_BATCH, EPOCHS = 16, 16, 2
@@ -65,7 +65,7 @@ def test_two_processes_read_only_their_rows_and_match_one_process(tmp_path):
     ref_dir = tmp_path / "one_process"
     train.train_and_evaluate(_config("memory"), str(ref_dir),
                              mesh=placement.make_mesh(jax.devices()[:2]))
-    ds = train.build(_config("stream")).dataset
+    ds = experiment.build(_config("stream")).dataset
 
   workdir = tmp_path / "two_processes"
   args = ["--config=configs/cifar_poly.py", f"--workdir={workdir}",

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from polyjax import config as config_lib
-from polyjax import run_dir, sweep, train
+from polyjax import grid, programs, run_dir, sweep, train
 import subprocess_env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -68,8 +68,8 @@ BAD = "lr=1e+30"
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
   """One sweep of GRID, shared by the tests below: (members, directory, summaries)."""
-  members = sweep.expand(small_config(), GRID)
-  assert len(sweep.groups(members)) == 1  # All six members in one program.
+  members = grid.expand(small_config(), GRID)
+  assert len(grid.groups(members)) == 1  # All six members in one program.
   workdir = tmp_path_factory.mktemp("sweep")
   return members, workdir, sweep.run_sweep(members, str(workdir))
 
@@ -144,10 +144,10 @@ def test_dro_resampled_and_lr_schedule_members_equal_single_runs(tmp_path):
   c = small_config()
   c.lr_schedule, c.warmup_epochs = "cosine", 0.5
   c.best_metric, c.best_mode = "val/loss", "max"
-  grid = [{"weighting.mode": ["dro"], "lr": [0.01, 0.05]},
-          {"weighting.mode": ["resampled"], "weighting.exponent": [1.0, 2.0]}]
-  members = sweep.expand(c, grid)
-  assert [len(g) for g in sweep.groups(members)] == [2, 2]
+  points = [{"weighting.mode": ["dro"], "lr": [0.01, 0.05]},
+            {"weighting.mode": ["resampled"], "weighting.exponent": [1.0, 2.0]}]
+  members = grid.expand(c, points)
+  assert [len(g) for g in grid.groups(members)] == [2, 2]
   summaries = sweep.run_sweep(members, str(tmp_path / "sweep"))
   for name, cfg in members:
     assert summaries[name]["status"] == "completed"
@@ -161,7 +161,7 @@ def test_dro_resampled_and_lr_schedule_members_equal_single_runs(tmp_path):
 def test_directory_of_another_run_is_refused(swept):
   members, workdir, _ = swept
   name = "lr=0.1,seed=0"
-  other = sweep.expand(small_config(), GRID)
+  other = grid.expand(small_config(), GRID)
   dict(other)[name].loss.beta = 3.0
   before = (workdir / name / run_dir.METRICS).read_text()
   with pytest.raises(config_lib.ConfigError, match="loss.beta"):
@@ -171,28 +171,28 @@ def test_directory_of_another_run_is_refused(swept):
 
 def test_grid_parsing_names_and_groups():
   c = small_config()
-  grid = sweep.parse_grid_flags(["lr=0.01,0.1", "config.seed=0,1,2", "batch_size=64,128"])
-  members = sweep.expand(c, [grid])
+  points = grid.parse_grid_flags(["lr=0.01,0.1", "config.seed=0,1,2", "batch_size=64,128"])
+  members = grid.expand(c, [points])
   assert len(members) == 12
   assert members[0][0] == "lr=0.01,seed=0,batch_size=64"
   assert members[0][1].seed == 0 and isinstance(members[0][1].lr, float)
-  groups = sweep.groups(members)
+  groups = grid.groups(members)
   assert [len(g) for g in groups] == [6, 6]  # batch_size changes shapes: two programs.
   assert {g[0][1].batch_size for g in groups} == {64, 128}
   # Loss parameters stack for the losses that trace them.
-  ce = sweep.expand(c, {"loss.name": ["ce"], "loss.alpha": [1.0, 2.0]})
-  assert len(sweep.groups(ce)) == 1
+  ce = grid.expand(c, {"loss.name": ["ce"], "loss.alpha": [1.0, 2.0]})
+  assert len(grid.groups(ce)) == 1
   with pytest.raises(config_lib.ConfigError, match="nope"):
-    sweep.expand(c, {"nope": [1]})
+    grid.expand(c, {"nope": [1]})
   with pytest.raises(config_lib.ConfigError, match="config.seed"):
-    sweep.expand(c, {"seed": ["x"]})
+    grid.expand(c, {"seed": ["x"]})
   with pytest.raises(config_lib.ConfigError, match="--grid"):
-    sweep.parse_grid_flags(["lr"])
+    grid.parse_grid_flags(["lr"])
 
 
 def test_config_sweep_of_digits_poly():
-  grid = sweep.config_sweep(str(REPO / "configs" / "digits_poly.py"))
-  members = sweep.expand(small_config(), grid)
+  points = grid.config_sweep(str(REPO / "configs" / "digits_poly.py"))
+  members = grid.expand(small_config(), points)
   assert len(members) > 1
   for _, cfg in members:
     config_lib.validate(cfg, device_count=1)
@@ -216,8 +216,8 @@ def test_member_mesh_splits_members_then_batches_over_the_devices():
   assert len(devices) == 8
 
   def shape(num_members, batch_size):
-    mesh = sweep.member_mesh(devices, num_members=num_members, batch_size=batch_size)
-    return mesh.shape[sweep.MEMBERS_AXIS], mesh.shape["data"]
+    mesh = programs.member_mesh(devices, num_members=num_members, batch_size=batch_size)
+    return mesh.shape[programs.MEMBERS_AXIS], mesh.shape["data"]
 
   assert shape(16, 64) == (8, 1)  # Every device trains its own two members.
   assert shape(6, 64) == (2, 4)  # 3 members per block, each batch over 4 devices.
@@ -262,7 +262,7 @@ def test_command_line_splits_the_cpu_between_members(tmp_path):
 def test_batch_size_not_divisible_by_the_devices_trains_on_fewer(tmp_path):
   c = small_config(num_epochs=1)
   c.batch_size, c.eval_batch_size = 12, 12  # 8 devices: each batch over 4 of them.
-  summaries = sweep.run_sweep(sweep.expand(c, {"seed": [0, 1, 2]}), str(tmp_path))
+  summaries = sweep.run_sweep(grid.expand(c, {"seed": [0, 1, 2]}), str(tmp_path))
   assert {s["status"] for s in summaries.values()} == {"completed"}
 
 
@@ -285,7 +285,7 @@ def test_image_members_are_normalised_and_augmented_like_single_runs(tmp_path):
   c.data.augment = True
   c.model.name = "linear"
   c.batch_size, c.eval_batch_size, c.num_epochs, c.lr = 16, 32, 2, 1e-4
-  members = sweep.expand(c, [{"seed": [0, 1]}])
+  members = grid.expand(c, [{"seed": [0, 1]}])
   with mock_tfds.mock():
     sweep.run_sweep(members, str(tmp_path / "sweep"))
     for name, cfg in members:
@@ -316,11 +316,11 @@ def test_command_line_refuses_to_run_as_one_of_several_processes(tmp_path):
 
 def test_deterministic_is_one_value_for_the_whole_sweep_process():
   c = small_config()
-  assert sweep.process_deterministic(sweep.expand(c, {"seed": [0, 1]})) is True
+  assert sweep.process_deterministic(grid.expand(c, {"seed": [0, 1]})) is True
   c.deterministic = False
-  assert sweep.process_deterministic(sweep.expand(c, {"seed": [0, 1]})) is False
+  assert sweep.process_deterministic(grid.expand(c, {"seed": [0, 1]})) is False
   with pytest.raises(config_lib.ConfigError, match="deterministic"):
-    sweep.process_deterministic(sweep.expand(c, {"deterministic": [True, False]}))
+    sweep.process_deterministic(grid.expand(c, {"deterministic": [True, False]}))
 
 
 def test_members_train_and_evaluate_under_their_matmul_precision(tmp_path, monkeypatch):
@@ -328,27 +328,27 @@ def test_members_train_and_evaluate_under_their_matmul_precision(tmp_path, monke
   import jax
 
   seen = []
-  for make in ("make_sweep_epoch", "make_sweep_eval"):
-    def spy(*args, _make=getattr(sweep, make), _name=make, **kwargs):
+  for make in ("make_stacked_epoch", "make_stacked_eval"):
+    def spy(*args, _make=getattr(programs, make), _name=make, **kwargs):
       fn = _make(*args, **kwargs)
 
       def call(*a):
         seen.append((_name, jax.config.jax_default_matmul_precision))
         return fn(*a)
       return call
-    monkeypatch.setattr(sweep, make, spy)
-  members = sweep.expand(small_config(num_epochs=1),
-                         {"matmul_precision": ["float32", "default"]})
-  assert len(sweep.groups(members)) == 2
+    monkeypatch.setattr(programs, make, spy)
+  members = grid.expand(small_config(num_epochs=1),
+                        {"matmul_precision": ["float32", "default"], "seed": [0, 1]})
+  assert len(grid.groups(members)) == 2
   summaries = sweep.run_sweep(members, str(tmp_path))
   assert {s["status"] for s in summaries.values()} == {"completed"}
   assert sorted(set(seen), key=str) == sorted(
-      {(m, p) for m in ("make_sweep_epoch", "make_sweep_eval") for p in ("float32", None)},
+      {(m, p) for m in ("make_stacked_epoch", "make_stacked_eval") for p in ("float32", None)},
       key=str)
 
 
 def test_a_second_sweep_on_a_directory_is_refused(tmp_path):
-  members = sweep.expand(small_config(), GRID)
+  members = grid.expand(small_config(), GRID)
   holder = run_dir.RunDir(tmp_path)
   holder.lock()  # As a running sweep holds it.
   try:

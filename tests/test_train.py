@@ -9,7 +9,7 @@ import jax
 import pytest
 
 from configs import digits_poly, gaussians_poly
-from polyjax import checkpointing, placement, steps, train
+from polyjax import checkpointing, experiment, placement, steps, train
 from polyjax import config as config_lib
 import subprocess_env
 
@@ -137,10 +137,10 @@ def test_best_metric_is_checked_by_name_before_any_work():
   c = digits_poly.get_config()
   ds = data.load("digits", weighting_mode="reweighted", exponent=1.0)
   c.best_metric = "val/class_1_recall"
-  train.check_best_metric(c, ds)
+  experiment.check_best_metric(c, ds)
   c.best_metric = "val/class_7_recall"  # Digits is binary: no class 7.
   with pytest.raises(config_lib.ConfigError, match=r"config.best_metric='val/class_7_recall'"):
-    train.check_best_metric(c, ds)
+    experiment.check_best_metric(c, ds)
 
 
 def test_the_best_state_is_tested_by_the_epochs_evaluation_program(tmp_path, monkeypatch):
@@ -153,7 +153,7 @@ def test_the_best_state_is_tested_by_the_epochs_evaluation_program(tmp_path, mon
       compiles.append(event)
 
   per_call = []
-  evaluate = train.evaluate
+  evaluate = experiment.evaluate
 
   def counted(*args, **kwargs):
     before = len(compiles)
@@ -161,7 +161,7 @@ def test_the_best_state_is_tested_by_the_epochs_evaluation_program(tmp_path, mon
     per_call.append(len(compiles) - before)
     return out
 
-  monkeypatch.setattr(train, "evaluate", counted)
+  monkeypatch.setattr(experiment, "evaluate", counted)
   c = digits_poly.get_config()
   c.num_epochs = c.checkpoint_every_epochs = 8  # The best is held in memory, then written.
   jax.monitoring.register_event_duration_secs_listener(listener)
@@ -211,10 +211,10 @@ def test_matmul_precision_reaches_every_product_of_the_programs():
   for precision in ("default", "float32"):
     c = digits_poly.get_config()
     c.matmul_precision = precision
-    exp = train.build(c, mesh=placement.make_mesh(jax.devices()[:1]))
+    exp = experiment.build(c, mesh=placement.make_mesh(jax.devices()[:1]))
     args = _epoch_args(exp, c)
     texts = [exp.train_epoch.lower(*args).as_text(),
-             exp.eval_counts.lower(exp.state, train.eval_data(exp, c)).as_text()]
+             exp.eval_counts.lower(exp.state, experiment.eval_data(exp, c)).as_text()]
     for text in texts:
       dots = [l for l in text.splitlines() if "stablehlo.dot_general" in l]
       assert dots

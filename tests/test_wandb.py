@@ -14,7 +14,7 @@ import zlib
 
 
 from polyjax import config as config_lib
-from polyjax import run_dir, train, wandb_logger
+from polyjax import grid, run_dir, train, wandb_logger
 
 BLOCK = 32768  # The .wandb file is a LevelDB-style log: 32 KiB blocks of records.
 
@@ -154,7 +154,7 @@ def test_sweep_members_log_their_own_runs_like_single_runs(tmp_path):
   from polyjax import sweep
 
   workdir = tmp_path / "lr_sweep"
-  members = sweep.expand(_config(2, mode="offline"), {"seed": [0, 1]})
+  members = grid.expand(_config(2, mode="offline"), {"seed": [0, 1]})
   sweep.run_sweep(members, str(workdir))
   run_ids = set()
   for name, seed in (("seed=0", 0), ("seed=1", 1)):
@@ -195,7 +195,7 @@ def test_a_sweep_tries_a_failing_wandb_start_once(tmp_path, monkeypatch, capsys)
     starts.append(kwargs["id"])
     return real_init(*args, **kwargs)
   monkeypatch.setattr(wandb, "init", counted)
-  members = sweep.expand(_config(1, mode="online", init_timeout=3.0), {"seed": [0, 1, 2]})
+  members = grid.expand(_config(1, mode="online", init_timeout=3.0), {"seed": [0, 1, 2]})
   summaries = sweep.run_sweep(members, str(tmp_path))
   assert {s["status"] for s in summaries.values()} == {"completed"}
   assert len(starts) == 1

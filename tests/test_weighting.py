@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from polyjax import checkpointing, config as config_lib, data, steps, train, weighting
+from polyjax import checkpointing, config as config_lib, data, experiment, steps, weighting
 
 COUNTS = np.array([5000, 500, 120, 33])
 
@@ -132,7 +132,7 @@ def _digits_config(**weighting_fields):
 
 def test_dro_train_step_updates_probabilities_and_they_survive_a_checkpoint(tmp_path):
   c = _digits_config(mode="dro", adv_probs_lr=0.05)
-  exp = train.build(c)
+  exp = experiment.build(c)
   train_data = jax.device_put(steps.split_arrays(exp.dataset.train), exp.shardings.replicated)
   idx = steps.epoch_indices(len(exp.dataset.train), c.batch_size, seed=0, epoch=1)
   state, obj_S = exp.train_epoch(exp.state, train_data,
@@ -143,7 +143,7 @@ def test_dro_train_step_updates_probabilities_and_they_survive_a_checkpoint(tmp_
   # (the minority, group 1, with a tenth of the examples).
   assert q[1] > 0.5 > q[0]
   ckpt = checkpointing.Checkpoints(tmp_path / "ckpt", every_epochs=1)
-  ckpt.save(1, state, meta={}, force=True)
+  ckpt.end_epoch(1, state, meta={}, value=None, is_best=False, force=True)
   ckpt.close()
   reopened = checkpointing.Checkpoints(tmp_path / "ckpt", every_epochs=1)
   restored, _ = reopened.restore(1, like=exp.state)
@@ -153,7 +153,7 @@ def test_dro_train_step_updates_probabilities_and_they_survive_a_checkpoint(tmp_
 
 def test_resampled_build_draws_epochs_from_the_weights():
   c = _digits_config(mode="resampled")
-  exp = train.build(c)
+  exp = experiment.build(c)
   counts = exp.dataset.train_group_counts
   assert exp.sample_p is not None and np.all(exp.dataset.train.weight == 1.0)
   per_group = np.array([exp.sample_p[exp.dataset.train.group == g].sum() for g in range(2)])

@@ -1,6 +1,6 @@
 """Analysis tasks: one run (and one checkpoint) in, metric dicts out.
 
-Checkpoint tasks rebuild the run's experiment with `train.build(config)` (dataset,
+Checkpoint tasks rebuild the run's experiment with `experiment.build(config)` (dataset,
 ModelDef, abstract state) and restore the checkpoint into it; the metrics come
 from the training code's own `steps.make_eval_counts` and `metrics.finalize`, so
 `evaluate` recomputes exactly what the run logged at that epoch.
@@ -42,7 +42,7 @@ class Loaded:
   run: Run
   rule: str
   epoch: int
-  exp: Any  # polyjax.train.Experiment
+  exp: Any  # polyjax.experiment.Experiment
   state: Any  # polyjax.train_state.TrainState
 
 
@@ -79,7 +79,7 @@ def load_checkpoint(run: Run, rule: str, *, mesh=None) -> Loaded:
     RunError: no such checkpoint, or it cannot be rebuilt or restored.
   """
   # Only checkpoint tasks need JAX and the training code.
-  from polyjax import checkpointing, train
+  from polyjax import checkpointing, experiment
   from polyjax.config import ConfigError
 
   epoch = run.checkpoint_epoch(rule)
@@ -87,7 +87,7 @@ def load_checkpoint(run: Run, rule: str, *, mesh=None) -> Loaded:
   config.eval_batch_size = _eval_batch_size(run)
   config.data.pipeline = "memory"  # The tasks below take whole splits; same data either way.
   try:
-    exp = train.build(config, mesh=mesh)
+    exp = experiment.build(config, mesh=mesh)
   except (ConfigError, ValueError, FileNotFoundError) as e:
     raise RunError(f"{run.path}: cannot rebuild the experiment from config.json ({e})",
                    "whose experiment cannot be rebuilt") from None
@@ -112,14 +112,14 @@ def _split(loaded: Loaded, split: str):
 
 
 def evaluate(loaded: Loaded, split: str) -> dict[str, float]:
-  """All metrics (docs/metrics.md) of `split` at the checkpoint (`train.evaluate` on one split)."""
+  """All metrics (docs/metrics.md) of `split` at the checkpoint (`experiment.evaluate` on one split)."""
   import jax
 
-  from polyjax import steps, train
+  from polyjax import experiment, steps
 
   packed = steps.pack_for_eval([_split(loaded, split)], _eval_batch_size(loaded.run))
   packed = jax.device_put(packed, loaded.exp.shardings.stacked_batches)
-  values = train.evaluate(loaded.exp, loaded.state, packed, splits=(split,))
+  values = experiment.evaluate(loaded.exp, loaded.state, packed, splits=(split,))
   prefix = f"{split}/"
   return {k[len(prefix):]: v for k, v in values.items()}
 

@@ -1,0 +1,158 @@
+"""One member's experiment resolved from its config: data, model, optimizer, state
+and its jitted programs, and the metrics of a state.
+
+Names in the config are resolved here, once; the programs never branch on a
+string. `build` runs every check that can fail on the config and data, before a
+run directory is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from polyjax import (data, losses, metrics, placement, schedules, steps, train_state,
+                     weighting, xla_runtime)
+from polyjax.errors import ConfigError
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclasses.dataclass
+class Experiment:
+  """Everything resolved from the config that the loop needs."""
+  dataset: data.Dataset
+  model_def: train_state.ModelDef
+  state: train_state.TrainState
+  shardings: placement.Shardings
+  train_epoch: Any
+  eval_counts: Any
+  order_seed: int
+  lr_factor: Any  # step -> multiplier of config.lr (None: constant).
+  compiler_options: dict[str, str] | None  # XLA options of the training program.
+  sample_p: np.ndarray | None = None  # (N,) per-epoch sampling probabilities ('resampled').
+
+
+def build(config: ml_collections.ConfigDict, *, mesh=None,
+          dataset: data.Dataset | None = None) -> Experiment:
+  """Loads data and builds model, optimizer, state and the jitted steps.
+
+  `dataset`, if given, is `config.data` already loaded and weighted with
+  `config.weighting` (a sweep loads it once for many members).
+  """
+  mesh = placement.make_mesh() if mesh is None else mesh
+  data_cfg = config.data.to_dict()
+  name = data_cfg.pop("name")
+  data_cfg.pop("order_seed")
+  if dataset is None:
+    dataset = data.load(name, weighting_mode=config.weighting.mode,
+                        exponent=config.weighting.exponent, **data_cfg)
+  if len(dataset.train) < config.batch_size:
+    raise ConfigError(f"config.batch_size={config.batch_size} is larger than the training "
+                      f"split of data.name={name!r} ({len(dataset.train)} examples)")
+  loss_cfg = config.loss.to_dict()
+  loss_fn = losses.get_loss(loss_cfg.pop("name"), class_counts=dataset.train_class_counts,
+                            group_counts=dataset.train_group_counts, **loss_cfg)
+  lr_factor = None
+  if config.lr_schedule != "constant" or config.warmup_epochs > 0:
+    lr_factor = schedules.lr_factor(
+        config.lr_schedule, steps_per_epoch=len(dataset.train) // config.batch_size,
+        num_epochs=config.num_epochs, warmup_epochs=config.warmup_epochs,
+        step_epochs=config.lr_step_epochs, step_factor=config.lr_step_factor,
+        final_frac=config.lr_final_frac)
+  tx = train_state.make_optimizer(lr=config.lr, momentum=config.momentum,
+                                  weight_decay=config.weight_decay, lr_factor=lr_factor)
+  model_cfg = config.model.to_dict()
+  freeze = model_cfg.pop("freeze_features")
+  tx = train_state.head_only(tx) if freeze else tx
+  model_def, state = train_state.create(
+      model_name=model_cfg.pop("name"), model_kwargs=model_cfg, in_shape=dataset.in_shape,
+      num_classes=dataset.num_classes, num_groups=dataset.num_groups, tx=tx,
+      seed=config.seed, freeze_features=freeze)
+  shardings = placement.Shardings(mesh)
+  state = placement.to_global(state, shardings.replicated)
+  reduction = weighting.make_reduction(config.weighting.mode, num_groups=dataset.num_groups,
+                                       adv_probs_lr=config.weighting.adv_probs_lr)
+  train_step = steps.make_train_step(model_def=model_def, loss_fn=loss_fn, tx=tx,
+                                     reduction=reduction, preprocess=dataset.preprocess)
+  order_seed = config.seed if config.data.order_seed is None else config.data.order_seed
+  eval_kwargs = dict(model_def=model_def, loss_fn=loss_fn, num_groups=dataset.num_groups,
+                     shardings=shardings, preprocess=dataset.preprocess)
+  compiler_options = xla_runtime.train_compiler_options(
+      num_params=sum(x.size for x in jax.tree.leaves(state.params)),
+      batch_size=config.batch_size)
+  if config.data.pipeline == "stream":  # Splits stay in their source, read per batch.
+    from polyjax import streaming  # grain, only for the runs that stream.
+    train_epoch = streaming.make_streamed_train_epoch(train_step, shardings)
+    eval_counts = streaming.make_streamed_eval_counts(**eval_kwargs,
+                                                  batch_size=config.eval_batch_size)
+  else:
+    train_epoch = steps.make_train_epoch(train_step, shardings,
+                                         compiler_options=compiler_options)
+    eval_counts = steps.make_eval_counts(**eval_kwargs)
+  return Experiment(
+      dataset=dataset, model_def=model_def, state=state, shardings=shardings,
+      train_epoch=xla_runtime.WithMatmulPrecision(train_epoch, config.matmul_precision),
+      eval_counts=xla_runtime.WithMatmulPrecision(eval_counts, config.matmul_precision),
+      order_seed=order_seed, lr_factor=lr_factor, compiler_options=compiler_options,
+      sample_p=weighting.sampling_probs(dataset.train.group, dataset.train_group_counts,
+                                        mode=config.weighting.mode,
+                                        exponent=config.weighting.exponent))
+
+
+def eval_data(exp: Experiment, config, splits: Sequence[str] = SPLITS) -> Any:
+  """What `evaluate` reads for `splits`: in memory, all of them packed into one
+  array set on the devices (`steps.pack_for_eval`); streamed, the splits themselves."""
+  chosen = [exp.dataset.splits()[s] for s in splits]
+  if config.data.pipeline == "stream":
+    return chosen
+  batch = steps.eval_batch_size(config.eval_batch_size, chosen, exp.shardings.mesh.size)
+  return placement.to_global(steps.pack_for_eval(chosen, batch), exp.shardings.stacked_batches)
+
+
+def evaluate(exp: Experiment, state, data: Any, splits: Sequence[str] = SPLITS
+             ) -> dict[str, float]:
+  """All metrics (docs/metrics.md) of `splits` (as given to `eval_data`), keyed like
+  'test/reweighted_acc'."""
+  counts = jax.device_get(exp.eval_counts(state, data))  # Leading axis: the splits.
+  return split_values(counts, splits, train_group_counts=exp.dataset.train_group_counts)
+
+
+def split_values(counts: dict[str, Any], splits: Sequence[str], *,
+                 train_group_counts) -> dict[str, float]:
+  """Host counts with a leading split axis (in `splits` order) -> the metrics of
+  every split, keyed like 'test/reweighted_acc'."""
+  out = {}
+  for i, split in enumerate(splits):
+    c = {k: v[i] for k, v in counts.items()}
+    for k, v in metrics.finalize(c, train_group_counts=train_group_counts).items():
+      out[f"{split}/{k}"] = v
+  return out
+
+
+def check_best_metric(config, ds: data.Dataset) -> None:
+  """Raises ConfigError unless config.best_metric is a metric this run reports."""
+  split, _, name = config.best_metric.partition("/")
+  # The names depend only on the numbers of classes and groups: trace the counts
+  # of one example (no compilation, no data read) and finalize ones of that shape.
+  shapes = jax.eval_shape(lambda: metrics.batch_counts(
+      logits_BxC=jnp.zeros((1, ds.num_classes)), labels_B=jnp.zeros(1, jnp.int32),
+      groups_B=jnp.zeros(1, jnp.int32), loss_B=jnp.zeros(1), weight_B=jnp.ones(1),
+      mask_B=jnp.ones(1, bool), num_groups=ds.num_groups))
+  counts = jax.tree.map(lambda s: np.ones(s.shape, s.dtype), shapes)
+  names = metrics.finalize(counts, train_group_counts=ds.train_group_counts)
+  if name not in names:
+    raise ConfigError(f"config.best_metric={config.best_metric!r} is not a metric of this "
+                      f"run; valid: {', '.join(f'{split}/{k}' for k in sorted(names))}")
+
+
+def lr_at(config, exp: Experiment, step: int) -> float:
+  """The learning rate of optimizer step `step` (1-based): config.lr times the schedule."""
+  return float(config.lr * (1.0 if exp.lr_factor is None else exp.lr_factor(step - 1)))
+
+
