@@ -5,15 +5,16 @@
   loaded (missing, a syntax or import error, an exception in `get_config`, no
   `get_config`) as a traceback or as a misleading "no field 'config_config'";
   `check_config_file` loads the file first and names the file and the cause.
-  `--config_help` lists every config field; `--only_check_args` also validates the
-  config's values.
+  `--config=path.py:arg` passes `arg` to the file's `get_config(arg)`, as
+  ml_collections does. `--config_help` lists every config field (and, with
+  `--config`, the config's values that differ from the defaults);
+  `--only_check_args` also validates the config's values.
 - `quiet_logs`: library log lines about failures that polyjax reports itself stay
   off the terminal.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import re
@@ -43,13 +44,11 @@ def config_file_arg(argv: Sequence[str]) -> str | None:
   return None
 
 
-def check_config_file(value: str) -> None:
-  """Raises ValueError (one line naming the file and the cause) unless `value`, a
-  `--config` argument (`path` or `path:arg`), loads and its `get_config` returns a
-  ConfigDict."""
-  path, arg = value, None
-  if not os.path.isfile(path) and ":" in value:
-    path, arg = value.rsplit(":", 1)  # ml_collections' `file.py:arg` form.
+def check_config_file(value: str) -> ml_collections.ConfigDict:
+  """The config of a `--config` value (`path`, or `path:arg` for a file whose
+  `get_config(arg)` takes an argument); ValueError (one line naming the file and
+  the cause) unless the file loads and `get_config` returns a ConfigDict."""
+  path, arg = config_lib.split_config_spec(value)  # As ml_collections splits it.
   if not os.path.isfile(path):
     raise ValueError(f"config file {path} does not exist")
   try:
@@ -60,10 +59,8 @@ def check_config_file(value: str) -> None:
     raise ValueError(f"config file {path}: syntax error at line {e.lineno}: {e.msg}") from e
   except (OSError, UnicodeDecodeError) as e:
     raise ValueError(f"config file {path} cannot be read: {e}") from e
-  spec = importlib.util.spec_from_file_location("_polyjax_config_check", path)
-  module = importlib.util.module_from_spec(spec)
   try:
-    spec.loader.exec_module(module)
+    module = config_lib.load_config_module(path, "_polyjax_config_check")
   except Exception as e:  # noqa: BLE001  (any error in the user's file is reported)
     raise ValueError(f"config file {path} failed to load: {_cause(e)}") from e
   get_config = getattr(module, "get_config", None)
@@ -71,11 +68,14 @@ def check_config_file(value: str) -> None:
     raise ValueError(f"config file {path} defines no get_config() function")
   try:
     config = get_config() if arg is None else get_config(arg)
+  except config_lib.ConfigError as e:  # A bad argument: the message names it.
+    raise ValueError(f"config file {path}: {e}") from e
   except Exception as e:  # noqa: BLE001
     raise ValueError(f"config file {path}: get_config() raised {_cause(e)}") from e
   if not isinstance(config, ml_collections.ConfigDict):
     raise ValueError(f"config file {path}: get_config() returned a value of type "
                      f"{type(config).__name__}, not an ml_collections.ConfigDict")
+  return config
 
 
 def _cause(e: BaseException) -> str:
@@ -83,13 +83,19 @@ def _cause(e: BaseException) -> str:
   return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
-def config_help() -> str:
-  """Every config field with its default and one-line meaning (`--config_help`)."""
+def config_help(config: ml_collections.ConfigDict | None = None, spec: str = "") -> str:
+  """Every config field with its default and one-line meaning (`--config_help`);
+  with the config of `--config=spec`, also its value where it differs."""
   rows = config_lib.field_help()
   width = max(len(f) for f, _, _ in rows)
-  lines = ["Config fields (override any with --config.<field>=<value>):"]
+  lines = ["Config fields (override any with --config.<field>=<value>)"
+           + (f"; [config: value] where --config={spec} differs from the default:"
+              if config is not None else ":")]
   for field, default, meaning in rows:
-    lines.append(f"  {field:<{width}}  {meaning} [default: {default!r}]")
+    line = f"  {field:<{width}}  {meaning} [default: {default!r}]"
+    if config is not None and config_lib.get_field(config, field) != default:
+      line += f" [config: {config_lib.get_field(config, field)!r}]"
+    lines.append(line)
   return "\n".join(lines)
 
 
@@ -97,15 +103,16 @@ def parse_flags(argv: list[str], prog: str) -> list[str]:
   """absl flag parsing with a bad config file, bad flags and misspelt config fields
   as one-line errors (exit status 2). `--config_help` prints every config field
   and exits; `--only_check_args` also validates the config's values."""
-  if "--config_help" in argv[1:]:
-    print(config_help())
-    sys.exit(0)
   config_arg = config_file_arg(argv[1:])
+  config = None
   if config_arg is not None:
     try:
-      check_config_file(config_arg)
+      config = check_config_file(config_arg)
     except ValueError as e:
       fail(prog, str(e))
+  if "--config_help" in argv[1:]:
+    print(config_help(config, config_arg or ""))
+    sys.exit(0)
   try:
     rest = flags.FLAGS(argv)
     if flags.FLAGS["only_check_args"].value and "config" in flags.FLAGS:

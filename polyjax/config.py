@@ -1,18 +1,23 @@
 """The base config (every field, with its meaning) and its validation.
 
 Experiment files in `configs/` call `base_config()` (and `dataset_preset` for the
-paper's datasets) and change a few fields.
-`validate` runs before any data is loaded or file is written; it raises
-`ConfigError` with one line that names the offending field.
+paper's datasets) and change a few fields. A file may take an argument, the text
+after ':' in `--config=configs/table.py:cifar10,poly,iw` (ml_collections passes it
+to `get_config(arg)`); `parse_config_arg` splits and checks it.
+`get_field`, `set_field`, `field_type` and `flatten` address fields by dotted name
+('loss.alpha'). `validate` runs before any data is loaded or file is written; it
+raises `ConfigError` with one line that names the offending field.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import json
 import math
 import os
 import re
+from typing import Any, Iterable
 
 import ml_collections
 from ml_collections import config_dict
@@ -110,12 +115,103 @@ def field_help() -> list[tuple[str, object, str]]:
     if match:
       comments[match.group(1)] = match.group(2)
   return [(field, value, comments.get(field, ""))
-          for field, value in _flatten(base_config().to_dict()).items()]
+          for field, value in flatten(base_config()).items()]
+
+
+_SECTION = (ml_collections.ConfigDict, dict)
+
+
+def flatten(config: ml_collections.ConfigDict | dict, prefix: str = "") -> dict[str, Any]:
+  """{'loss.name': 'poly', 'lr': 0.1, ...}: every leaf field of a config (or of a
+  plain dict such as `to_dict()` or config.json) by dotted name."""
+  out = {}
+  for key, value in config.items():
+    if isinstance(value, _SECTION):
+      out.update(flatten(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def _parent(config: ml_collections.ConfigDict | dict, dotted: str):
+  """(section, leaf name) of field `dotted`; ConfigError naming it if there is none."""
+  *parents, leaf = dotted.split(".")
+  node = config
+  for name in parents:
+    if not isinstance(node, _SECTION) or name not in node:
+      break
+    node = node[name]
+  else:
+    if isinstance(node, _SECTION) and leaf in node:
+      return node, leaf
+  raise ConfigError(f"config.{dotted} is not a field of the config")
+
+
+def get_field(config: ml_collections.ConfigDict | dict, dotted: str) -> Any:
+  """The value of field `dotted` ('loss.alpha') of a config or of a plain dict such as
+  `to_dict()`; ConfigError naming the field if there is none."""
+  node, leaf = _parent(config, dotted)
+  return node[leaf]
+
+
+def set_field(config: ml_collections.ConfigDict | dict, dotted: str, value: Any) -> None:
+  """Sets field `dotted` ('loss.alpha') of `config` in place. An unknown name raises
+  ConfigError naming it: a new key would be silently ignored by training."""
+  node, leaf = _parent(config, dotted)
+  node[leaf] = value
+
+
+def field_type(config: ml_collections.ConfigDict, dotted: str) -> type:
+  """The declared type of field `dotted` (a placeholder's too: `int` for
+  data.order_seed); ConfigError naming it if there is none."""
+  node, leaf = _parent(config, dotted)
+  return node.get_type(leaf)
+
+
+def load_config_module(path: str | os.PathLike, name: str = "_polyjax_config"):
+  """The module of config file `path`, loaded by path as ml_collections' config_flags
+  loads it (configs/ is no package: a file loads another with this)."""
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def split_config_spec(spec: str) -> tuple[str, str | None]:
+  """('configs/table.py', 'cifar10,poly,iw') for a `--config` value
+  'configs/table.py:cifar10,poly,iw'; (path, None) without ':'. Split at the first
+  ':', as ml_collections' config_flags does before calling `get_config(arg)`."""
+  path, sep, arg = spec.partition(":")
+  return path, (arg if sep else None)
+
+
+def parse_config_arg(arg: str | None, **valid: Iterable[str]) -> tuple[str, ...]:
+  """The values of a config file's argument (`get_config(arg)`): comma-separated,
+  one per keyword of `valid` in order, each among that keyword's valid values.
+
+  `parse_config_arg("cifar10,poly,iw", dataset=..., loss=..., weighting=...)` gives
+  ('cifar10', 'poly', 'iw'). Raises ConfigError, one line naming the argument and
+  its valid values, for a missing or unknown value or a wrong count.
+  """
+  valid = {name: list(values) for name, values in valid.items()}
+  values = [] if arg is None else [v.strip() for v in arg.split(",")]
+  if len(values) != len(valid):
+    form = ",".join(name.upper() for name in valid)
+    choices = "; ".join(f"{name}: {', '.join(v)}" for name, v in valid.items())
+    got = "none" if arg is None else f"{arg!r}"
+    raise ConfigError(f"the config argument (--config=FILE:{form}) must be {len(valid)} "
+                      f"comma-separated values ({choices}), got {got}")
+  for (name, choices), value in zip(valid.items(), values):
+    if value not in choices:
+      raise ConfigError(f"config argument {name} {value!r} is not known; valid: "
+                        f"{', '.join(choices)}")
+  return tuple(values)
 
 
 # The paper's per-dataset setup shared by the experiment files in configs/: data, model,
 # and the SGD batch sizes and regularisation of its repository's configs/experiment/*.yaml.
-# Each experiment file applies one and sets its loss, weighting, lr and epochs.
+# Each experiment of configs/table.py and configs/fig5.py applies one and sets its loss,
+# weighting, lr and epochs.
 DATASET_PRESETS = {
     # Imbalanced binary CIFAR-10: cat vs dog (relabelled 0 / 1), step imbalance 10, ConvNet.
     "cifar10": {"data.name": "cifar10", "data.class_subset": ((3,), (5,)),
@@ -139,19 +235,13 @@ def dataset_preset(c: ml_collections.ConfigDict, name: str) -> ml_collections.Co
   if name not in DATASET_PRESETS:
     raise ConfigError(f"dataset preset {name!r} is not known; valid: {', '.join(DATASET_PRESETS)}")
   for field, value in DATASET_PRESETS[name].items():
-    *parents, leaf = field.split(".")
-    node = c
-    for parent in parents:
-      node = node[parent]
-    if leaf not in node:  # A new key would be silently ignored by training.
-      raise ConfigError(f"config.{field} is not a field of base_config()")
-    node[leaf] = value
+    set_field(c, field, value)
   return c
 
 
 # Stage 1 of the paper's tuning protocol, per dataset preset: every learning rate at
 # the regular (64) and the large (512) batch size, for the config's loss and weighting
-# (one config file per table cell). Stage 2 trains 10 seeds of the setting with the
+# (one cell of configs/table.py). Stage 2 trains 10 seeds of the setting with the
 # best val/reweighted_acc. Half-decade grids that hold the lrs the paper's repository
 # swept and settled on (CIFAR: 0.1-0.001, CE 0.01, poly 0.1; CelebA: 1e-3-1e-4,
 # 1e-4 and 4e-4) and reach higher for the large batch.
@@ -179,13 +269,6 @@ def _known(field: str, value, valid) -> None:
 def _check(ok: bool, field: str, rule: str, value) -> None:
   if not ok:
     raise ConfigError(f"config.{field} must be {rule}, got {value!r}")
-
-
-def _get(config: ml_collections.ConfigDict, field: str):
-  node = config
-  for part in field.split("."):
-    node = node[part]
-  return node
 
 
 # Fields that only some datasets or models read (the keyword arguments of their
@@ -227,10 +310,10 @@ def check_fields_in_use(config: ml_collections.ConfigDict) -> None:
   model other than the config's, which would silently have no effect."""
   defaults = base_config()
   for fields, kind in ((DATA_FIELDS, "data.name"), (MODEL_FIELDS, "model.name")):
-    name = _get(config, kind)
+    name = get_field(config, kind)
     for field, users in fields.items():
-      value = _get(config, field)
-      if name not in users and _as_json(value) != _as_json(_get(defaults, field)):
+      value = get_field(config, field)
+      if name not in users and _as_json(value) != _as_json(get_field(defaults, field)):
         raise ConfigError(
             f"config.{field}={value!r} has no effect with {kind}={name!r} (it is read only "
             f"by {kind} {', '.join(repr(u) for u in users)}); leave it at its default")
@@ -273,7 +356,7 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int) -> None:
   _check(0 <= c.momentum < 1, "momentum", "in [0, 1)", c.momentum)
   _check(0 <= c.weight_decay < math.inf, "weight_decay", ">= 0 and finite", c.weight_decay)
   for field in ("seed", "data.seed", "data.order_seed"):  # numpy and JAX seeds.
-    value = _get(c, field)
+    value = get_field(c, field)
     _check(value is None or 0 <= value < 2 ** 32, field, "in [0, 2**32)", value)
   _check(c.num_epochs >= 1, "num_epochs", ">= 1", c.num_epochs)
   _check(c.eval_every_epochs >= 1, "eval_every_epochs", ">= 1", c.eval_every_epochs)
@@ -331,16 +414,6 @@ RESUMABLE_FIELDS = ("num_epochs", "checkpoint_every_epochs", "eval_batch_size",
                     "wandb.*")
 
 
-def _flatten(d, prefix=""):
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
 def resume_changes(saved: dict, current: dict) -> list[str]:
   """Fields (dotted) whose values differ between a run's saved config and the current one
   in a way that matters for resuming it (everything but RESUMABLE_FIELDS).
@@ -351,7 +424,7 @@ def resume_changes(saved: dict, current: dict) -> list[str]:
   the behaviour from before the field.
   """
   # Compare as JSON sees them (tuples, nested ones included, become lists).
-  old, new, defaults = (_flatten(json.loads(json.dumps(d)))
+  old, new, defaults = (flatten(json.loads(json.dumps(d)))
                         for d in (saved, current, base_config().to_dict()))
   free = {f for f in RESUMABLE_FIELDS if not f.endswith(".*")}
   free_prefixes = tuple(f[:-1] for f in RESUMABLE_FIELDS if f.endswith(".*"))

@@ -52,21 +52,52 @@ BAD = [
 ]
 
 
-def _set(config, field, value):
-  node = config
-  *path, last = field.split(".")
-  for p in path:
-    node = node[p]
-  node[last] = value
-
-
 @pytest.mark.parametrize("field,value,message", BAD)
 def test_validate_rejects_bad_values(field, value, message):
   c = digits_poly.get_config()
-  _set(c, field, value)
+  config_lib.set_field(c, field, value)
   with pytest.raises(config_lib.ConfigError, match=re.escape(message)) as e:
     config_lib.validate(c, device_count=8)
   assert "\n" not in str(e.value)
+
+
+def test_dotted_fields_get_set_and_type():
+  c = config_lib.base_config()
+  config_lib.set_field(c, "loss.alpha", 2.0)
+  config_lib.set_field(c, "lr", 0.5)
+  assert (c.loss.alpha, config_lib.get_field(c, "loss.alpha"), c.lr) == (2.0, 2.0, 0.5)
+  assert config_lib.get_field(c.to_dict(), "loss.alpha") == 2.0  # Plain dicts too.
+  assert config_lib.field_type(c, "data.order_seed") is int  # A placeholder's type.
+  assert config_lib.field_type(c, "loss.name") is str
+  for dotted in ("loss.alpah", "los.alpha", "lr.x", ""):
+    for call in (lambda: config_lib.get_field(c, dotted),
+                 lambda: config_lib.set_field(c, dotted, 1.0),
+                 lambda: config_lib.field_type(c, dotted)):
+      with pytest.raises(config_lib.ConfigError, match=f"^config.{re.escape(dotted)} is not a "
+                         "field of the config$"):
+        call()
+  assert config_lib.flatten(c)["loss.alpha"] == 2.0
+  assert config_lib.flatten(c) == config_lib.flatten(c.to_dict())
+  assert list(config_lib.flatten(c)) == [f for f, _, _ in config_lib.field_help()]
+
+
+def test_config_spec_and_argument():
+  assert config_lib.split_config_spec("configs/table.py:cifar10,poly,iw") == (
+      "configs/table.py", "cifar10,poly,iw")
+  assert config_lib.split_config_spec("configs/digits_poly.py") == ("configs/digits_poly.py", None)
+  assert config_lib.split_config_spec("t.py:") == ("t.py", "")
+  valid = {"dataset": ("cifar10", "celeba"), "loss": ("ce", "poly")}
+  assert config_lib.parse_config_arg("celeba, poly", **valid) == ("celeba", "poly")
+  for arg, message in [
+      ("celeba", "must be 2 comma-separated values (dataset: cifar10, celeba; loss: ce, poly), "
+                 "got 'celeba'"),
+      ("", "got ''"),
+      (None, "got none"),
+      ("celeba,poly,iw", "got 'celeba,poly,iw'"),
+      ("mnist,poly", "config argument dataset 'mnist' is not known; valid: cifar10, celeba"),
+      ("celeba,focal", "config argument loss 'focal' is not known; valid: ce, poly")]:
+    with pytest.raises(config_lib.ConfigError, match=re.escape(message)):
+      config_lib.parse_config_arg(arg, **valid)
 
 
 def test_unknown_names_list_the_valid_ones():
@@ -226,6 +257,39 @@ def test_print_config_and_only_check_args_refuse_a_bad_field(tmp_path):
     assert not workdir.exists()
   proc, _ = _cli(tmp_path, "--only_check_args")
   assert proc.returncode == 0, proc.stderr
+
+
+def test_a_config_file_argument_checks_prints_and_refuses(tmp_path):
+  table = "--config=configs/table.py:cifar10,poly,iwexp"
+  proc = _run("polyjax.main", table, "--print_config", f"--workdir={tmp_path / 'run'}")
+  assert proc.returncode == 0, proc.stderr
+  assert "exponent: 2.0" in proc.stdout and "name: cifar10" in proc.stdout
+  assert _run("polyjax.main", table, "--only_check_args").returncode == 0
+  for spec, message in [
+      ("configs/table.py:mnist,poly,iw", "config file configs/table.py: config argument dataset "
+                                         "'mnist' is not known; valid: cifar10, celeba, "
+                                         "waterbirds"),
+      ("configs/table.py", "config file configs/table.py: the config argument "
+                           "(--config=FILE:DATASET,LOSS,WEIGHTING) must be 3 comma-separated"),
+      ("configs/nowhere.py:cifar10", "config file configs/nowhere.py does not exist")]:
+    proc = _run("polyjax.main", f"--config={spec}", "--only_check_args")
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith(f"polyjax: error: {message}"), proc.stderr
+  assert not (tmp_path / "run").exists()
+
+
+def test_config_help_with_a_config_marks_its_values():
+  proc = _run("polyjax.main", "--config=configs/table.py:cifar10,poly,iwexp", "--config_help")
+  assert proc.returncode == 0, proc.stderr
+  line = next(l for l in proc.stdout.splitlines() if l.split()[:1] == ["weighting.exponent"])
+  assert line.endswith("[default: 1.0] [config: 2.0]")
+  line = next(l for l in proc.stdout.splitlines() if l.split()[:1] == ["seed"])
+  assert "[config:" not in line  # Its default.
+
+
+def _run(module, *args):
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO,
+                        env=subprocess_env.env(), capture_output=True, text=True, timeout=120)
 
 
 def test_config_help_lists_every_field_with_its_meaning_and_default():

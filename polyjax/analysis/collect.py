@@ -17,6 +17,7 @@ import warnings
 from typing import Any, Iterable, Sequence
 
 from polyjax.analysis import results, runs, tasks
+from polyjax.config import flatten
 
 # Config fields never copied into rows: where data lives, how evaluation was batched, wandb.
 _NOT_COPIED = ("data.data_dir", "eval_batch_size", "eval_every_epochs")
@@ -29,7 +30,7 @@ class RunSkipped(UserWarning):
 def config_columns(run: runs.Run) -> dict[str, Any]:
   """The run's scalar config fields under their dotted names (no wandb, no tuples)."""
   out = {}
-  for name, value in runs.flatten(run.config).items():
+  for name, value in flatten(run.config).items():
     if name.startswith("wandb.") or name in _NOT_COPIED or isinstance(value, (tuple, list)):
       continue
     out[name] = value

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from polyjax.analysis import results, runs
-from polyjax.config import base_config
+from polyjax.config import base_config, flatten
 
 SEED_FIELDS = ("seed", "data.order_seed")
 # Rules in the order tables show them; others follow alphabetically.
@@ -39,7 +39,7 @@ RULE_ORDER = ("evaluate:last", "evaluate:best", "logged:last", "logged:best_val_
 _CAPTION_FIELDS = ("data.name", "data.imb_factor", "model.name", "loss.", "weighting.", "lr",
                    "batch_size", "num_epochs", "momentum", "weight_decay")
 FORMATS = ("markdown", "latex", "csv")
-_CONFIG_FIELDS = frozenset(runs.flatten(base_config()))
+_CONFIG_FIELDS = frozenset(flatten(base_config()))
 
 
 def config_columns(df: pd.DataFrame) -> list[str]:

@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable, Iterator
 import ml_collections
 
 from polyjax import run_dir
-from polyjax.config import base_config
+from polyjax.config import base_config, flatten
 
 # Pseudo-fields that `--where` accepts besides config fields.
 RUN_FIELDS = ("status", "epochs_completed", "run_id")
@@ -86,17 +86,6 @@ def config_from_record(record: dict[str, Any], path: pathlib.Path) -> ml_collect
   # Top-level keys that the config does not have are run-record fields (workdir, host, ...).
   _merge(config, {k: v for k, v in record.items() if k in config}, "", path)
   return config
-
-
-def flatten(config: ml_collections.ConfigDict | dict, prefix: str = "") -> dict[str, Any]:
-  """{'loss.name': 'poly', 'lr': 0.1, ...} for every leaf field."""
-  out = {}
-  for key, value in config.items():
-    if isinstance(value, (ml_collections.ConfigDict, dict)):
-      out.update(flatten(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = value
-  return out
 
 
 def _read_json(path: pathlib.Path, run: pathlib.Path) -> Any:
