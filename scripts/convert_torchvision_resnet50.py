@@ -2,7 +2,7 @@
 
     pip install torch torchvision   # only for this script; polyjax never imports torch
     python scripts/convert_torchvision_resnet50.py --out=resnet50_imagenet.npz
-    python -m polyjax.main --config=configs/celeba_poly_iw.py \
+    python -m polyjax.main --config=configs/table.py:celeba,poly,iw \
         --config.model.pretrained=resnet50_imagenet.npz [--config.model.freeze_features=True]
 
 The .npz keeps torchvision's state-dict names and PyTorch layouts (conv weights

@@ -1,7 +1,10 @@
-"""Every experiment file in configs/: loads by path, validates, documents its own command."""
+"""Every experiment in configs/: loads by path, validates, documents its own command;
+the parameterised files (table.py, fig5.py) resolve every argument as the files they
+replaced did (tests/data/config_files.json)."""
 
 import ast
-import importlib.util
+import itertools
+import json
 import pathlib
 
 import pytest
@@ -10,66 +13,141 @@ from polyjax import config as config_lib
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 FILES = sorted(p.name for p in CONFIGS.glob("*.py"))
+# Each file of configs/replaced by an argument of table.py or fig5.py: its `spec` and
+# the fields where its get_config() differed from base_config(), as JSON writes them.
+REPLACED = json.loads((pathlib.Path(__file__).parent / "data" / "config_files.json").read_text())
 
 
 def load_module(path: pathlib.Path):
   """Loads a config file by its path, as ml_collections' config_flags does."""
-  spec = importlib.util.spec_from_file_location(path.stem, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return config_lib.load_config_module(path, path.stem)
 
 
-def test_every_cell_of_the_papers_table_has_a_config():
-  cells = {f"{d}_{loss}_{w}.py" for d in ("cifar", "celeba", "waterbirds")
-           for loss in ("ce", "poly") for w in ("erm", "iw", "iwexp")}
-  cells = {"cifar_poly.py" if c == "cifar_poly_iw.py" else c for c in cells}
-  assert cells <= set(FILES) and {"digits_poly.py", "gaussians_poly.py"} <= set(FILES)
+TABLE = load_module(CONFIGS / "table.py")
+FIG5 = load_module(CONFIGS / "fig5.py")
+TABLE_ARGS = [",".join(cell) for cell in itertools.product(
+    TABLE.DATASETS, TABLE.LOSSES, TABLE.WEIGHTINGS)]
+FIG5_ARGS = [f"{d},{m}" for d, m in FIG5.METHODS]
+# Every experiment: (file, argument or None).
+EXPERIMENTS = ([(n, None) for n in FILES if n not in ("table.py", "fig5.py")]
+               + [("table.py", a) for a in TABLE_ARGS] + [("fig5.py", a) for a in FIG5_ARGS])
+
+
+def get_config(name: str, arg: str | None):
+  module = load_module(CONFIGS / name)
+  return module.get_config() if arg is None else module.get_config(arg)
+
+
+def as_json(config) -> dict:
+  return config_lib.flatten(json.loads(json.dumps(config.to_dict())))
+
+
+def test_the_configs_are_the_table_figure_5_and_the_examples():
+  assert FILES == ["cifar_poly.py", "digits_poly.py", "fig5.py", "gaussians_poly.py",
+                   "table.py"]
+  assert len(TABLE_ARGS) == 18 and len(FIG5_ARGS) == 12
+
+
+@pytest.mark.parametrize("old", sorted(REPLACED))
+def test_an_argument_resolves_as_the_file_it_replaced(old):
+  spec = REPLACED[old]["spec"]
+  name, arg = config_lib.split_config_spec(spec)
+  expected = as_json(config_lib.base_config())
+  expected.update(REPLACED[old]["fields"])
+  # As JSON writes them: 2 and 2.0 differ.
+  assert json.dumps(as_json(get_config(name, arg)), sort_keys=True) == json.dumps(
+      expected, sort_keys=True)
+
+
+def test_every_argument_replaces_a_file():
+  specs = sorted(e["spec"] for e in REPLACED.values())
+  assert specs == sorted([f"table.py:{a}" for a in TABLE_ARGS]
+                         + [f"fig5.py:{a}" for a in FIG5_ARGS])
+
+
+def test_cifar_poly_is_the_tables_poly_iw_cell():
+  module = load_module(CONFIGS / "cifar_poly.py")
+  assert module.get_config() == TABLE.get_config("cifar10,poly,iw")
+  assert module.sweep() == TABLE.sweep("cifar10,poly,iw")
+
+
+def test_paper_numbers_name_cells_that_exist():
+  assert set(TABLE.PAPER) <= set(TABLE_ARGS)
+  assert {a for a in TABLE_ARGS if not a.startswith("waterbirds")} == set(TABLE.PAPER)
+  for cell, result in TABLE.PAPER.items():
+    assert set(result) == ({"final", "best"} if cell.endswith(("iw", "iwexp")) else {"final"})
+  assert set(FIG5.PAPER) == set(FIG5_ARGS)
 
 
 @pytest.mark.parametrize("name", FILES)
-def test_config_loads_validates_and_documents_its_command(name, monkeypatch, tmp_path):
+def test_config_file_imports_only_polyjax_and_documents_its_command(name):
   path = CONFIGS / name
   # Imports only from polyjax (never `from configs import ...`, which needs the repo
-  # root on sys.path); loading works from any working directory.
+  # root on sys.path) and the standard library.
   for node in ast.walk(ast.parse(path.read_text())):
     if isinstance(node, ast.ImportFrom):
       assert node.module.split(".")[0] in ("polyjax", "ml_collections", "__future__"), node.module
     elif isinstance(node, ast.Import):
-      assert all(a.name.split(".")[0] in ("polyjax", "ml_collections") for a in node.names)
+      assert all(a.name in ("pathlib",) for a in node.names)
+  doc = load_module(path).__doc__
+  command = f"python -m polyjax.main --config=configs/{name}"
+  assert command + (":" if name in ("table.py", "fig5.py") else "") in doc
+
+
+@pytest.mark.parametrize("name,arg", EXPERIMENTS)
+def test_config_loads_from_anywhere_and_validates(name, arg, monkeypatch, tmp_path):
   monkeypatch.chdir(tmp_path)
-  module = load_module(path)
-  assert f"python -m polyjax.main --config=configs/{name}" in module.__doc__
-  config = module.get_config()
+  config = get_config(name, arg)
   # validate does not load data, so it passes for the image datasets too.
   config_lib.validate(config, device_count=1)
-  if hasattr(module, "sweep"):
-    for field in module.sweep():
-      assert field in config_lib._flatten(config.to_dict()), field
-
-
-TABLE_CONFIGS = [n for n in FILES if n.split("_")[0] in ("cifar", "celeba", "waterbirds")]
-
-
-@pytest.mark.parametrize("name", TABLE_CONFIGS)
-def test_table_configs_sweep_is_the_papers_tuning_stage(name):
-  from polyjax import sweep
   module = load_module(CONFIGS / name)
-  assert f"python -m polyjax.sweep --config=configs/{name}" in module.__doc__
-  config = module.get_config()
-  lrs = sorted(config_lib.TUNING_LRS[config.data.name])  # Presets are named by dataset.
+  if hasattr(module, "sweep"):
+    for field in (module.sweep() if arg is None else module.sweep(arg)):
+      config_lib.get_field(config, field)
+
+
+@pytest.mark.parametrize("arg", TABLE_ARGS)
+def test_table_sweep_is_the_papers_tuning_stage(arg):
+  assert "python -m polyjax.sweep --config=configs/table.py:" in TABLE.__doc__
+  config = TABLE.get_config(arg)
+  lrs = list(config_lib.TUNING_LRS[config.data.name])  # Presets are named by dataset.
   assert config.lr in lrs  # The paper's chosen lr lies inside the tuning grid.
-  members = sweep.expand(config, sweep.config_sweep(str(CONFIGS / name)))
-  # Batch size changes the program: one group per batch size, its lrs stacked.
-  by_batch = {g[0][1].batch_size: g for g in sweep.groups(members)}
-  assert sorted(by_batch) == [64, 512]
-  base = config_lib._flatten(config.to_dict())
-  for group in by_batch.values():
-    assert sorted(c.lr for _, c in group) == lrs
-    for _, c in group:
-      config_lib.validate(c, device_count=1)
-      changed = {k for k, v in config_lib._flatten(c.to_dict()).items() if base[k] != v}
-      assert changed <= {"lr", "batch_size"}
+  # Every lr at the regular and the large batch size; nothing else changes.
+  assert TABLE.sweep(arg) == {"batch_size": [64, 512], "lr": lrs}
+  for batch_size, lr in itertools.product([64, 512], lrs):
+    c = TABLE.get_config(arg)
+    config_lib.set_field(c, "batch_size", batch_size)
+    config_lib.set_field(c, "lr", lr)
+    config_lib.validate(c, device_count=1)
+
+
+@pytest.mark.parametrize("module,arg,message", [
+    (TABLE, "mnist,poly,iw", "config argument dataset 'mnist' is not known; valid: cifar10, "
+                             "celeba, waterbirds"),
+    (TABLE, "cifar10,focal,iw", "config argument loss 'focal' is not known; valid: ce, poly"),
+    (TABLE, "cifar10,poly,dro", "config argument weighting 'dro' is not known; valid: erm, "
+                                "iw, iwexp"),
+    (TABLE, "cifar10,poly", "the config argument (--config=FILE:DATASET,LOSS,WEIGHTING) must "
+                            "be 3 comma-separated values (dataset: cifar10, celeba, "
+                            "waterbirds; loss: ce, poly; weighting: erm, iw, iwexp), got "
+                            "'cifar10,poly'"),
+    (TABLE, None, "must be 3 comma-separated values (dataset: cifar10, celeba, waterbirds; "
+                  "loss: ce, poly; weighting: erm, iw, iwexp), got none"),
+    (FIG5, "cifar10,vs,iw", "(--config=FILE:DATASET,METHOD) must be 2 comma-separated values"),
+    (FIG5, "waterbirds,vs", "config argument dataset 'waterbirds' is not known; valid: cifar10, "
+                            "celeba"),
+    (FIG5, "cifar10,dro", "config argument method 'dro' is not known; valid: poly_iw, ce_us, "
+                          "ldam, cdt, la, vs, poly_dro, ce_dro, vs_dro"),
+    (FIG5, "cifar10,vs_dro", "config argument method 'vs_dro' is not in Figure 5 for cifar10; "
+                             "valid: poly_iw, ce_us, ldam, cdt, la, vs"),
+])
+def test_a_bad_argument_is_one_line_naming_it_and_the_valid_values(module, arg, message):
+  with pytest.raises(config_lib.ConfigError) as e:
+    module.get_config(arg)
+  assert message in str(e.value) and "\n" not in str(e.value), str(e.value)
+  if hasattr(module, "sweep"):
+    with pytest.raises(config_lib.ConfigError, match="config argument"):
+      module.sweep(arg)
 
 
 def test_tuning_grid_names_an_unknown_preset():
@@ -79,9 +157,9 @@ def test_tuning_grid_names_an_unknown_preset():
 
 @pytest.mark.parametrize("name", sorted(config_lib.DATASET_PRESETS))
 def test_dataset_preset_sets_existing_fields(name):
-  base = config_lib._flatten(config_lib.base_config().to_dict())
+  base = config_lib.flatten(config_lib.base_config())
   c = config_lib.dataset_preset(config_lib.base_config(), name)
-  flat = config_lib._flatten(c.to_dict())
+  flat = config_lib.flatten(c)
   assert set(flat) == set(base)  # No new keys.
   for field, value in config_lib.DATASET_PRESETS[name].items():
     assert flat[field] == value

@@ -54,7 +54,7 @@ def assert_one_line_error(proc, *names: str, prog: str = "polyjax") -> str:
 
 
 def run_waterbirds(root, workdir, *extra: str) -> subprocess.CompletedProcess:
-  return run(["--config=configs/waterbirds_poly_iw.py", f"--config.data.data_dir={root}",
+  return run(["--config=configs/table.py:waterbirds,poly,iw", f"--config.data.data_dir={root}",
               f"--workdir={workdir}", *SMALL, "--config.data.resolution=32", *extra])
 
 
@@ -221,7 +221,7 @@ def test_cifar_unreadable_dataset_info_is_named(tmp_path):
 
 def test_verify_celeba_on_a_folder_that_does_not_exist(tmp_path):
   root = tmp_path / "nowhere"
-  proc = run(["verify", "--config=configs/celeba_poly_iw.py",
+  proc = run(["verify", "--config=configs/table.py:celeba,poly,iw",
               f"--config.data.data_dir={root}"], module="polyjax.data")
   assert_one_line_error(proc, "data.name='celeba'", tfds_folder(root, "celeb_a"),
                         f"python -m polyjax.data prepare celeba --data_dir={root}",

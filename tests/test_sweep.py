@@ -362,7 +362,8 @@ def test_a_second_sweep_on_a_directory_is_refused(tmp_path):
 def test_a_sweep_on_missing_data_is_one_line_and_writes_nothing(tmp_path):
   workdir = tmp_path / "sweep"
   proc = subprocess.run(
-      [sys.executable, "-m", "polyjax.sweep", f"--config={REPO / 'configs/waterbirds_poly_iw.py'}",
+      [sys.executable, "-m", "polyjax.sweep",
+       f"--config={REPO / 'configs/table.py'}:waterbirds,poly,iw",
        f"--workdir={workdir}", f"--config.data.data_dir={tmp_path / 'nowhere'}",
        "--grid=seed=0,1"], cwd=REPO, env=subprocess_env.env(), capture_output=True, text=True,
       timeout=300)
