@@ -13,7 +13,6 @@ values (the product of the lists), or a list of such dicts (their union).
 from __future__ import annotations
 
 import copy
-import importlib.util
 import itertools
 import json
 from typing import Any, Mapping, Sequence
@@ -54,15 +53,10 @@ Grid = list[dict[str, list[Any]]]
 
 
 def _field_type(config: ml_collections.ConfigDict, field: str) -> type:
-  *parents, leaf = field.split(".")
-  node = config
-  for p in parents:
-    if not isinstance(node, ml_collections.ConfigDict) or p not in node:
-      raise config_lib.ConfigError(f"grid field {field!r} is not a config field")
-    node = node[p]
-  if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
-    raise config_lib.ConfigError(f"grid field {field!r} is not a config field")
-  kind = node.get_type(leaf)
+  try:
+    kind = config_lib.field_type(config, field)
+  except config_lib.ConfigError:
+    raise config_lib.ConfigError(f"grid field {field!r} is not a config field") from None
   if kind not in (int, float, str, bool):
     raise config_lib.ConfigError(
         f"grid field {field!r} has type {kind.__name__}; grids take int, float, str or bool")
@@ -98,14 +92,15 @@ def parse_grid_flags(flags: Sequence[str]) -> dict[str, list[str]]:
   return grid
 
 
-def config_sweep(config_path: str) -> Grid | None:
-  """The grid the config file's `sweep()` returns, as a list of dicts (None: no `sweep`)."""
-  spec = importlib.util.spec_from_file_location("_polyjax_sweep_config", config_path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+def config_sweep(config_spec: str) -> Grid | None:
+  """The grid the config file's `sweep()` returns, as a list of dicts (None: no
+  `sweep`). `config_spec` is `--config`'s value: a path, or 'path:arg' for a
+  parameterised file, whose `sweep(arg)` takes the same argument as `get_config`."""
+  path, arg = config_lib.split_config_spec(config_spec)
+  module = config_lib.load_config_module(path, "_polyjax_sweep_config")
   if not hasattr(module, "sweep"):
     return None
-  grid = module.sweep()
+  grid = module.sweep() if arg is None else module.sweep(arg)
   return [grid] if isinstance(grid, Mapping) else list(grid)
 
 
@@ -131,25 +126,13 @@ def expand(config: ml_collections.ConfigDict, grid: Grid | Mapping[str, Sequence
   for point in points:
     member = copy.deepcopy(config)
     for field, value in point.items():
-      *parents, leaf = field.split(".")
-      node = member
-      for p in parents:
-        node = node[p]
-      node[leaf] = value
+      config_lib.set_field(member, field, value)
     name = ",".join(f"{f}={point[f]}" for f in varying if f in point) or "member"
     if name in seen:
       continue  # The union of several grids may name a point twice.
     seen.add(name)
     out.append((name, member))
   return out
-
-
-def _get(config: ml_collections.ConfigDict, field: str) -> Any:
-  """The value of a dotted field, e.g. 'loss.alpha'."""
-  node = config
-  for p in field.split("."):
-    node = node[p]
-  return node
 
 
 def stackable_fields(config: ml_collections.ConfigDict) -> set[str]:
@@ -166,14 +149,10 @@ def stackable_fields(config: ml_collections.ConfigDict) -> set[str]:
 
 def group_key(config: ml_collections.ConfigDict) -> str:
   """Members with equal keys can be stacked into one program."""
-  c = config.to_dict()
+  flat = config_lib.flatten(config)
   for field in stackable_fields(config):
-    *parents, leaf = field.split(".")
-    node = c
-    for p in parents:
-      node = node[p]
-    node.pop(leaf)
-  return json.dumps(run_dir.jsonable(c), sort_keys=True)
+    flat.pop(field)
+  return json.dumps(run_dir.jsonable(flat), sort_keys=True)
 
 
 def groups(members: list[tuple[str, ml_collections.ConfigDict]]
@@ -191,7 +170,7 @@ def describe_groups(members: list[tuple[str, ml_collections.ConfigDict]],
   split it into separate programs (groups trained one after another), which are
   stacked within a program, and each group's number of members (the first `most`
   groups by name)."""
-  varying = [f for f in fields if len({repr(_get(c, f)) for _, c in members}) > 1]
+  varying = [f for f in fields if len({repr(config_lib.get_field(c, f)) for _, c in members}) > 1]
   split = [f for f in varying if any(f not in stackable_fields(c) for _, c in members)]
   stacked = [f for f in varying if f not in split]
   # A loss parameter is stacked for some losses and splits for others.
@@ -207,7 +186,7 @@ def describe_groups(members: list[tuple[str, ml_collections.ConfigDict]],
            "program)" + (f"; stacked within a group: {', '.join(stacked)}" if stacked
                          else "")]
   for number, group in enumerate(found[:most], 1):
-    values = ",".join(f"{f}={_get(group[0][1], f)}" for f in split)
+    values = ",".join(f"{f}={config_lib.get_field(group[0][1], f)}" for f in split)
     lines.append(f"group {number}/{len(found)} ({values}): {len(group)} "
                  f"member{'s' if len(group) > 1 else ''}")
   if len(found) > most:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime
 import pathlib
+import re
 import signal
 import sys
 
@@ -66,9 +67,12 @@ flags.DEFINE_bool("config_help", False, "List every config field with its defaul
 flags.mark_flags_as_required(["config"])
 
 
-def default_workdir(config_path: str) -> pathlib.Path:
+def default_workdir(config_spec: str) -> pathlib.Path:
+  """runs/<file>[_<argument>]-<time>, e.g. runs/table_cifar10_poly_iw-20261204-101500."""
+  path, arg = config_lib.split_config_spec(config_spec)
+  name = pathlib.Path(path).stem + ("" if arg is None else "_" + re.sub(r"\W+", "_", arg))
   stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-  return pathlib.Path("runs") / f"{pathlib.Path(config_path).stem}-{stamp}"
+  return pathlib.Path("runs") / f"{name}-{stamp}"
 
 
 def print_config(config) -> None:

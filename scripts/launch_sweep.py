@@ -36,12 +36,11 @@ from polyjax import config as config_lib  # noqa: E402
 from polyjax import grid as grid_lib  # noqa: E402
 
 
-def _load_config(path: str):
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("_launch_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+def _load_config(config_spec: str):
+  """`get_config()` of a config file, or `get_config(arg)` of 'path:arg'."""
+  path, arg = config_lib.split_config_spec(config_spec)
+  module = config_lib.load_config_module(path, "_launch_config")
+  return module.get_config() if arg is None else module.get_config(arg)
 
 
 def _value(v) -> str:
@@ -57,7 +56,7 @@ def commands(config_path: str, workdir: str, grid: grid_lib.Grid, overrides: lis
   cache = [f"--compilation_cache_dir={compilation_cache_dir}"] if compilation_cache_dir else []
   out = []
   for name, cfg in members:
-    point = [f"--config.{f}={_value(grid._get(cfg, f))}" for f in fields]
+    point = [f"--config.{f}={_value(config_lib.get_field(cfg, f))}" for f in fields]
     out.append((name, [python, "-m", "polyjax.main", f"--config={config_path}",
                        f"--workdir={pathlib.Path(workdir) / name}", *cache, *overrides,
                        *point]))

@@ -814,8 +814,8 @@ def test_a_metrics_file_cut_short_is_reported_on_resume(reference, tmp_path):
 
 _SIGNAL_DURING = textwrap.dedent("""
     import os, signal, sys
-    from polyjax import checkpointing, main, train
-    module, name = {"setup": (train, "build"),
+    from polyjax import checkpointing, experiment, main
+    module, name = {"setup": (experiment, "build"),
                     "last_saves": (checkpointing.Checkpoints, "close")}[sys.argv[1]]
     original = getattr(module, name)
     def after_a_signal(*args, **kwargs):

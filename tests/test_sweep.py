@@ -371,3 +371,12 @@ def test_a_sweep_on_missing_data_is_one_line_and_writes_nothing(tmp_path):
   assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith("polyjax.sweep: error:")
   assert str(tmp_path / "nowhere") in proc.stderr
   assert not workdir.exists()
+
+
+def test_a_parameterised_config_gives_its_argument_to_sweep_and_names_its_runs():
+  from polyjax import main
+  points = grid.config_sweep(str(REPO / "configs" / "table.py") + ":waterbirds,poly,iw")
+  assert points and all(isinstance(p, dict) for p in points)
+  assert main.default_workdir("configs/table.py:cifar10,poly,iw").name.startswith(
+      "table_cifar10_poly_iw-")
+  assert main.default_workdir("configs/digits_poly.py").name.startswith("digits_poly-")
