@@ -41,6 +41,7 @@ import ml_collections
 from polyjax import (checkpointing, cli, data, distributed, grid, lifecycle, placement,
                      programs, run_dir, train, xla_runtime)
 from polyjax import config as config_lib
+from polyjax import member as member_lib
 
 def run_sweep(members: list[tuple[str, ml_collections.ConfigDict]], workdir: str, *,
               mesh=None, checkpoint_every_epochs: int | None = None,
@@ -82,7 +83,7 @@ def run_sweep(members: list[tuple[str, ml_collections.ConfigDict]], workdir: str
   lock = run_dir.RunDir(workdir_path)
   created = not workdir_path.exists()
   lock.lock()
-  opened: list[train.Member] = []
+  opened: list[member_lib.Member] = []
   out: dict[str, dict[str, Any]] = {}
   stop = lifecycle.StopSignals()
   try:
@@ -90,10 +91,10 @@ def run_sweep(members: list[tuple[str, ml_collections.ConfigDict]], workdir: str
     for number, group in enumerate(all_groups, 1):  # Every directory is checked first.
       todo = []
       for name, cfg in group:
-        m = train.Member(name=name, config=cfg, run=run_dir.RunDir(workdir_path / name),
+        m = member_lib.Member(name=name, config=cfg, run=run_dir.RunDir(workdir_path / name),
                          wandb_group=workdir_path.name)
         opened.append(m)
-        train.open_member(m)
+        member_lib.open_member(m)
         if m.active:
           todo.append(m)
         else:

@@ -24,11 +24,7 @@ the others go on.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import os
-import platform
-import sys
 import time
 from typing import Any
 
@@ -38,9 +34,9 @@ import numpy as np
 
 from polyjax import (checkpointing, data, experiment, lifecycle, placement, programs,
                      progress, run_dir, wandb_logger)
-from polyjax import config as config_lib
+from polyjax import member as member_lib
 from polyjax.data.splits import with_weights
-from polyjax.errors import ConfigError
+from polyjax.member import Member
 
 TRAIN_ONLY_KEYS = ("train/objective", "train/lr")  # Values of the epoch, not of a state.
 LINE_KEYS = ("train/objective", "train/acc", "val/reweighted_acc", "test/reweighted_acc",
@@ -50,95 +46,6 @@ FUSED_STEPS = 512  # At most this many steps per call when a call trains several
 
 class Diverged(RuntimeError):
   """The training objective became NaN or Inf."""
-
-
-@dataclasses.dataclass
-class Member:
-  """One run directory of the loop, and the host-side record of its training."""
-  name: str
-  config: ml_collections.ConfigDict
-  run: run_dir.RunDir
-  wandb_group: str | None = None  # A sweep's members are grouped under its name.
-  saved_config: dict[str, Any] | None = None  # config.json of the run it resumes.
-  changed: list[str] = dataclasses.field(default_factory=list)  # `resume_check`.
-  active: bool = True  # Still to train: not finished before, not diverged now.
-  exp: experiment.Experiment | None = None
-  checkpoints: checkpointing.Checkpoints | None = None
-  state: Any = None  # Initial or restored, until placed with the group's.
-  start_epoch: int = 0
-  best_epoch: int | None = None
-  best_value: float | None = None
-  steps_done: int = 0
-  prior_seconds: float = 0.0  # wall_seconds of the runs this one resumes.
-  record: dict[str, Any] = dataclasses.field(default_factory=dict)  # `run_record`.
-  values: dict[str, float] = dataclasses.field(default_factory=dict)  # Last evaluation.
-  summary: dict[str, Any] = dataclasses.field(default_factory=dict)
-  wandb: wandb_logger.WandbLogger | None = None
-  diverged: str | None = None  # Why, once it has.
-
-
-def run_record(config: ml_collections.ConfigDict, workdir) -> dict[str, Any]:
-  """What config.json holds beside the config: identity of the run and its machine."""
-  return {
-      "seed": config.seed,
-      "workdir": str(workdir),
-      "data_dir": config.data.data_dir,
-      "host": platform.node(),
-      "versions": run_dir.versions(),
-      "device_count": jax.device_count(),
-      "device_kind": jax.devices()[0].device_kind,
-      "process_count": jax.process_count(),
-      # What XLA was started with (the GPU determinism flag of `config.deterministic`).
-      "xla_flags": os.environ.get("XLA_FLAGS", ""),
-  }
-
-
-def resume_check(config, saved: dict | None, workdir: str, allow_change: bool) -> list[str]:
-  """The fields that matter and differ from the run in `workdir`; raises unless allowed."""
-  if saved is None:
-    return []
-  current = config.to_dict()
-  # config.json also holds the run record (host, versions, ...): compare config fields only.
-  changed = config_lib.resume_changes({k: v for k, v in saved.items() if k in current}, current)
-  if changed and not allow_change:
-    raise ConfigError(
-        f"workdir {workdir} holds a run whose config differs in {', '.join(changed)}; "
-        f"resuming it would mix two experiments (use another --workdir, or pass "
-        f"--allow_config_change to resume anyway)")
-  return changed
-
-
-def finished_summary(config, run: run_dir.RunDir) -> dict[str, Any] | None:
-  """The summary of the run in `run` if it has already done all that `config` asks
-  (rerunning its command then changes nothing): completed, or diverged; else None."""
-  summary = run.read_summary()
-  if not summary or summary.get("status") not in ("completed", "diverged"):
-    return None
-  if summary["status"] == "diverged":
-    return summary  # The same config replays the same divergence.
-  if summary.get("epochs_completed") != config.num_epochs:
-    return None  # num_epochs was raised: train on.
-  if config.test_on_best and summary.get("best_epoch") is not None and not summary.get("best"):
-    return None  # test_on_best was switched on: the best checkpoint is still to test.
-  return summary
-
-
-def open_member(member: Member, *, allow_config_change: bool = False) -> Member:
-  """Locks the member's run directory (if it exists) and checks what it holds: a run
-  of a config that differs in a field that matters raises ConfigError (unless
-  allowed); a finished run of the same config leaves the member inactive, with its
-  summary. The caller unlocks `member.run`."""
-  run = member.run
-  if run.path.exists():
-    run.lock()  # Before reading it: another writer would change it under us.
-  member.saved_config = run.read_config()
-  member.changed = resume_check(member.config, member.saved_config, str(run.path),
-                                allow_config_change)
-  if member.saved_config is not None and not member.changed:
-    done = finished_summary(member.config, run)
-    if done is not None:
-      member.summary, member.active = done, False
-  return member
 
 
 def call_end(config, epoch: int, steps_per_epoch: int) -> int:
@@ -193,7 +100,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   stop = lifecycle.StopSignals()
   try:
     with stop:
-      open_member(member, allow_config_change=allow_config_change)
+      member_lib.open_member(member, allow_config_change=allow_config_change)
       if member.active:
         train_members([member], mesh=mesh, stop=stop, log_every=log_every, sizes=sizes)
       elif member.run.is_writer and member.summary["status"] == "completed":
@@ -259,7 +166,7 @@ def train_members(members: list[Member], *, stop: lifecycle.StopSignals, mesh=No
       m.exp = exp
       checkpointing.check_writable(m.run.path, "run directory")
       m.run.lock()
-      _restore(m, prefix=prefix)
+      member_lib.restore(m, prefix=prefix)
     by_start: dict[int, list[Member]] = {}
     for m in todo:
       by_start.setdefault(m.start_epoch, []).append(m)
@@ -272,48 +179,7 @@ def train_members(members: list[Member], *, stop: lifecycle.StopSignals, mesh=No
   finally:
     for m in todo:  # Failed before the loop (a restore, the set-up): nothing to record.
       if m.checkpoints is not None:
-        _close(m, "failed", stop=stop, start=time.time(), timed=False, write=False)
-
-
-def _restore(m: Member, *, prefix: str) -> None:
-  """Opens the member's checkpoints, restores its latest one (if any), repairs its
-  metrics to that epoch and writes its config.json."""
-  config = m.config
-  m.checkpoints = checkpointing.Checkpoints(
-      m.run.checkpoints, every_epochs=config.checkpoint_every_epochs,
-      best_mode=config.best_mode, defer_while_writing=jax.process_count() == 1)
-  m.state = m.exp.state
-  resumes = list((m.saved_config or {}).get("resumes", []))
-  latest = m.checkpoints.latest_epoch()
-  if latest is not None:
-    if latest > config.num_epochs:
-      raise ConfigError(f"config.num_epochs={config.num_epochs} is below the {latest} "
-                        f"epochs already done in {m.run.path}")
-    try:
-      restored = m.checkpoints.restore_latest(like=m.exp.state)
-    except checkpointing.CheckpointMismatch as e:
-      raise ConfigError(str(e)) from e
-    if restored is not None:
-      m.start_epoch, m.state, meta = restored
-      m.best_epoch, m.best_value = meta["best_epoch"], meta["best_value"]
-      m.steps_done = int(meta["step"])
-      m.prior_seconds = float((m.run.read_summary() or {}).get("wall_seconds", 0.0))
-      resumes.append({"epoch": m.start_epoch, "changed_fields": m.changed,
-                      "time": time.time()})
-  if m.saved_config is not None:
-    repair = m.run.truncate_metrics(m.start_epoch, eval_every=config.eval_every_epochs)
-    if m.run.is_writer:
-      print(f"{prefix}: resuming {m.run.path} at epoch {m.start_epoch}"
-            + (f" (dropped {repair.dropped} metrics rows written after that checkpoint)"
-               if repair.dropped else "")
-            + (f"; changed: {', '.join(m.changed)}" if m.changed else ""), flush=True)
-      warning = repair.warning(m.run.path / run_dir.METRICS, m.start_epoch)
-      if warning:
-        print(f"{prefix}: warning: {warning}", file=sys.stderr, flush=True)
-  m.record = run_record(config, m.run.path)
-  m.run.write_config(config.to_dict(), **m.record, resumes=resumes)
-  m.summary = {"status": "running", "epochs_completed": m.start_epoch, "final": {},
-               "best": {}, "best_metric": config.best_metric, "best_epoch": m.best_epoch}
+        member_lib.close(m, "failed", stop=stop, start=time.time(), timed=False, write=False)
 
 
 def _train(members: list[Member], *, stop: lifecycle.StopSignals, member_batch: int | None,
@@ -374,7 +240,7 @@ def _train(members: list[Member], *, stop: lifecycle.StopSignals, member_batch: 
     shown.close()  # Before the caller's last line, or the error a raise here leads to.
     for m in members:
       if m.active:
-        _close(m, status, stop=stop, start=start)
+        member_lib.close(m, status, stop=stop, start=start)
 
 
 def _check_divergence(members: list[Member], objective_MxS: np.ndarray, finite_M: np.ndarray,
@@ -399,7 +265,7 @@ def _check_divergence(members: list[Member], objective_MxS: np.ndarray, finite_M
     m.summary.update(status="diverged", diverged_at={"epoch": epoch, "step": step},
                      wall_seconds=m.prior_seconds + time.time() - start, steps=m.steps_done)
     m.checkpoints.flush()  # Pending saves hold finite, evaluated states: keep them.
-    _close(m, "diverged", stop=None, start=start, timed=False)
+    member_lib.close(m, "diverged", stop=None, start=start, timed=False)
     if len(members) > 1:
       shown.write(f"{prefix}: {m.name} diverged: {why}")
 
@@ -501,27 +367,3 @@ def _finish(members: list[Member], done: list[Member], program, state, *, like) 
       best = (best_M[i] if i in restore else
               {k: v for k, v in m.values.items() if k not in TRAIN_ONLY_KEYS})
     m.summary.update(status="completed", final=m.values, best=best)
-
-
-def _close(m: Member, status: str, *, stop: lifecycle.StopSignals | None, start: float,
-           timed: bool = True, write: bool = True) -> None:
-  """Ends a member's run: its summary's status (unless completed), time and steps,
-  then the checkpoints (committed), summary.json and wandb."""
-  if m.summary.get("status") not in ("completed", "diverged"):
-    m.summary["status"] = status
-    if status == "interrupted" and stop is not None and stop.name is not None:
-      m.summary["signal"] = stop.name
-  if timed:
-    m.summary["wall_seconds"] = m.prior_seconds + time.time() - start
-    m.summary["steps"] = m.steps_done
-  checkpoints, m.checkpoints = m.checkpoints, None
-  try:
-    if checkpoints is not None:
-      checkpoints.close()
-  finally:
-    try:
-      if write:
-        m.run.write_summary(m.summary)
-    finally:
-      if m.wandb is not None:
-        m.wandb.finish(m.summary)

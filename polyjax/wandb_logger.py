@@ -189,7 +189,7 @@ class WandbLogger:
 def for_run(config, workdir: str | os.PathLike, record: Mapping[str, Any], *,
             enabled: bool = True, group: str | None = None) -> WandbLogger:
   """The logger of a run of `config` (its `wandb` section), with the config and the
-  run record (`train.run_record`) as the wandb run's config; `enabled=False` (a
+  run record (`member.run_record`) as the wandb run's config; `enabled=False` (a
   process that does not write the run) disables it."""
   w = config.wandb
   return WandbLogger(workdir=workdir, mode=w.mode if enabled else "disabled",
