@@ -7,6 +7,8 @@ and take one member's state back (`member_states`, `place_rows`).
 - `Single` (M = 1, `polyjax.main`): a run's own programs (`steps.make_train_epoch`,
   `steps.make_eval_counts`), its loss parameters constants of the program; or the
   streamed ones (`polyjax.streaming`).
+- `Sequential` (M > 1, `--member_batch=1`): each member's `Single` programs, one
+  member after another in each call: every member equals its single run bit for bit.
 - `Stacked` (M > 1, a sweep's group): the members' train states stacked along a
   leading member axis and one jitted epoch that updates them all. Members differ
   only in the fields of `grid.STACKABLE`: their loss parameters are traced, their
@@ -19,6 +21,7 @@ and take one member's state back (`member_states`, `place_rows`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Callable, Mapping, Sequence
 
@@ -217,13 +220,10 @@ def devices_used(num_members: int, devices: int, batch_size: int) -> int:
 def over_members(fn, *, split: int = 1, member_batch: int | None = None):
   """`fn` over the members (the leading axis of every argument), which are split
   into `split` equal blocks along the mesh's members axis (each device holds its
-  block). Within a block: `jax.vmap`; with `member_batch`, `lax.map` over groups of
-  that many vmapped members, so that a device holds the activations of
-  `member_batch` members at a time; with `member_batch=1`, `lax.map` over the
-  members one by one, each running `fn` unbatched, as a single run's program does."""
-  if member_batch == 1:
-    inner = lambda *args: jax.lax.map(lambda a: fn(*a), args)
-  elif member_batch:
+  block). Within a block: `jax.vmap`, or with `member_batch`, `lax.map` over groups
+  of that many vmapped members, so that a device holds the activations of
+  `member_batch` members at a time, not of its whole block."""
+  if member_batch:
     inner = lambda *args: jax.lax.map(lambda a: fn(*a), args, batch_size=member_batch)
   else:
     inner = jax.vmap(fn)
@@ -343,9 +343,52 @@ def _finite_M(state_M) -> jax.Array:
   return lifecycle.finite_rows(leaves, leaves[0].shape[0])
 
 
+class Sequential:
+  """M members one after another in each call, each with the program `polyjax.main`
+  compiles for it (`Single`, on the same devices), so that each member equals its
+  single run bit for bit. Members whose loss config equals the first member's share
+  its compiled programs (the rest of what differs is in the state and the data)."""
+
+  def __init__(self, exps: Sequence[Experiment], configs: Sequence[ml_collections.ConfigDict]):
+    loss0 = configs[0].loss.to_dict()
+    shared = [dataclasses.replace(e, train_epoch=exps[0].train_epoch,
+                                  eval_counts=exps[0].eval_counts)
+              if c.loss.to_dict() == loss0 else e for e, c in zip(exps, configs)]
+    self.members = [Single(e, c) for e, c in zip(shared, configs)]
+
+  def place(self, states: Sequence[Any]) -> list[Any]:
+    return [p.place([s]) for p, s in zip(self.members, states)]
+
+  def train(self, states: list[Any], epochs: range, alive: np.ndarray
+            ) -> tuple[list[Any], np.ndarray, np.ndarray]:
+    out = [p.train(s, epochs, alive[i:i + 1]) if alive[i] else None
+           for i, (p, s) in enumerate(zip(self.members, states))]
+    num_steps = next(o[1].shape[1] for o in out if o is not None)
+    states = [s if o is None else o[0] for s, o in zip(states, out)]
+    objective_MxS = np.stack([np.full(num_steps, np.nan) if o is None else o[1][0]
+                              for o in out])  # Not alive: not read.
+    finite_M = np.asarray([True if o is None else bool(o[2][0]) for o in out])
+    return states, objective_MxS, finite_M
+
+  def evaluate(self, states: list[Any]) -> list[dict[str, float]]:
+    return [p.evaluate(s)[0] for p, s in zip(self.members, states)]
+
+  def member_states(self, states: list[Any]) -> Callable[[int], Any]:
+    return lambda i: states[i]
+
+  def place_rows(self, rows: Sequence[Any]) -> list[Any]:
+    return [p.place_rows([r]) for p, r in zip(self.members, rows)]
+
+  def steps_done(self, states: list[Any]) -> list[int]:
+    return [p.steps_done(s)[0] for p, s in zip(self.members, states)]
+
+
 def for_members(exps: Sequence[Experiment], configs: Sequence[ml_collections.ConfigDict],
-                *, member_batch: int | None = None) -> Single | Stacked:
-  """The programs of members that share one: `Single` for one, else `Stacked`."""
+                *, member_batch: int | None = None) -> Single | Sequential | Stacked:
+  """The programs of members that share one: `Single` for one; `Sequential` for
+  `member_batch=1` (each member bitwise its single run); else `Stacked`."""
   if len(exps) == 1:
     return Single(exps[0], configs[0])
+  if member_batch == 1:
+    return Sequential(exps, configs)
   return Stacked(exps, configs, member_batch=member_batch)

@@ -258,7 +258,8 @@ def main(argv) -> int:
     if _CPU_DEVICES.value:
       split_cpu(_CPU_DEVICES.value)
       count_from = "flag"
-    elif count_from == "auto":
+    elif count_from == "auto" and _MEMBER_BATCH.value != 1:
+      # --member_batch=1 runs each member on the devices polyjax.main would use.
       count = cpu_device_count(_usable_cores(), [len(g) for g in grid.groups(members)])
       if count > 1:
         split_cpu(count)
@@ -268,10 +269,11 @@ def main(argv) -> int:
     fields = list(dict.fromkeys(f for g in points for f in g))
     for line in grid.describe_groups(members, fields):
       print(f"polyjax.sweep: {line}", flush=True)
-    note = idle_note([len(g) for g in grid.groups(members)],
-                     [g[0][1].batch_size for g in grid.groups(members)],
-                     devices=jax.device_count(), platform=jax.devices()[0].platform,
-                     cores=_usable_cores(), count_from=count_from)
+    note = None if _MEMBER_BATCH.value == 1 else idle_note(
+        [len(g) for g in grid.groups(members)],
+        [g[0][1].batch_size for g in grid.groups(members)],
+        devices=jax.device_count(), platform=jax.devices()[0].platform,
+        cores=_usable_cores(), count_from=count_from)
     if note:
       print(f"polyjax.sweep: note: {note}", flush=True)
     if _COMPILATION_CACHE.value:
@@ -325,8 +327,9 @@ def run() -> None:
   _MEMBER_BATCH = flags.DEFINE_integer(
       "member_batch", 0, "Members trained side by side (vmapped) at a time on each "
       "device; the rest wait their turn inside the same program. 0: all. Smaller "
-      "values bound memory, e.g. 1 for a conv net on CPU, where vmapped members train "
-      "no faster.")
+      "values bound memory. 1: each member in turn with the program polyjax.main "
+      "compiles for it, on the devices it would use: every member equals its single "
+      "run bit for bit (stacked members agree with theirs to float rounding).")
   _CPU_DEVICES = flags.DEFINE_integer(
       "cpu_devices", 0, "Devices to make of the CPU (JAX's CPU platform only), members "
       "split over them. 0: the most, up to the cores this process may use, that divide "

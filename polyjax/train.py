@@ -195,8 +195,9 @@ def _train(members: list[Member], *, stop: lifecycle.StopSignals, member_batch: 
           f"{mesh.devices.flat[0].platform.upper()} device{'s' if mesh.size > 1 else ''} "
           f"(members axis {mesh.shape[programs.MEMBERS_AXIS]} x data axis "
           f"{mesh.shape['data']})", flush=True)
-  # A state like each member's, to restore best checkpoints into (a run's own is donated).
-  like = members[0].state if len(members) > 1 else None
+  # A state like each member's, to restore best checkpoints into: a stack's members
+  # are host copies (None: the member's own state, on its devices).
+  like = members[0].state if isinstance(program, programs.Stacked) else None
   state = program.place([m.state for m in members])
   for m in members:
     m.state = None  # The placed state is the only copy from here on.
@@ -357,7 +358,7 @@ def _finish(members: list[Member], done: list[Member], program, state, *, like) 
     rows = [member_state(i) for i in range(len(members))]
     for i in restore:
       rows[i] = members[i].checkpoints.best_state(
-          members[i].best_epoch, like=state if like is None else like)
+          members[i].best_epoch, like=member_state(i) if like is None else like)
     best_M = program.evaluate(program.place_rows(rows))
   for i, m in enumerate(members):
     if m not in done:
