@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 from polyjax import data, weighting
-import subprocess_env
 
 
 def test_digits_counts_and_balanced_test():
@@ -71,31 +70,6 @@ def test_every_split_carries_its_training_group_weight():
 def test_unknown_dataset_lists_valid_names():
   with pytest.raises(ValueError, match="data.name must be one of.*digits"):
     data.load("mnist", weighting_mode="none", exponent=1.0)
-
-
-def test_a_run_imports_only_its_own_datasets_libraries():
-  # In a fresh process: training code plus the Figure 1 data or the digits needs
-  # none of scikit-learn, pandas, PIL or tfds (digits reads scikit-learn's file).
-  import os
-  import pathlib
-  import subprocess
-  import sys
-  root = pathlib.Path(__file__).resolve().parents[1]
-  script = """
-import sys
-import polyjax.main, polyjax.sweep, polyjax.train
-from polyjax import data
-heavy = ("sklearn", "pandas", "PIL", "tensorflow_datasets")
-data.load("gaussians", weighting_mode="none", exponent=1.0)
-print([m for m in heavy if m in sys.modules])
-data.load("digits", weighting_mode="none", exponent=1.0)
-print([m for m in heavy if m in sys.modules])
-"""
-  env = {**os.environ, "PYTHONPATH": subprocess_env.pythonpath(root), "JAX_PLATFORMS": "cpu"}
-  out = subprocess.run([sys.executable, "-c", script], cwd=root, env=env, capture_output=True,
-                       text=True, timeout=120)
-  assert out.returncode == 0, out.stderr[-2000:]
-  assert out.stdout.split() == ["[]", "[]"], out.stdout
 
 
 def test_bundled_digits_are_scikit_learns_load_digits(monkeypatch, tmp_path):

@@ -1,8 +1,13 @@
 """The package's shape: imports run one way (no cycle, counting imports inside
-functions too) and no module reaches into another's private names."""
+functions too), no module reaches into another's private names, and a digits run
+imports no library that only other datasets or pipelines need."""
 
 import ast
 import pathlib
+import subprocess
+import sys
+
+import subprocess_env
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "polyjax"
 
@@ -71,3 +76,30 @@ def test_no_private_names_across_modules():
           and not node.attr.startswith("__")):
         found.append(f"{path.name}:{node.lineno}: {node.value.id}.{node.attr}")
   assert not found, found
+
+
+# Libraries that only some datasets or pipelines need: tfds (and TensorFlow behind it)
+# for CIFAR-10 and CelebA, grain for reading their records and for
+# data.pipeline='stream', PIL for CelebA and Waterbirds, pandas for Waterbirds,
+# scikit-learn only where its digits file is not where digits looks.
+OPTIONAL = ("tensorflow_datasets", "tensorflow", "grain", "PIL", "pandas", "sklearn")
+
+
+def test_a_digits_run_imports_no_optional_library():
+  # A fresh process: what the command lines import, then the digits and Figure 1 data.
+  script = f"""
+import sys
+import polyjax.main, polyjax.sweep, polyjax.train
+from polyjax import data
+data.load("gaussians", weighting_mode="none", exponent=1.0)
+data.load("digits", weighting_mode="reweighted", exponent=1.0)
+print(" ".join(m for m in {OPTIONAL!r} if m in sys.modules))
+"""
+  out = subprocess.run([sys.executable, "-c", script], cwd=subprocess_env.REPO,
+                       env=subprocess_env.env(JAX_PLATFORMS="cpu"), capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  imported = out.stdout.split()
+  assert not imported, (
+      f"a digits run imports {', '.join(imported)}; import them where the dataset or "
+      "pipeline that needs them is built (see polyjax.data.DATASETS)")

@@ -14,16 +14,16 @@ from __future__ import annotations
 import importlib
 from typing import Callable
 
-from polyjax.data.sources import DataInvalid, DataMissing
+from polyjax.data.errors import DataInvalid, DataMissing
 from polyjax.data.splits import Dataset, Split, make_split, undersample, with_weights
 from polyjax.data.stream import StreamSplit
-from polyjax.data.synthetic import gaussians
 
 
 def _imported_when_built(module: str, name: str) -> Callable[..., Dataset]:
   """`module.name`, imported at the first call: a run imports only its own dataset's
-  libraries (scikit-learn for digits, pandas and PIL for Waterbirds, tfds for the
-  prepared image datasets), about a second of start-up for the others."""
+  module and libraries (pandas and PIL for Waterbirds, grain and tfds for the prepared
+  image datasets), about a second of start-up for the others. Nothing here imports a
+  dataset module: the errors come from the leaf `errors`."""
   def build(**data_config) -> Dataset:
     return getattr(importlib.import_module(module), name)(**data_config)
   build.__name__ = build.__qualname__ = name
@@ -33,7 +33,7 @@ def _imported_when_built(module: str, name: str) -> Callable[..., Dataset]:
 # name -> builder(**data_config) -> Dataset (unit weights).
 DATASETS: dict[str, Callable[..., Dataset]] = {
     "digits": _imported_when_built("polyjax.data.digits", "digits"),
-    "gaussians": gaussians,
+    "gaussians": _imported_when_built("polyjax.data.synthetic", "gaussians"),
     "cifar10": _imported_when_built("polyjax.data.cifar", "cifar10"),
     "celeba": _imported_when_built("polyjax.data.celeba", "celeba"),
     "waterbirds": _imported_when_built("polyjax.data.waterbirds", "waterbirds"),

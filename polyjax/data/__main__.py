@@ -27,6 +27,7 @@ from ml_collections import config_flags
 
 from polyjax import cli, data
 from polyjax.data import sources, waterbirds
+from polyjax.data.errors import DataMissing, reason
 from polyjax.data.stream import StreamSplit
 
 
@@ -65,14 +66,14 @@ def check_prepare_needs(name: str) -> None:
     except ImportError as e:
       raise MissingLibrary(
           f"prepare {name} needs {module}, which tensorflow-datasets uses to write the "
-          f"dataset ({sources.reason(e)}); install {install}") from e
+          f"dataset ({reason(e)}); install {install}") from e
 
 
 def prepare(name: str, data_dir: str) -> int:
   if name == "waterbirds":
     try:
       folder = waterbirds.find_folder(data_dir)
-    except sources.DataMissing:
+    except DataMissing:
       print(f"Waterbirds is not distributed through tensorflow-datasets. Download "
             f"{waterbirds.DOWNLOAD} and extract it into {data_dir} (giving "
             f"{os.path.join(data_dir, waterbirds.FOLDER)}/metadata.csv), then run "
@@ -133,7 +134,7 @@ def main(argv, config_flag, data_dir_flag) -> int:
     if config_flag.value is None:
       raise app.UsageError("verify needs --config=FILE")
     return verify(config_flag.value)
-  except (sources.DataMissing, MissingLibrary, ValueError) as e:
+  except (DataMissing, MissingLibrary, ValueError) as e:
     print(f"polyjax.data: error: {e}", file=sys.stderr)
     return 2
 

@@ -8,8 +8,8 @@ as in the group DRO code, and kept as uint8 in memory (11,788 images at 224: abo
 1.7 GiB), or with `pipeline='stream'` read from the files per batch; ImageNet
 normalisation runs on device.
 
-A bad folder is reported before training starts, as `sources.DataInvalid` (one line
-naming the file, and the line and column of metadata.csv where they apply):
+A bad folder is reported before training starts, as `DataInvalid` (one line naming
+the file, and the line and column of metadata.csv where they apply):
 metadata.csv that is empty, not a CSV, lacks a column or has a value out of range,
 and an image that is listed but not on disk. An image that cannot be decoded is
 found when it is decoded: at load time with the in-memory pipeline (every image),
@@ -29,6 +29,7 @@ import pandas as pd
 from PIL import Image
 
 from polyjax.data import sources
+from polyjax.data.errors import DataInvalid, DataMissing, reason
 from polyjax.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, ImagePreprocess
 from polyjax.data.splits import Dataset, make_split
 from polyjax.data.stream import stream_split
@@ -47,7 +48,7 @@ def find_folder(data_dir: str | None) -> str:
   for folder in (os.path.join(data_dir, FOLDER), data_dir):
     if os.path.isfile(os.path.join(folder, "metadata.csv")):
       return folder
-  raise sources.DataMissing(
+  raise DataMissing(
       f"data.name='waterbirds': no metadata.csv in {os.path.join(data_dir, FOLDER)} or "
       f"{data_dir}; get it with: {sources.prepare_command('waterbirds', data_dir)}")
 
@@ -63,7 +64,7 @@ def load_image(path: str, *, resolution: int) -> np.ndarray:
     with Image.open(path) as img:
       img = img.convert("RGB").resize((scaled, scaled), Image.BILINEAR)
   except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
-    raise sources.DataInvalid(f"{path}: the image cannot be decoded ({sources.reason(e)})") from e
+    raise DataInvalid(f"{path}: the image cannot be decoded ({reason(e)})") from e
   top = int(round((scaled - resolution) / 2.0))
   return np.asarray(img, np.uint8)[top:top + resolution, top:top + resolution]
 
@@ -75,17 +76,17 @@ def check_image_header(path: str) -> None:
     with Image.open(path):
       pass  # Opening identifies the format from the header; nothing is decoded.
   except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
-    raise sources.DataInvalid(f"{path}: not a readable image ({sources.reason(e)})") from e
+    raise DataInvalid(f"{path}: not a readable image ({reason(e)})") from e
 
 
 def _first_bad(path: str, meta: pd.DataFrame, bad: pd.Series,
-               what: Callable[[int], str]) -> sources.DataInvalid:
+               what: Callable[[int], str]) -> DataInvalid:
   """One line naming the first bad row's line in metadata.csv, `what(its position)` is
   wrong there, and how many more lines are bad."""
   rows = np.flatnonzero(bad.to_numpy())
   more = f" (and {len(rows) - 1} more lines)" if len(rows) > 1 else ""
   # Rows keep their index from the file (blank lines included): line = index + 2.
-  return sources.DataInvalid(f"{path}, line {meta.index[rows[0]] + 2}: {what(rows[0])}{more}")
+  return DataInvalid(f"{path}, line {meta.index[rows[0]] + 2}: {what(rows[0])}{more}")
 
 
 def read_metadata(folder: str) -> pd.DataFrame:
@@ -100,19 +101,19 @@ def read_metadata(folder: str) -> pd.DataFrame:
     # As text, blank cells as "": each value is checked below, and named as written.
     meta = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
   except pd.errors.EmptyDataError as e:
-    raise sources.DataInvalid(f"{path} is empty; it needs a header line naming the columns "
-                              f"{', '.join(COLUMNS)} and a line per image") from e
+    raise DataInvalid(f"{path} is empty; it needs a header line naming the columns "
+                      f"{', '.join(COLUMNS)} and a line per image") from e
   except (pd.errors.ParserError, UnicodeDecodeError, OSError) as e:
-    raise sources.DataInvalid(f"{path} is not a readable CSV file ({sources.reason(e)})") from e
+    raise DataInvalid(f"{path} is not a readable CSV file ({reason(e)})") from e
   missing = [c for c in COLUMNS if c not in meta.columns]
   if missing:
-    raise sources.DataInvalid(
+    raise DataInvalid(
         f"{path} lacks column(s) {', '.join(missing)}; needs {', '.join(COLUMNS)} "
         f"(its header: {', '.join(map(str, meta.columns))})")
   # Blank lines (kept above, so that the index counts every line) are no rows.
   meta = meta[~(meta == "").all(axis=1)]
   if len(meta) == 0:
-    raise sources.DataInvalid(f"{path} has a header but no rows; it needs a line per image")
+    raise DataInvalid(f"{path} has a header but no rows; it needs a line per image")
   names = meta["img_filename"].str.strip()
   if (names == "").any():
     raise _first_bad(path, meta, names == "", lambda r: "column 'img_filename' is empty")
@@ -128,7 +129,7 @@ def read_metadata(folder: str) -> pd.DataFrame:
     meta = meta.assign(**{col: values.astype(np.int64)})
   for code, name in enumerate(SPLITS):
     if not (meta["split"] == code).any():
-      raise sources.DataInvalid(f"{path} has no rows with split={code} ({name})")
+      raise DataInvalid(f"{path} has no rows with split={code} ({name})")
   return meta
 
 
@@ -142,7 +143,7 @@ def check_images(folder: str, meta: pd.DataFrame, *, headers: bool,
   if missing.any():
     first = int(np.flatnonzero(missing.to_numpy())[0])
     more = int(missing.sum()) - 1
-    raise sources.DataInvalid(
+    raise DataInvalid(
         f"{paths[first]}: no such image file, listed in {os.path.join(folder, 'metadata.csv')} "
         f"line {meta.index[first] + 2}"
         + (f" ({more} more of its {len(paths)} images are missing)" if more else ""))
