@@ -1,6 +1,7 @@
 """The package's shape: imports run one way (no cycle, counting imports inside
-functions too), no module reaches into another's private names, and a digits run
-imports no library that only other datasets or pipelines need."""
+functions too), no module reaches into another's private names, functions and
+modules stay small enough to read, and a digits run imports no library that only
+other datasets or pipelines need."""
 
 import ast
 import pathlib
@@ -10,6 +11,8 @@ import sys
 import subprocess_env
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "polyjax"
+MAX_FUNCTION_LINES = 80  # Methods and nested functions included, decorators not.
+MAX_MODULE_LINES = 500
 
 
 def _modules() -> dict[str, pathlib.Path]:
@@ -76,6 +79,33 @@ def test_no_private_names_across_modules():
           and not node.attr.startswith("__")):
         found.append(f"{path.name}:{node.lineno}: {node.value.id}.{node.attr}")
   assert not found, found
+
+
+def _functions(tree: ast.AST, prefix: str = ""):
+  """(qualified name, node) of every function in `tree`, nested ones and methods too."""
+  for node in ast.iter_child_nodes(tree):
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+      name = f"{prefix}{node.name}"
+      if not isinstance(node, ast.ClassDef):
+        yield name, node
+      yield from _functions(node, f"{name}.")
+    else:
+      yield from _functions(node, prefix)
+
+
+def test_functions_and_modules_are_small():
+  found = []
+  for path in sorted(PACKAGE.rglob("*.py")):
+    rel = path.relative_to(PACKAGE.parent)
+    text = path.read_text()
+    if (n := len(text.splitlines())) > MAX_MODULE_LINES:
+      found.append(f"{rel}: module of {n} lines")
+    for name, node in _functions(ast.parse(text)):
+      if (n := node.end_lineno - node.lineno + 1) > MAX_FUNCTION_LINES:
+        found.append(f"{rel}:{node.lineno}: {name} is {n} lines")
+  assert not found, (
+      f"over the size limits (a function at most {MAX_FUNCTION_LINES} lines, a module at "
+      f"most {MAX_MODULE_LINES}); split these by concern:\n  " + "\n  ".join(found))
 
 
 # Libraries that only some datasets or pipelines need: tfds (and TensorFlow behind it)
