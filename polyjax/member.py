@@ -20,7 +20,8 @@ from typing import Any
 import jax
 import ml_collections
 
-from polyjax import checkpointing, experiment, lifecycle, run_dir, wandb_logger
+from polyjax import (checkpointing, experiment, lifecycle, run_dir, tensorboard_logger,
+                     wandb_logger)
 from polyjax import config as config_lib
 from polyjax.errors import ConfigError
 
@@ -47,6 +48,7 @@ class Member:
   values: dict[str, float] = dataclasses.field(default_factory=dict)  # Last evaluation.
   summary: dict[str, Any] = dataclasses.field(default_factory=dict)
   wandb: wandb_logger.WandbLogger | None = None
+  events: tensorboard_logger.TensorBoardLogger | None = None  # TensorBoard event files.
   diverged: str | None = None  # Why, once it has.
 
 
@@ -175,5 +177,7 @@ def close(m: Member, status: str, *, stop: lifecycle.StopSignals | None, start: 
       if write:
         m.run.write_summary(m.summary)
     finally:
+      if m.events is not None:
+        m.events.close()
       if m.wandb is not None:
         m.wandb.finish(m.summary)

@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 
 from polyjax import (checkpointing, data, experiment, lifecycle, placement, programs,
-                     progress, run_dir, wandb_logger)
+                     progress, run_dir, tensorboard_logger, wandb_logger)
 from polyjax import member as member_lib
 from polyjax.data.splits import with_weights
 from polyjax.member import Member
@@ -203,6 +203,9 @@ def _train(members: list[Member], *, stop: lifecycle.StopSignals, member_batch: 
     m.state = None  # The placed state is the only copy from here on.
     m.wandb = wandb_logger.for_run(m.config, m.run.path, m.record, group=m.wandb_group,
                                    enabled=m.run.is_writer)
+    m.events = tensorboard_logger.TensorBoardLogger(
+        m.run.path, resume_step=None if m.saved_config is None else m.steps_done,
+        enabled=m.run.is_writer)
   steps_per_epoch = len(members[0].exp.dataset.train) // cfg0.batch_size
   shown = progress.Progress(
       num_epochs, start_epoch=members[0].start_epoch, log_every=log_every,
@@ -291,6 +294,7 @@ def _end_call(members: list[Member], program, state, objective_MxS: np.ndarray, 
       values["train/objective"] = float(objective_MxS[i].mean())
       values["train/lr"] = experiment.lr_at(m.config, m.exp, m.steps_done)
       m.wandb.log(m.steps_done, {"epoch": epoch, **values})
+      m.events.log(m.steps_done, values)
     _record(m, epoch, values, functools.partial(member_state, i),
             force=epoch == num_epochs or stopping)
   bar_text = line = None
