@@ -14,8 +14,13 @@ checkout this script is in; PYTHONPATH puts it first, ahead of an installed copy
   run           the same command training `--epochs` epochs into a fresh workdir
                 (imports, data, compilation, training, evaluation, checkpoints)
 
-Prints a table of the median, min and max seconds of each, and the optional
-libraries (tensorflow_datasets, tensorflow, grain, PIL, pandas, scikit-learn) that
+Each is measured as wall-clock seconds and as CPU seconds (user + system, of the
+process and what it waited for; for `import`, of the import alone). On a machine
+shared with other jobs the wall clock follows their load; the CPU seconds vary much
+less and are the figure to compare between checkouts.
+
+Prints a table of the median, min and max of each, and the optional libraries
+(tensorflow_datasets, tensorflow, grain, PIL, pandas, scikit-learn) that
 `import polyjax.main` plus loading the digits data brings in. `--json`: one JSON
 object instead.
 """
@@ -26,6 +31,7 @@ import argparse
 import json
 import os
 import pathlib
+import resource
 import statistics
 import subprocess
 import sys
@@ -37,9 +43,9 @@ OPTIONAL = ("tensorflow_datasets", "tensorflow", "grain", "PIL", "pandas", "skle
 
 _TIMED_IMPORT = """
 import time
-t = time.perf_counter()
+t, c = time.perf_counter(), time.process_time()
 import polyjax.main
-print(time.perf_counter() - t)
+print(time.perf_counter() - t, time.process_time() - c)
 """
 
 _IMPORTED = f"""
@@ -56,45 +62,61 @@ def _env(root: pathlib.Path) -> dict[str, str]:
   return {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), *rest])}
 
 
-def _run(args: list[str], root: pathlib.Path) -> tuple[float, str]:
-  """(wall seconds, stdout) of `python *args` in `root`; raises on a non-zero exit."""
-  t = time.perf_counter()
+def _children_cpu() -> float:
+  usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return usage.ru_utime + usage.ru_stime
+
+
+def _run(args: list[str], root: pathlib.Path) -> tuple[float, float, str]:
+  """(wall seconds, CPU seconds, stdout) of `python *args` in `root`; raises on a
+  non-zero exit."""
+  t, c = time.perf_counter(), _children_cpu()
   out = subprocess.run([sys.executable, *args], cwd=root, env=_env(root),
                        capture_output=True, text=True)
-  wall = time.perf_counter() - t
+  wall, cpu = time.perf_counter() - t, _children_cpu() - c
   if out.returncode != 0:
     raise RuntimeError(f"{' '.join(args)} exited {out.returncode}: {out.stderr[-2000:]}")
-  return wall, out.stdout
+  return wall, cpu, out.stdout
 
 
 def measure(root: pathlib.Path, reps: int, epochs: int) -> dict:
-  """Seconds of each measurement, `reps` fresh processes each, plus the optional
-  libraries a digits run imports."""
+  """Wall and CPU seconds of each measurement, `reps` fresh processes each, plus the
+  optional libraries a digits run imports."""
   config = str(root / "configs" / "digits_poly.py")
-  times: dict[str, list[float]] = {"import": [], "import_proc": [], "check_args": [],
-                                   "run": []}
+  commands = {
+      "import_proc": ["-c", "import polyjax.main"],
+      "check_args": ["-m", "polyjax.main", f"--config={config}", "--only_check_args"],
+      "run": ["-m", "polyjax.main", f"--config={config}", f"--config.num_epochs={epochs}"],
+  }
+  names = ["import", *commands]
+  wall: dict[str, list[float]] = {name: [] for name in names}
+  cpu: dict[str, list[float]] = {name: [] for name in names}
   for _ in range(reps):
-    times["import"].append(float(_run(["-c", _TIMED_IMPORT], root)[1].split()[-1]))
-    times["import_proc"].append(_run(["-c", "import polyjax.main"], root)[0])
-    times["check_args"].append(
-        _run(["-m", "polyjax.main", f"--config={config}", "--only_check_args"], root)[0])
-    with tempfile.TemporaryDirectory() as tmp:
-      times["run"].append(_run(
-          ["-m", "polyjax.main", f"--config={config}", f"--workdir={tmp}/run",
-           f"--config.num_epochs={epochs}"], root)[0])
-  where = _run(["-c", "import polyjax; print(polyjax.__file__)"], root)[1].strip()
-  imported = _run(["-c", _IMPORTED], root)[1].split()
+    w, c = map(float, _run(["-c", _TIMED_IMPORT], root)[2].split()[-2:])
+    wall["import"].append(w)
+    cpu["import"].append(c)
+    for name, args in commands.items():
+      with tempfile.TemporaryDirectory() as tmp:
+        w, c, _ = _run(args + ([f"--workdir={tmp}/run"] if name == "run" else []), root)
+      wall[name].append(w)
+      cpu[name].append(c)
+  where = _run(["-c", "import polyjax; print(polyjax.__file__)"], root)[2].strip()
+  imported = _run(["-c", _IMPORTED], root)[2].split()
   return {"root": str(root), "polyjax": where, "reps": reps, "epochs": epochs,
-          "seconds": times, "optional_imported": imported}
+          "wall_s": wall, "cpu_s": cpu, "optional_imported": imported,
+          "load_average": os.getloadavg()}
 
 
 def table(result: dict) -> str:
   lines = [f"polyjax from {result['polyjax']}; {result['reps']} fresh processes each; "
-           f"run = {result['epochs']} epoch(s) of configs/digits_poly.py",
-           f"{'measure':<12} {'median_s':>9} {'min_s':>7} {'max_s':>7}"]
-  for name, values in result["seconds"].items():
-    lines.append(f"{name:<12} {statistics.median(values):>9.3f} {min(values):>7.3f} "
-                 f"{max(values):>7.3f}")
+           f"run = {result['epochs']} epoch(s) of configs/digits_poly.py; load average "
+           f"{', '.join(f'{x:.1f}' for x in result['load_average'])} at the end",
+           f"{'':<12} {'wall_s':^23}   {'cpu_s':^23}",
+           f"{'measure':<12} " + "   ".join([f"{'median':>7} {'min':>7} {'max':>7}"] * 2)]
+  for name in result["wall_s"]:
+    cells = [f"{statistics.median(v):>7.3f} {min(v):>7.3f} {max(v):>7.3f}"
+             for v in (result["wall_s"][name], result["cpu_s"][name])]
+    lines.append(f"{name:<12} " + "   ".join(cells))
   lines.append("optional libraries imported by a digits run: "
                f"{', '.join(result['optional_imported']) or 'none'}")
   return "\n".join(lines)
