@@ -188,8 +188,10 @@ def max_margin_direction(F_NxD: np.ndarray, n_major: int, *, C: float = 1e3) -> 
   from sklearn import svm
   x = np.concatenate([F_NxD[:n_major], -F_NxD[n_major:]]).astype(np.float64)
   y = np.r_[np.zeros(n_major), np.ones(len(F_NxD) - n_major)]
+  # random_state: liblinear's dual coordinate descent visits examples in a random
+  # order; fixed, the same call gives the same direction.
   clf = svm.LinearSVC(loss="hinge", fit_intercept=False, C=C, max_iter=1_000_000,
-                      tol=1e-6).fit(x, y)
+                      tol=1e-6, random_state=0).fit(x, y)
   return -clf.coef_[0]
 
 

@@ -249,3 +249,14 @@ def test_figure2_script_rejects_bad_flags(tmp_path, flag):
   with pytest.raises(SystemExit) as e:
     _script("figure2").parse_args(["--out", str(tmp_path)] + flag)
   assert e.value.code == 2
+
+
+def test_the_max_margin_direction_is_the_same_on_every_call():
+  from polyjax import gaussian_mixture
+  rng = np.random.default_rng(0)
+  F = rng.normal(size=(60, 8))
+  F[:45, 0] += 3.0
+  F[45:, 0] -= 3.0
+  a = gaussian_mixture.max_margin_direction(F, 45)
+  b = gaussian_mixture.max_margin_direction(F, 45)
+  assert np.array_equal(a, b)
