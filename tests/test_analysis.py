@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import pathlib
 import shutil
 import subprocess
@@ -584,3 +585,159 @@ def test_orbax_restore_warnings_do_not_reach_the_terminal(left_out):
   _, _, _, p = left_out
   for noise in ("absl", "orbax", "read only", "did not provide metrics"):
     assert noise not in p.stderr, p.stderr
+
+
+# ---------------------------------------------------------------------------
+# Tables over distinct seeds, captions, plots and a sweep's members, from hand-built
+# run directories and results.
+
+def _result(run, rule, value, **fields):
+  task, checkpoint = rule.split(":")
+  return {"run": str(run), "task": task, "checkpoint": checkpoint, "split": "test",
+          "run_id": pathlib.Path(run).name, "epoch": 3, "selected_by": "",
+          "data.name": "digits", "loss.alpha": 1.0, "weighting.mode": "none",
+          "weighting.exponent": 1.0, "reweighted_acc": value, **fields}
+
+
+def _summary_at(run, status, epochs, mtime):
+  run.mkdir(parents=True, exist_ok=True)
+  (run / "summary.json").write_text(json.dumps({"status": status, "epochs_completed": epochs}))
+  os.utime(run / "summary.json", (mtime, mtime))
+
+
+@pytest.fixture
+def duplicated(tmp_path):
+  """A results CSV where ce runs seeds 0, 1, 2 six times and poly seeds 0, 1 once each.
+
+  Seed 0 twice, completed with 3 epochs both (the later summary.json wins; it has no
+  logged:best row, so that rule keeps the other); seed 1 with 3 epochs and with 1; seed
+  2 completed and diverged (more epochs, still left out). The second seed-0 run has
+  loss.alpha=2.0, which ce does not read: the same setting.
+  """
+  r = tmp_path / "runs"
+  ce = [  # run, seed, status, epochs, summary.json time, logged:last, logged:best
+      ("ce-s0", 0, "completed", 3, 1000, 0.80, 0.85),
+      ("ce-s0-again", 0, "completed", 3, 2000, 0.90, None),
+      ("ce-s1", 1, "completed", 3, 1000, 0.70, 0.75),
+      ("ce-s1-short", 1, "completed", 1, 3000, 0.10, 0.15),
+      ("ce-s2", 2, "completed", 3, 1000, 0.60, 0.65),
+      ("ce-s2-diverged", 2, "diverged", 5, 3000, 0.20, 0.25)]
+  rows = []
+  for name, seed, status, epochs, mtime, last, best in ce:
+    _summary_at(r / name, status, epochs, mtime)
+    common = dict(seed=seed, status=status, epochs_completed=epochs, **{"loss.name": "ce"},
+                  **({"loss.alpha": 2.0} if name == "ce-s0-again" else {}))
+    rows.append(_result(r / name, "logged:last", last, **common))
+    if best is not None:
+      rows.append(_result(r / name, "logged:best_val_reweighted_acc", best, **common))
+  for seed, last, best in ((0, 0.95, 0.96), (1, 0.85, 0.86)):
+    common = dict(seed=seed, status="completed", epochs_completed=3, **{"loss.name": "poly"})
+    rows.append(_result(r / f"poly-s{seed}", "logged:last", last, **common))
+    rows.append(_result(r / f"poly-s{seed}", "logged:best_val_reweighted_acc", best, **common))
+  out = tmp_path / "results.csv"
+  results.append(out, rows)
+  return out, r
+
+
+def test_report_counts_each_seed_once_and_says_which_run_it_kept(duplicated):
+  out, r = duplicated
+  df = results.read(out)
+  with pytest.warns(report.DuplicateSeeds) as record:
+    summary = report.summarize(df)
+  got = summary.set_index(["loss.name", "rule"])
+  # By hand: ce keeps 0.90 (seed 0, the later run), 0.70 (3 epochs), 0.60 (completed).
+  last = got.loc[("ce", "logged:last")]
+  assert last["n"] == 3 and last["mean"] == pytest.approx((0.90 + 0.70 + 0.60) / 3)
+  assert last["std"] == pytest.approx(math.sqrt((0.5 ** 2 + 0.1 ** 2 + 0.4 ** 2) / 2) / 3)
+  # The later seed-0 run has no logged:best row: the other seed-0 run's counts there.
+  best = got.loc[("ce", "logged:best_val_reweighted_acc")]
+  assert (best["n"], best["mean"], best["std"]) == (3, pytest.approx(0.75), pytest.approx(0.1))
+  poly = got.loc[("poly", "logged:last")]
+  assert (poly["n"], poly["mean"], poly["std"]) == (2, pytest.approx(0.9),
+                                                    pytest.approx(0.1 / math.sqrt(2)))
+  assert len(summary) == 4  # ce's two loss.alpha values are one setting.
+  (warning,) = [str(w.message) for w in record]  # One per setting; poly has none.
+  assert "\n" not in warning and warning.startswith("loss.name=ce: 3 seeds have several runs")
+  for seed, kept, left in ((0, "ce-s0-again", "ce-s0"), (1, "ce-s1", "ce-s1-short"),
+                           (2, "ce-s2", "ce-s2-diverged")):
+    assert f"seed={seed} kept {r / kept} (completed, 3 epochs), left out {r / left} (" in warning
+  assert "(completed, 1 epoch)" in warning and "(diverged, 5 epochs)" in warning
+  assert "(n=3)" in report.format_summary(summary, "markdown")
+
+  # The paired test pairs each seed once: seeds 0 and 1, from the same runs.
+  test = report.paired(df, "loss.name", "ce", "poly", warn=False).set_index("rule")
+  assert test.loc["logged:last", "n_pairs"] == 2
+  assert test.loc["logged:last", "mean_diff"] == pytest.approx(((0.95 - 0.90) + (0.85 - 0.70)) / 2)
+  assert test.loc["logged:best_val_reweighted_acc", "mean_diff"] == pytest.approx(
+      ((0.96 - 0.85) + (0.86 - 0.75)) / 2)
+
+  # From the command line: one warning line for the setting, and n = distinct seeds.
+  p = _cli("report", "--results", out, "--compare", "loss.name=ce,poly")
+  assert p.returncode == 0, p.stderr
+  assert _lines(p.stderr, "warning") == [f"polyjax.analysis: warning: {warning}"]
+  assert "0.7333 ± 0.1528 (n=3)" in p.stdout and "(n=6)" not in p.stdout
+
+
+def _table_rows(text):
+  return [line for line in text.splitlines() if line.startswith("| ")][1:]
+
+
+def test_only_settings_with_runs_get_a_row():
+  rows = [_result(f"/r/{d}-{loss}-{s}", "evaluate:last", 0.5 + s / 10, seed=s,
+                  **{"data.name": d, "loss.name": loss, "lr": lr})
+          for d, loss, lr in (("digits", "ce", 0.1), ("digits", "poly", 0.01),
+                              ("gaussians", "ce", 0.1))
+          for s in (0, 1)]
+  df = pd.DataFrame(rows)
+  for by in (["data.name", "loss.name"], None):
+    text = report.format_summary(report.summarize(df, by=by), "markdown")
+    lines = _table_rows(text)
+    assert [line.split(" | ")[:2] for line in lines] == [
+        ["| digits", "ce"], ["| digits", "poly"], ["| gaussians", "ce"]], text
+    assert all("(n=2)" in line for line in lines)
+  latex = report.format_summary(report.summarize(df), "latex")
+  assert latex.count(r"(n=2) \\") == 3
+
+
+def test_losses_and_weighting_modes_read_the_fields_the_report_says():
+  import inspect
+
+  from polyjax import losses, weighting
+
+  for name, builder in losses.LOSSES.items():
+    read = {f"loss.{p}" for p in inspect.signature(builder).parameters
+            if p not in ("class_counts", "group_counts", "_name", "_")}
+    assert read == set(report.LOSS_PARAMS[name]), name
+  assert set(report.LOSS_PARAMS) == set(losses.LOSSES)
+  assert set(report.WEIGHTING_PARAMS) == set(weighting.WEIGHTING_MODES)
+  fields = set(config_lib.flatten(config_lib.base_config()))
+  assert report.params("loss.name") == {f for f in fields if f.startswith("loss.")} - {
+      "loss.name"}
+  assert report.params("weighting.mode") <= fields
+
+
+def _caption(df, **kw):
+  return report.format_summary(report.summarize(df, **kw), "markdown").split("\n\n")[0]
+
+
+def test_captions_name_only_the_parameters_a_rows_loss_reads():
+  ce = [_result(f"/r/ce{s}", "evaluate:last", 0.8, seed=s, **{"loss.name": "ce"})
+        for s in (0, 1)]
+  poly = [_result(f"/r/poly{a}-{s}", "evaluate:last", 0.9, seed=s,
+                  **{"loss.name": "poly", "loss.alpha": a, "loss.beta": 1.0,
+                     "loss.kind": "logit", "loss.tau": 1.0})
+          for a in (1.0, 2.0) for s in (0, 1)]
+  only_ce = _caption(pd.DataFrame(ce))
+  assert only_ce.endswith("All rows: data.name=digits, weighting.mode=none, loss.name=ce.")
+  assert "loss.alpha" not in only_ce and "weighting.exponent" not in only_ce
+  one_alpha = _caption(pd.DataFrame(ce + poly[:2]))
+  assert one_alpha.endswith("All rows: data.name=digits, weighting.mode=none; loss.name=poly "
+                            "rows: loss.alpha=1.0, loss.beta=1.0, loss.kind=logit.")
+  assert "loss.tau" not in one_alpha
+  # A varying parameter is a column, blank ('-') where the row's loss does not read it.
+  text = report.format_summary(report.summarize(pd.DataFrame(ce + poly)), "markdown")
+  assert [line.split(" | ")[:2] for line in _table_rows(text)] == [
+      ["| 1.0", "poly"], ["| 2.0", "poly"], ["| -", "ce"]]
+  reweighted = [{**r, "weighting.mode": "reweighted", "weighting.exponent": 2.0} for r in ce]
+  mixed = _caption(pd.DataFrame(ce + reweighted), by=["weighting.mode", "weighting.exponent"])
+  assert mixed.endswith("weighting.mode=reweighted rows: weighting.exponent=2.0.")

@@ -8,8 +8,9 @@
     plot    --results results.csv --out FILE.png|FILE.pdf [--metric NAME] [--split test]
 
 Bad arguments exit with status 2 and one line; skipped runs, symbolic links
-followed (or not) under --runs and a results CSV read without its cut-off last
-line print one warning line each on stderr. `collect` ends with one line: runs
+followed (or not) under --runs, a results CSV read without its cut-off last
+line and, for report and plot, each setting with a seed run more than once print
+one warning line each on stderr. `collect` ends with one line: runs
 collected, rows added, and the runs left out, counted by reason.
 """
 
@@ -48,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
                  help="comma-separated run statuses to keep, or 'any' (default: completed)")
   c.add_argument("--min-epochs", type=int, default=0, help="least epochs completed")
 
-  r = sub.add_parser("report", help="tables of mean, std and n over seeds")
+  r = sub.add_parser("report", help="tables of mean, std and n over distinct seeds")
   r.add_argument("--results", required=True)
   r.add_argument("--by", default=None,
                  help="comma-separated grouping columns (default: all config fields but seeds)")
@@ -97,8 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         pair = values.split(",")
         if not sep or len(pair) != 2:
           raise ValueError(f"--compare {args.compare!r}: expected FIELD=A,B")
+        # The table above warned already about any seed run twice.
         test = report.paired(df, field, pair[0], pair[1], metric=args.metric,
-                             split=args.split, by=by)
+                             split=args.split, by=by, warn=False)
         print()
         print(report.format_paired(test, args.format))
     else:
