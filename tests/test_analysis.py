@@ -741,3 +741,68 @@ def test_captions_name_only_the_parameters_a_rows_loss_reads():
   reweighted = [{**r, "weighting.mode": "reweighted", "weighting.exponent": 2.0} for r in ce]
   mixed = _caption(pd.DataFrame(ce + reweighted), by=["weighting.mode", "weighting.exponent"])
   assert mixed.endswith("weighting.mode=reweighted rows: weighting.exponent=2.0.")
+
+
+def _ranged_results(values):
+  """Two methods, two seeds each, one rule: values {loss.name: [seed 0, seed 1]}."""
+  return pd.DataFrame([
+      _result(f"/r/{loss}{s}", "logged:best_val_reweighted_acc", v, seed=s,
+              **{"loss.name": loss})
+      for loss, vs in values.items() for s, v in enumerate(vs)])
+
+
+def test_plot_y_axis_fits_the_data_and_says_what_it_shows(tmp_path):
+  import matplotlib.pyplot as plt
+
+  df = _ranged_results({"ce": [0.88, 0.90], "poly": [0.93, 0.95]})
+  fig = plots.figure(df)
+  try:
+    (ax,) = fig.axes
+    # Means 0.89 and 0.94, std 0.01 * sqrt(2): the range is mean - std to mean + std.
+    lo, hi = 0.89 - 0.01 * math.sqrt(2), 0.94 + 0.01 * math.sqrt(2)
+    pad = plots.PAD * (hi - lo)
+    assert ax.get_ylim() == pytest.approx((lo - pad, hi + pad))
+    assert ax.get_ylabel() == ("test reweighted accuracy\n"
+                               "(early-stopped on val/reweighted_acc, logged)")
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["ce", "poly"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [
+        "early-stopped on val/reweighted_acc, logged", "runs, one per seed"]
+  finally:
+    plt.close(fig)
+  assert plots.ylim([0.5, math.nan]) == pytest.approx((0.475, 0.525))  # PAD of 0.5.
+  assert plots.ylim([0.1]) == pytest.approx((0.09, 0.11))  # At least 0.01.
+  assert plots.rule_label("evaluate:best", ["best val/worst_group_acc"]) == (
+      "early-stopped on val/worst_group_acc, recomputed from the checkpoint")
+  assert plots.rule_label("logged:last") == "last epoch, logged"
+
+
+def test_plot_legend_lies_inside_the_saved_image(tmp_path):
+  import matplotlib.pyplot as plt
+  from PIL import Image
+
+  rows = _ranged_results({"ce": [0.88, 0.90], "poly": [0.93, 0.95]})
+  rows = pd.concat([rows, rows.assign(task="logged", checkpoint="last"),
+                    rows.assign(task="evaluate", checkpoint="last")])
+  rows = pd.concat([rows, rows.assign(**{"data.name": "gaussians"})], ignore_index=True)
+  fig = plots.figure(rows)
+  try:
+    path = tmp_path / "fig.png"
+    fig.savefig(path, dpi=plots.DPI, bbox_inches="tight")  # As `plot` saves it.
+    renderer = fig.canvas.get_renderer()
+    (legend,) = fig.legends
+    box = legend.get_window_extent(renderer).transformed(fig.transFigure.inverted())
+    assert 0 <= box.x0 < box.x1 <= 1 and 0 <= box.y0 < box.y1 <= 1  # Inside the figure.
+    # The saved image is the tight box around every artist, padded.
+    pad = plt.rcParams["savefig.pad_inches"]
+    tight = fig.get_tightbbox(renderer).padded(pad)
+    legend_in = legend.get_window_extent(renderer).transformed(fig.dpi_scale_trans.inverted())
+    assert tight.x0 <= legend_in.x0 and legend_in.x1 <= tight.x1
+    assert tight.y0 <= legend_in.y0 and legend_in.y1 <= tight.y1
+    with Image.open(path) as im:
+      assert im.size == pytest.approx((tight.width * plots.DPI, tight.height * plots.DPI),
+                                      abs=2)
+    assert [ax.get_title() for ax in fig.axes] == ["digits", "gaussians"]
+    assert fig.axes[0].get_ylabel() == "test reweighted accuracy"  # Rules: in the legend.
+  finally:
+    plt.close(fig)
+  assert plots.plot(rows, tmp_path / "cli.png", by=["loss.name"]).exists()

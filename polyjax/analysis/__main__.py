@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
                  help="also a paired t-test over seeds of FIELD=B against FIELD=A")
   r.add_argument("--format", default="markdown", choices=FORMATS)
 
-  g = sub.add_parser("plot", help="bar and strip plot (PNG or PDF)")
+  g = sub.add_parser("plot", help="mean ± std and strip plot (PNG or PDF)")
   g.add_argument("--results", required=True)
   g.add_argument("--out", required=True, help="figure file, .png or .pdf")
   g.add_argument("--metric", default="reweighted_acc")
