@@ -806,3 +806,70 @@ def test_plot_legend_lies_inside_the_saved_image(tmp_path):
   finally:
     plt.close(fig)
   assert plots.plot(rows, tmp_path / "cli.png", by=["loss.name"]).exists()
+
+
+def _member_dir(root, name, val, test, *, status="completed", summary=True):
+  run = root / name
+  run.mkdir(parents=True)
+  (run / "config.json").write_text(json.dumps({"seed": 0}))
+  if summary:
+    (run / "summary.json").write_text(json.dumps({"status": status,
+                                                  "epochs_completed": len(val)}))
+  with open(run / "metrics.jsonl", "w") as f:
+    for epoch, (v, t) in enumerate(zip(val, test), 1):
+      f.write(json.dumps({"epoch": epoch, "step": 10 * epoch, "split": "val",
+                          "reweighted_acc": v}) + "\n")
+      f.write(json.dumps({"epoch": epoch, "step": 10 * epoch, "split": "test",
+                          "reweighted_acc": t}) + "\n")
+
+
+def test_members_table_lists_a_sweeps_members_best_first(tmp_path):
+  from polyjax.analysis import members_table
+
+  sweep = tmp_path / "sweep"
+  _member_dir(sweep, "lr=0.1", [0.80, 0.90], [0.70, 0.75])
+  _member_dir(sweep, "lr=0.3", [0.95, 0.93], [0.80, 0.82])
+  _member_dir(sweep, "lr=0.01", [0.90, 0.90], [0.60, 0.65])  # A tie: the earlier epoch.
+  _member_dir(sweep, "lr=3.0", [0.99, "nan"], [0.5, "nan"], status="diverged")
+  _member_dir(sweep, "lr=1.0", [0.85], [0.84], summary=False)  # Still running.
+  (sweep / "notes").mkdir()  # Not a run directory.
+  text = members_table(sweep)
+  title, header, *lines = text.splitlines()
+  assert title == (f"{sweep}: 5 members, best first by val/reweighted_acc at each one's best "
+                   "epoch (highest value; ties: the earliest epoch)")
+  assert header.split() == ["member", "status", "epochs", "val/reweighted_acc", "final",
+                            "val/reweighted_acc", "best", "best", "epoch",
+                            "test/reweighted_acc", "at", "best", "epoch"]
+  assert [line.split() for line in lines] == [
+      ["lr=0.3", "completed", "2", "0.9300", "0.9500", "1", "0.8000"],
+      ["lr=0.01", "completed", "2", "0.9000", "0.9000", "1", "0.6000"],
+      ["lr=0.1", "completed", "2", "0.9000", "0.9000", "2", "0.7500"],
+      ["lr=1.0", "no", "summary", "1", "0.8500", "0.8500", "1", "0.8400"],
+      ["lr=3.0", "diverged", "2", "-", "0.9900", "1", "0.5000"]]
+  lowest = members_table(sweep, metric="val/reweighted_acc", mode="min").splitlines()[2:]
+  assert [line.split()[0] for line in lowest] == [
+      "lr=0.1", "lr=1.0", "lr=0.01", "lr=0.3", "lr=3.0"]
+  with pytest.raises(ValueError, match="expected '<split>/<metric>'"):
+    members_table(sweep, metric="reweighted_acc")
+  with pytest.raises(FileNotFoundError):
+    members_table(tmp_path / "missing")
+
+
+def test_members_table_of_a_real_sweep_matches_its_summaries_without_jax(made):
+  script = ("import sys\nfrom polyjax.analysis import members_table\n"
+            f"print(members_table({str(made / 'sweep')!r}))\n"
+            "print('imported:', *(m for m in ('jax', 'pandas') if m in sys.modules))\n")
+  p = subprocess.run([sys.executable, "-c", script], env=subprocess_env.env(),
+                     capture_output=True, text=True, timeout=120)
+  assert p.returncode == 0, p.stderr
+  *table, imported = p.stdout.rstrip("\n").split("\n")
+  assert imported == "imported:"  # Neither JAX nor pandas.
+  best = []
+  for line in table[2:]:
+    name, status, epochs, _, val, epoch, test = line.split()
+    summary = json.loads((made / "sweep" / name / "summary.json").read_text())
+    assert (status, int(epochs), int(epoch)) == ("completed", 2, summary["best_epoch"])
+    assert float(val) == pytest.approx(summary["best"]["val/reweighted_acc"], abs=5e-5)
+    assert float(test) == pytest.approx(summary["best"]["test/reweighted_acc"], abs=5e-5)
+    best.append(float(val))
+  assert len(best) == 4 and best == sorted(best, reverse=True)

@@ -184,7 +184,8 @@ class Run:
     return rows
 
 
-def _is_run(path: pathlib.Path) -> bool:
+def is_run(path: pathlib.Path) -> bool:
+  """Whether `path` is a run directory (it holds config.json or summary.json)."""
   return (path / run_dir.CONFIG).exists() or (path / run_dir.SUMMARY).exists()
 
 
@@ -214,7 +215,7 @@ def find_runs(roots: Iterable[str | os.PathLike],
     searched.add(root.resolve())
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
       path = pathlib.Path(dirpath)
-      if _is_run(path):
+      if is_run(path):
         found.add(path.resolve())
         dirnames.clear()  # A run does not hold other runs (its checkpoints are not runs).
         continue
