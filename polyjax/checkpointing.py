@@ -82,8 +82,8 @@ def from_saved(state: TrainState) -> TrainState:
 def host_copy(state: TrainState) -> TrainState:
   """The state as stored (`_to_saved`), copied into host memory (numpy arrays).
 
-  Orbax writes host arrays faster than device arrays (a digits MLP checkpoint is
-  committed after 43 vs 70 ms, `benchmarks/checkpoint_save.py`), and a host copy
+  Orbax writes host arrays faster than device arrays (`benchmarks/checkpoint_save.py`;
+  docs/BENCHMARKS.md, "Checkpoint saves"), and a host copy
   outlives the device buffers that the next training call donates. Every array
   must be whole on this process: a run's train state is replicated (Orbax writes
   replicated host arrays from process 0), a sweep's stack is held by the process

@@ -89,8 +89,8 @@ def finite_rows(arrays, rows: int) -> jax.Array:
   (each with leading axis `rows`) is finite; other dtypes are skipped.
 
   One reduction over the arrays' concatenation per dtype, which XLA fuses into one
-  loop: a reduction per array compiled in 0.26 s for a digits MLP's state, this in
-  0.14 s, and runs no slower.
+  loop: it compiles faster than a reduction per array and runs no slower
+  (docs/BENCHMARKS.md, "Start-up").
   """
   by_dtype: dict[Any, list[jax.Array]] = {}
   for x in arrays:
@@ -118,9 +118,9 @@ def is_finite(state) -> bool:
 def exit(code: int) -> None:  # noqa: A001  (the command's exit, like sys.exit)
   """Exits with `code`, skipping the interpreter's last full garbage collection.
 
-  That collection walks every object JAX, Flax and Orbax created in the process, about
-  1 s on a 2-core CPU (0.8-1.0 s after a digits run), although the process frees
-  everything when it ends. `gc.freeze()` moves them out of its reach; objects are
+  That collection walks every object JAX, Flax and Orbax created in the process, a
+  sizeable part of a short run (docs/BENCHMARKS.md, "Start-up"), although the process
+  frees everything when it ends. `gc.freeze()` moves them out of its reach; objects are
   still released by reference counting and `atexit` handlers still run. Called only
   once the run's files are written and closed.
   """

@@ -81,7 +81,7 @@ def read_json(path: pathlib.Path) -> Any:
     return json.load(f)
 
 
-@functools.cache  # Looking packages up costs ~15 ms; a sweep records them for every member.
+@functools.cache  # Looking packages up is not free, and a sweep records them for every member.
 def _versions() -> tuple[tuple[str, str], ...]:
   out = {"python": platform.python_version()}
   for name in _VERSIONED:

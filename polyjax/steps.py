@@ -44,7 +44,8 @@ def epoch_indices(n: int, batch_size: int, *, seed: int, epoch: int,
   epoch), so a resumed run sees the same batches as an uninterrupted one. A full
   batch (`batch_size == n`, no resampling) is every example in stored order:
   shuffling it would only reorder the gradient's sum, and drawing a permutation
-  (about 20 us) costs more than a full-batch step of a small model.
+  costs more than a full-batch step of a small model (docs/BENCHMARKS.md, "Figure 1
+  loop and tiny models").
   """
   if p is None and batch_size == n:
     return np.arange(n, dtype=np.int32)[None]

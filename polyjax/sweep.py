@@ -135,9 +135,10 @@ def cpu_device_count(cores: int, group_sizes: Sequence[int]) -> int:
   """How many devices a sweep makes of the CPU: the most, up to `cores`, that divide
   every group's number of members, so that each group's members split evenly over
   them (`member_mesh`) and each device trains its own with one core's worth of
-  threads. Measured on 2 cores: 16 digits MLPs train an epoch about twice as fast
-  on 2 CPU devices as vmapped on 1 (XLA:CPU runs small batched products on one
-  device at 60-80 GFLOP/s, two devices' blocks side by side at 115-120)."""
+  threads. Members split over the devices train faster than all of them vmapped on
+  one: XLA:CPU runs the members' small batched products on one device well below
+  the rate that each device's block reaches side by side (docs/BENCHMARKS.md,
+  "Sweeps")."""
   return max(c for c in range(1, max(cores, 1) + 1) if all(n % c == 0 for n in group_sizes))
 
 

@@ -123,11 +123,11 @@ def _initializer(model_name: str, model_kwargs: tuple, in_shape: tuple[int, ...]
                  num_classes: int) -> _Initializer:
   """The model's initialisation as one compiled program, per model shape.
 
-  Run op by op, initialisation compiles every distinct operation of it (about 60
-  small programs for the MLP, 1.4 s); one program takes about 0.8 s to its first
-  result, or 0.5 s on CPU without XLA's backend optimisations, which a program run
-  once does not repay (ResNet-50: first result 8.2 -> 5.8 s, of which running it
-  0.2 -> 1.1 s). The seed's key is an argument, so members of a sweep share the
+  Run op by op, initialisation compiles every distinct operation of it (dozens of
+  small programs); one program reaches its first result sooner, and sooner still on
+  CPU without XLA's backend optimisations, which a program run once does not repay:
+  they make it run slower but compile faster by more (docs/BENCHMARKS.md,
+  "Start-up"). The seed's key is an argument, so members of a sweep share the
   program. The values equal those of the same initialisation run op by op within a
   few float32 ulps (tests/test_train_state.py).
   """

@@ -79,8 +79,9 @@ class _Worker:
 
 
 # Every wandb call runs on this thread, in order, so the training loop never waits for
-# wandb's import and its service's start-up (about 1.5 s of a short run) or a log;
-# only `finish` waits. A sweep's members start one after another.
+# wandb's import and its service's start-up (a sizeable part of a short run:
+# docs/BENCHMARKS.md, "Start-up") or a log; only `finish` waits. A sweep's members
+# start one after another.
 _WORKER = _Worker("wandb")
 # Modes whose start failed in this process. Later runs (a sweep's other members) do
 # not try again: each would wait out `init_timeout` for the same reason.

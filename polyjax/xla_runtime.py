@@ -11,11 +11,11 @@ import jax
 from polyjax.errors import ConfigError
 from polyjax import checkpointing
 
-# XLA:CPU hands matmuls to YNNPACK/XNNPACK, whose fixed cost per call (about a
-# microsecond) outweighs a tiny model's whole matmul: the Figure 1 linear model's
-# full-batch step ran 1.5-2x faster with XLA's own emitters. Models whose step does
-# at least this many multiply-adds (parameters x batch size) gain from them instead
-# (the digits MLP at batch 64 ran about 1.2x slower without them).
+# XLA:CPU hands matmuls to YNNPACK/XNNPACK, whose fixed cost per call outweighs a
+# tiny model's whole matmul: the Figure 1 linear model's full-batch step runs faster
+# with XLA's own emitters. Models whose step does at least this many multiply-adds
+# (parameters x batch size) gain from them instead (the digits MLP at batch 64 runs
+# slower without them). Figures: docs/BENCHMARKS.md, "Figure 1 loop and tiny models".
 SMALL_STEP_MACS = 100_000
 
 

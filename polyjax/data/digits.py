@@ -19,7 +19,7 @@ from polyjax.data.splits import Dataset, make_split, subsample_classes, train_va
 def bundled_digits() -> tuple[np.ndarray, np.ndarray]:
   """`sklearn.datasets.load_digits()`'s images (N, 8, 8) in 0..16 and labels (N,),
   read from the CSV that scikit-learn ships, as load_digits reads it, without
-  importing scikit-learn (about 1.2 s per process).
+  importing scikit-learn (slow to import: docs/BENCHMARKS.md, "Start-up").
   A scikit-learn that keeps the file elsewhere is asked through load_digits."""
   spec = importlib.util.find_spec("sklearn")  # Finds the package; runs none of it.
   if spec is None or not spec.submodule_search_locations:
