@@ -38,8 +38,8 @@ from typing import Any, Mapping, Sequence
 import jax
 import ml_collections
 
-from polyjax import (checkpointing, cli, data, distributed, grid, lifecycle, placement,
-                     programs, run_dir, train, xla_runtime)
+from polyjax import (analysis, checkpointing, cli, data, distributed, grid, lifecycle,
+                     placement, programs, run_dir, train, xla_runtime)
 from polyjax import config as config_lib
 from polyjax import member as member_lib
 
@@ -300,6 +300,8 @@ def main(argv) -> int:
         f"; run directories under {_WORKDIR.value}")
   for name in by_status.get("diverged", []):
     print(f"polyjax.sweep: diverged: {name}")
+  print(analysis.members_table(_WORKDIR.value, metric=config.best_metric,
+                               mode=config.best_mode))
   return 0
 
 

@@ -257,6 +257,14 @@ def test_command_line_splits_the_cpu_between_members(tmp_path):
           in proc.stdout), proc.stdout
   assert all(run_dir.read_json(tmp_path / "w" / f"seed={s}" / run_dir.SUMMARY)["status"]
              == "completed" for s in (0, 1))
+  # It ends with its members' table, best first by the config's best_metric.
+  table = proc.stdout[proc.stdout.index("members, best first by val/reweighted_acc"):]
+  best = {s: run_dir.read_json(tmp_path / "w" / f"seed={s}" / run_dir.SUMMARY)
+          for s in (0, 1)}
+  values = {s: best[s]["best"]["val/reweighted_acc"] for s in (0, 1)}
+  if values[0] != values[1]:
+    first, second = sorted((0, 1), key=lambda s: -values[s])
+    assert table.index(f"seed={first} ") < table.index(f"seed={second} "), table
 
 
 def test_batch_size_not_divisible_by_the_devices_trains_on_fewer(tmp_path):
