@@ -2,18 +2,29 @@
 `tensorboard --logdir runs/` compares runs offline.
 
 The values are the ones metrics.jsonl holds (each evaluated epoch's `split/metric`,
-`train/objective`, `train/lr`), at the optimizer step. A resumed run purges the
-events written after the checkpoint it resumes from (`purge_step`), as it truncates
-metrics.jsonl, so its curves equal an uninterrupted run's.
+`train/objective`, `train/lr`), at the optimizer step. A resumed run starts its
+file with a session start at the step it restarts after, which makes TensorBoard
+drop the events written after it (as metrics.jsonl is truncated), so its curves
+equal an uninterrupted run's.
+
+Events are written in the training loop's thread, with tensorboardX's record
+format and protocol buffers: a writer thread that dies (a full disk) would leave
+the loop blocked on its queue, where a write here raises the error the run
+reports.
 """
 
 from __future__ import annotations
 
 import os
+import pathlib
+import socket
+import struct
+import time
 import uuid
 from typing import Mapping
 
-import tensorboardX
+from tensorboardX.proto import event_pb2, summary_pb2
+from tensorboardX.record_writer import masked_crc32c
 
 
 class TensorBoardLogger:
@@ -23,23 +34,36 @@ class TensorBoardLogger:
   def __init__(self, workdir: str | os.PathLike, *, resume_step: int | None = None,
                enabled: bool = True):
     """`resume_step`: the optimizer step a resumed run restarts after (0 if it
-    restarts from scratch; None for a new run): later events are purged."""
-    self._writer = None
-    if enabled:
-      # flush_secs: events reach the disk while a long run trains, not only at its end.
-      # The suffix: file names hold the time in seconds, and a resume in the same
-      # second would overwrite the file before it.
-      self._writer = tensorboardX.SummaryWriter(
-          logdir=str(workdir), purge_step=None if resume_step is None else resume_step + 1,
-          flush_secs=30, filename_suffix=f".{uuid.uuid4().hex[:8]}")
+    restarts from scratch; None for a new run): later events are dropped."""
+    self._file = None
+    if not enabled:
+      return
+    # The suffix: names hold the time in seconds, and a resume within the same second
+    # must not overwrite the file before it.
+    name = (f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}."
+            f"{uuid.uuid4().hex[:8]}")
+    self._file = open(pathlib.Path(workdir) / name, "ab")
+    self._write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+    if resume_step is not None:
+      self._write(event_pb2.Event(
+          wall_time=time.time(), step=resume_step + 1,
+          session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
+
+  def _write(self, event: event_pb2.Event) -> None:
+    data = event.SerializeToString()
+    header = struct.pack("<Q", len(data))
+    self._file.write(header + struct.pack("<I", masked_crc32c(header)) + data
+                     + struct.pack("<I", masked_crc32c(data)))
 
   def log(self, step: int, values: Mapping[str, float]) -> None:
-    if self._writer is None:
+    if self._file is None:
       return
-    for key, value in values.items():
-      self._writer.add_scalar(key, float(value), global_step=step)
+    summary = summary_pb2.Summary(value=[
+        summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in values.items()])
+    self._write(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
+    self._file.flush()  # Readable while the run trains.
 
   def close(self) -> None:
-    if self._writer is not None:
-      self._writer.close()
-      self._writer = None
+    if self._file is not None:
+      self._file.close()
+      self._file = None

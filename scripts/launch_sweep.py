@@ -76,7 +76,7 @@ def wandb_sweep_file(config_path: str, grid: grid_lib.Grid, overrides: list[str]
   lines += [f"  - {json.dumps(o)}" for o in overrides]
   lines += ["  - ${args}", "parameters:"]
   for field in grid[0]:
-    values = list(dict.fromkeys(grid._get(cfg, field) for _, cfg in members))
+    values = list(dict.fromkeys(config_lib.get_field(cfg, field) for _, cfg in members))
     lines += [f"  config.{field}:", f"    values: {json.dumps(values)}"]
   return "\n".join(lines) + "\n"
 
