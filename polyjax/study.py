@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 import os
 import pathlib
@@ -63,7 +64,6 @@ class Cell:
 @dataclasses.dataclass(frozen=True)
 class Study:
   path: str
-  name: str
   title: str
   description: str
   cells: tuple[Cell, ...]
@@ -80,15 +80,6 @@ class Study:
 
 # ---------------------------------------------------------------------------
 # Reading a study file.
-
-def _plain(value: Any) -> Any:
-  """Dicts, lists and scalars (a ConfigDict's sections and tuples included)."""
-  if isinstance(value, (ml_collections.ConfigDict, Mapping)):
-    return {str(k): _plain(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_plain(v) for v in value]
-  return value
-
 
 def _is_str(v):
   return isinstance(v, str) and bool(v.strip())
@@ -109,7 +100,7 @@ def _list_of(check, nonempty=False):
 # Each section's fields: name -> (check, rule, default); _REQUIRED: no default; None:
 # a default that depends on other fields.
 _TOP = {
-    "name": (_is_str, "a non-empty string", None), "title": (_is_str, "a non-empty string", None),
+    "title": (_is_str, "a non-empty string", None),
     "description": (lambda v: isinstance(v, str), "a string", ""),
     "protocol": (lambda v: isinstance(v, dict), "a dict", _REQUIRED),
     "cells": (_list_of(lambda v: True, nonempty=True), "a non-empty list", _REQUIRED),
@@ -177,7 +168,8 @@ def load_study(path: str) -> Study:
   if not callable(getattr(module, "get_study", None)):
     raise StudyError(f"study file {path} defines no get_study() function")
   try:
-    spec = _plain(module.get_study())
+    # Plain dicts, lists and scalars, whatever mix of ConfigDicts and tuples it returns.
+    spec = json.loads(json.dumps(module.get_study(), default=lambda o: o.to_dict()))
   except Exception as e:  # noqa: BLE001
     raise StudyError(f"study file {path}: get_study() raised {type(e).__name__}: {e}") from None
   return parse_study(spec, path)
@@ -185,7 +177,7 @@ def load_study(path: str) -> Study:
 
 def parse_study(spec: Any, path: str) -> Study:
   """A `Study` of a plain dict (`get_study()`'s value); StudyError naming the field."""
-  top = _section(path, "", _plain(spec), _TOP)
+  top = _section(path, "", spec, _TOP)
   proto = _section(path, "protocol.", top["protocol"], _PROTOCOL)
   table = _section(path, "table.", top["table"], _TABLE)
   cells = []
@@ -200,9 +192,8 @@ def parse_study(spec: Any, path: str) -> Study:
                       overrides=c["overrides"], lrs=tuple(map(float, lrs)),
                       batch_sizes=tuple(sizes), paper=_paper(c["paper"])))
   seeds, first = proto["seeds"], proto["stage1_seed"] + 1
-  name = top["name"] or pathlib.Path(path).stem
   study = Study(
-      path=path, name=name, title=top["title"] or name, description=top["description"],
+      path=path, title=top["title"] or pathlib.Path(path).stem, description=top["description"],
       cells=tuple(cells), metric=proto["metric"], at=proto["at"],
       stage1_seed=proto["stage1_seed"],
       seeds=tuple(range(first, first + seeds) if isinstance(seeds, int) else seeds),
@@ -210,8 +201,27 @@ def parse_study(spec: Any, path: str) -> Study:
       columns=tuple(table["columns"] or dict.fromkeys(c.column for c in cells)),
       table_metric=table["metric"], es_rule=table["es_rule"],
       paired=tuple(map(tuple, table["paired"])))
-  study_report.check_layout(study, StudyError)
+  _check_layout(study)
   return study
+
+
+def _check_layout(study: Study) -> None:
+  """StudyError unless the cells' names and places are distinct and the table's rows,
+  columns and pairs fit them."""
+  plain, bad = {c.column for c in study.cells}, []
+  for what, keys in (("name", [c.name for c in study.cells]),
+                     ("row and column", [(c.row, c.column) for c in study.cells])):
+    bad += [f"cells: two cells with {what} {k!r}" for k in keys if keys.count(k) > 1]
+  bad += [f"table.rows lacks cell {c.name}'s row {c.row!r}" for c in study.cells
+          if c.row not in study.rows] + [
+      f"table.columns lacks cell {c.name}'s column {c.column!r}" for c in study.cells
+      if c.column not in study.columns] + [
+      f"table.columns: {col!r} is neither a cell's column nor '<column>-ES'"
+      for col in study.columns if col not in plain and col.removesuffix("-ES") not in plain] + [
+      f"table.paired names row {r!r}, which is not in table.rows"
+      for pair in study.paired for r in pair if r not in study.rows]
+  if bad:
+    raise StudyError(f"study file {study.path}: {bad[0]}")
 
 
 def _paper(value) -> dict[str, float] | None:
@@ -417,8 +427,6 @@ def main(argv: list[str]) -> int:
     overrides = {f: config_lib.get_field(flags.FLAGS["config"].value, f)
                  for f in override_fields(sys.argv)}
     configs = prepare(study, overrides)
-    if _MEMBER_BATCH.value < 0:
-      raise ConfigError(f"--member_batch must be >= 0, got {_MEMBER_BATCH.value}")
     # Whole-process settings, before JAX starts.
     xla_runtime.set_deterministic(sweep.process_deterministic(list(configs.items())))
     sweep.check_one_process(os.environ)
@@ -471,7 +479,8 @@ def run() -> None:
   _WORKDIR = flags.DEFINE_string("workdir", None, "Study directory; an existing one is "
                                  "resumed.")
   _MEMBER_BATCH = flags.DEFINE_integer("member_batch", 0, "As for polyjax.sweep: members "
-                                       "trained side by side at a time (0: all).")
+                                       "trained side by side at a time (0: all).",
+                                       lower_bound=0)
   _LOG_EVERY = flags.DEFINE_integer("log_every", 0, "As for polyjax.sweep: print every Nth "
                                     "evaluated epoch's line.", lower_bound=0)
   flags.mark_flags_as_required(["study", "workdir"])

@@ -93,25 +93,6 @@ def select(study, cell, members: list[tuple[str, Any]], config, workdir: pathlib
 # ---------------------------------------------------------------------------
 # The table.
 
-def check_layout(study, error_type) -> None:
-  """Raises `error_type` naming the study file and the field if the table's rows,
-  columns and pairs do not fit its cells."""
-  plain, bad = {c.column for c in study.cells}, []
-  for what, keys in (("name", [c.name for c in study.cells]),
-                     ("row and column", [(c.row, c.column) for c in study.cells])):
-    bad += [f"cells: two cells with {what} {k!r}" for k in keys if keys.count(k) > 1]
-  bad += [f"table.rows lacks cell {c.name}'s row {c.row!r}" for c in study.cells
-          if c.row not in study.rows] + [
-      f"table.columns lacks cell {c.name}'s column {c.column!r}" for c in study.cells
-      if c.column not in study.columns] + [
-      f"table.columns: {col!r} is neither a cell's column nor '<column>-ES'"
-      for col in study.columns if col not in plain and col.removesuffix("-ES") not in plain] + [
-      f"table.paired names row {r!r}, which is not in table.rows"
-      for pair in study.paired for r in pair if r not in study.rows]
-  if bad:
-    raise error_type(f"study file {study.path}: {bad[0]}")
-
-
 def stage2_name(batch_size, lr, seed) -> str:
   """The directory name of a stage-2 run under <cell>/stage2."""
   return f"batch_size={int(batch_size)},lr={float(lr)},seed={seed}"
@@ -145,12 +126,10 @@ def results(study, selections: dict[str, dict], csv_path: pathlib.Path, workdir:
 def batches(study, selections) -> list[str]:
   """The tables' batch keys: SELECTED, then, if some cell tuned several batch sizes,
   every batch size some cell ran in stage 2."""
-  sizes = {int(c["batch_size"]) for s in selections.values() for c in s["by_batch_size"]
-           if c.get("lr") is not None}
-  if all(len(c.batch_sizes) < 2 or not c.lrs for c in study.cells):
-    return [SELECTED]
-  order = [b for cell in study.cells for b in cell.batch_sizes] + sorted(sizes)
-  return [SELECTED] + [str(b) for b in dict.fromkeys(order) if b in sizes]
+  ran = {int(c["batch_size"]) for s in selections.values() for c in s["by_batch_size"]
+         if c.get("lr") is not None}
+  several = any(len(c.batch_sizes) > 1 and c.lrs for c in study.cells)
+  return [SELECTED] + [str(b) for b in _sizes(selections) if several and b in ran]
 
 
 def place(study, row: str, column: str):
@@ -282,20 +261,28 @@ def _sizes(selections) -> list[int]:
 
 def _selection_rows(study, selections) -> tuple[list[str], list[list[str]]]:
   sizes = _sizes(selections)
-  header = ["cell", "row", "column", "config"] + [f"batch {b}: lr ({study.metric})"
-                                                 for b in sizes] + ["selected"]
+  header = ["cell", "row", "column", "config (overrides not common to all cells)"] + [
+      f"batch {b}: lr ({study.metric})" for b in sizes] + ["selected"]
   rows = []
   for cell in study.cells:
-    sel = selections[cell.name]
-    by = {int(c["batch_size"]): c for c in sel["by_batch_size"]}
-    config = cell.config + "".join(f" {k}={v}" for k, v in sorted(cell.overrides.items()))
-    picks = [("-" if b not in by or by[b].get("lr") is None else
-              f"{by[b]['lr']:g}" + (f" ({_number(by[b].get('value'))}, epoch {by[b]['epoch']})"
-                                    if by[b].get("value") is not None else "")) for b in sizes]
-    chosen = sel["selected"]
-    rows.append([cell.name, cell.row, cell.column, config] + picks + [
-        "none" if chosen is None else f"batch {chosen['batch_size']}, lr {chosen['lr']:g}"])
+    sel, by = selections[cell.name], {int(c["batch_size"]): c
+                                      for c in selections[cell.name]["by_batch_size"]}
+    picks = [("-" if by.get(b, {}).get("lr") is None else f"{by[b]['lr']:g}" + (
+        f" ({_number(by[b]['value'])}, epoch {by[b]['epoch']})" if by[b].get("value")
+        is not None else "")) for b in sizes]
+    failed = [f"{c['lr']:g} at {c['batch_size']} {c['status']}" for c in sel["candidates"]
+              if c["status"] != "completed"]
+    rows.append([cell.name, cell.row, cell.column, cell.config + "".join(
+        f" {k}={v}" for k, v in sorted(cell.overrides.items()) if k not in _common(study))]
+        + picks + ["none" if sel["selected"] is None else f"batch {sel['selected']['batch_size']}"
+                   f", lr {sel['selected']['lr']:g}" + "".join(f"; {f}" for f in failed)])
   return header, rows
+
+
+def _common(study) -> dict[str, Any]:
+  """The overrides every cell sets to the same value."""
+  first, *rest = (c.overrides for c in study.cells)
+  return {k: v for k, v in first.items() if all(k in o and o[k] == v for o in rest)}
 
 
 # ---------------------------------------------------------------------------
@@ -307,7 +294,7 @@ def _subplots(*args, **kwargs):
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  return plt.subplots(*args, **kwargs)
+  return plt.subplots(*args, layout="constrained", **kwargs)
 
 
 def _save(fig, path: pathlib.Path) -> None:
@@ -346,7 +333,7 @@ def seeds_figure(study, df, selections, long, path: pathlib.Path) -> None:
   split, metric = study.table_metric.split("/")
   ax.set_xticks(range(len(columns)), columns)
   ax.set_ylabel(f"{split} {metric}")
-  ax.set_title(f"{study.title}: one dot per seed, bar = mean\n(-ES: early stopped on val; "
+  ax.set_title(f"{study.title}\none dot per seed, bar = mean (-ES: early stopped on val; "
                "others: last epoch; selected lr and batch size)", fontsize=9)
   ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
   ax.grid(axis="y", alpha=0.3)
@@ -390,7 +377,7 @@ def curves_figure(study, df, selections, workdir: pathlib.Path, path: pathlib.Pa
       axes[i, j].grid(alpha=0.3)
     axes[1, j].set_xlabel("epoch")
     axes[0, j].legend(fontsize=7, frameon=False, loc="lower right")
-  fig.suptitle(f"{study.title}: {metric} per evaluated epoch, mean ± std over seeds "
+  fig.suptitle(f"{study.title}\n{metric} per evaluated epoch, mean ± std over seeds "
                "(selected lr and batch size)", fontsize=10)
   _save(fig, path)
 
@@ -413,6 +400,10 @@ def stage1_figure(study, selections, path: pathlib.Path) -> None:
                 if c["batch_size"] == b and c["value"] is not None]
       if points:
         ax.plot(*zip(*sorted(points)), "o-", ms=3, color=f"C{k % 10}", label=f"batch {b}")
+    failed = [c["lr"] for c in sel["candidates"] if c["value"] is None]
+    if failed and ax.has_data():  # At the panel's lowest value: the y-axis fits the data.
+      ax.scatter(failed, [ax.dataLim.y0] * len(failed), marker="x", color="red",
+                 label="diverged / not completed")
     chosen = [(c["lr"], c["value"]) for c in sel["by_batch_size"] if c.get("value") is not None]
     if chosen:
       ax.scatter(*zip(*chosen), s=90, facecolors="none", edgecolors="black", label="chosen",
@@ -423,9 +414,8 @@ def stage1_figure(study, selections, path: pathlib.Path) -> None:
     ax.set_ylabel(f"{study.metric} ({study.at} epoch)", fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, frameon=False)
-  fig.suptitle(f"{study.title}: stage 1, seed {study.stage1_seed} (validation only)",
+  fig.suptitle(f"{study.title}\nstage 1, seed {study.stage1_seed} (validation only)",
                fontsize=10)
-  fig.tight_layout()
   _save(fig, path)
 
 
@@ -457,9 +447,11 @@ def _sections(study, selections, long, tests) -> list[tuple[str, str, list, list
     out.append(("Paired t-tests", f"Seed-paired t-tests (scipy.stats.ttest_rel) of "
                 f"{study.table_metric}, row b against row a, per batch key and column.",
                 *_paired_rows(tests)))
+  common = " ".join(f"{k}={v}" for k, v in sorted(_common(study).items())) or "none"
   return out + [("Selected hyperparameters", f"Selection: {selection_rule(study)}. Per batch "
-                 "size: the lr chosen (its stage-1 value, epoch); details in each cell's "
-                 "selection.json.", *_selection_rows(study, selections))]
+                 "size: the lr chosen (its stage-1 value, epoch); stage-1 runs that did not "
+                 f"complete follow the selection. Overrides of every cell: {common}. Details "
+                 "in each cell's selection.json.", *_selection_rows(study, selections))]
 
 
 def write_report(study, workdir: pathlib.Path, selections: dict[str, dict],
