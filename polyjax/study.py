@@ -4,14 +4,13 @@
         [--config.<field>=<value> ...]
 
 A study file (configs/studies/*.py, docs/studies.md) defines `get_study()`: its cells
-(a config, field overrides, a row and a column of the table), the protocol and the
-table's layout; --config overrides apply to every cell. Per cell: stage 1 trains the
-(batch size x lr) grid (`sweep.run_sweep`, DIR/<cell>/stage1), `study_report.select`
-picks each batch size's lr from validation metrics only (DIR/<cell>/selection.json),
-stage 2 trains the seeds of each choice (DIR/<cell>/stage2); then results.csv
-(`polyjax.analysis.collect`) and the report (`study_report.write_report`). Each step
-skips what is done: a rerun resumes a study stopped anywhere (kill -9 too) and ends
-with the same report; on a finished study it trains and collects nothing.
+(a config, overrides, a row and a column of the table), the protocol and the table's
+layout; --config overrides apply to every cell. Per cell: stage 1 trains the (batch
+size x lr) grid (`sweep.run_sweep`, DIR/<cell>/stage1), `study_report.select` picks
+each batch size's lr on validation metrics only (DIR/<cell>/selection.json), stage 2
+trains the seeds of each choice (DIR/<cell>/stage2); then results.csv
+(`analysis.collect`) and the report (`study_report.write_report`). A rerun skips what
+is done: it resumes a study stopped anywhere (kill -9 too) to the same report.
 """
 
 from __future__ import annotations
@@ -131,7 +130,8 @@ _CELL = {
     "overrides": (lambda v: isinstance(v, dict), "a dict field -> value", {}),
     "lrs": (_PROTOCOL["lrs"][0], _PROTOCOL["lrs"][1], None),
     "batch_sizes": (_PROTOCOL["batch_sizes"][0], _PROTOCOL["batch_sizes"][1], None),
-    "paper": (lambda v: v is None or _is_num(v) or isinstance(v, dict),
+    "paper": (lambda v: v is None or _is_num(v) or (isinstance(v, dict) and set(v) <= {
+        "final", "best"} and all(map(_is_num, v.values()))),
               "a number or {'final': x, 'best': y}", None)}
 
 
@@ -339,6 +339,8 @@ def pending(members: list[tuple[str, Any]], directory: pathlib.Path) -> int:
     current = config.to_dict()
     changed = config_lib.resume_changes({k: v for k, v in saved.items() if k in current},
                                         current)
+    # Longer runs would keep the shorter runs' rows in results.csv (collect skips them).
+    changed += [f for f in ("num_epochs",) if f not in changed and saved.get(f) != config[f]]
     if changed:
       raise StudyError(f"{run.path} holds a run whose config differs in {', '.join(changed)}: "
                        "the study or its --config overrides changed since it ran; use "
@@ -379,8 +381,6 @@ def run_study(study: Study, workdir: str | os.PathLike, configs: dict[str, Any],
   lock = run_dir.RunDir(workdir)
   lock.lock()  # One study process per directory; the sweeps lock their own.
   try:
-    study_report.write_file(workdir / "study.json", {"study": dataclasses.asdict(study),
-                                                     "overrides": dict(overrides or {})})
     train = dict(member_batch=member_batch, log_every=log_every, out=out)
     _stage(study, workdir, "stage1",
            lambda c: stage1_members(study, c, configs[c.name]), **train)
@@ -401,6 +401,8 @@ def run_study(study: Study, workdir: str | os.PathLike, configs: dict[str, Any],
                                splits=sorted({study.table_metric.split("/")[0], "val"}))
       out(f"{RESULTS}: {counts.summary()}")
     papers = {c.name: paper_numbers(study, c) for c in study.cells}
+    study_report.write_file(workdir / "study.json", {"study": dataclasses.asdict(study),
+                                                     "overrides": dict(overrides or {})})
     return study_report.write_report(study, workdir, selections, papers, dict(overrides or {}),
                                      out)
   except BaseException:

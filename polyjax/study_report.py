@@ -59,6 +59,8 @@ def _best(choices: list[dict]) -> dict | None:
 
 def selection_rule(study) -> str:
   """How a study selects, in words."""
+  if not any(c.lrs for c in study.cells):
+    return "none (no stage 1): each cell keeps its config's lr and batch size"
   at = ("at the last evaluated epoch" if study.at == "last" else
         "at its best evaluated epoch (ties: the earliest)")
   return (f"{study.metric} {at} of each stage-1 run (seed {study.stage1_seed}); per batch "

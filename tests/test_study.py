@@ -212,6 +212,14 @@ def test_a_rerun_trains_and_collects_nothing(reference, tiny_file, monkeypatch):
   assert "0 rows added" in next(line for line in lines if line.startswith("results.csv"))
 
 
+def test_a_changed_study_stops_before_anything_is_written(reference, tiny_file):
+  s = study.load_study(tiny_file)
+  before = snapshot(reference)
+  with pytest.raises(study.StudyError, match="differs in num_epochs: the study or its"):
+    study.run_study(s, reference, study.prepare(s, {"num_epochs": 3}), out=lambda line: None)
+  assert snapshot(reference) == before
+
+
 def test_kill9_mid_study_then_rerun_gives_the_same_report(reference, tiny_file, tmp_path):
   workdir = tmp_path / "run"
   command = [sys.executable, "-m", "polyjax.study", f"--study={tiny_file}",
