@@ -434,7 +434,7 @@ def main(argv: list[str]) -> int:
     sweep.check_one_process(os.environ)
     if not sweep.cpu_count_set(os.environ) and _MEMBER_BATCH.value != 1:
       # Devices as a sweep makes them: each batch size's lrs, then the seeds, split evenly.
-      cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+      cores = sweep.usable_cores()
       count = sweep.cpu_device_count(cores, [len(c.lrs) for c in study.cells if c.lrs] +
                                      [len(study.seeds)])
       if count > 1:

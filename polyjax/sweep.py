@@ -191,7 +191,8 @@ def cpu_count_set(environ: Mapping[str, str]) -> bool:
           or "JAX_NUM_CPU_DEVICES" in environ)
 
 
-def _usable_cores() -> int:
+def usable_cores() -> int:
+  """The CPU cores this process may run on."""
   return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
@@ -261,7 +262,7 @@ def main(argv) -> int:
       count_from = "flag"
     elif count_from == "auto" and _MEMBER_BATCH.value != 1:
       # --member_batch=1 runs each member on the devices polyjax.main would use.
-      count = cpu_device_count(_usable_cores(), [len(g) for g in grid.groups(members)])
+      count = cpu_device_count(usable_cores(), [len(g) for g in grid.groups(members)])
       if count > 1:
         split_cpu(count)
     if jax.process_count() > 1:  # E.g. a runtime started by the platform.
@@ -274,7 +275,7 @@ def main(argv) -> int:
         [len(g) for g in grid.groups(members)],
         [g[0][1].batch_size for g in grid.groups(members)],
         devices=jax.device_count(), platform=jax.devices()[0].platform,
-        cores=_usable_cores(), count_from=count_from)
+        cores=usable_cores(), count_from=count_from)
     if note:
       print(f"polyjax.sweep: note: {note}", flush=True)
     if _COMPILATION_CACHE.value:
