@@ -1,26 +1,30 @@
-"""Valid, stride-1 2-D convolutions (NHWC input, HWIO kernel) in the forms XLA runs fast.
+"""2-D convolutions of `nnx.Conv` layers (NHWC input, HWIO kernel), in the form a
+model picks for its platform when it is built (`for_backend`).
 
-XLA:CPU runs a convolution inside a while loop (the whole-epoch `lax.scan`) about
-15x slower than the same convolution outside one (jax-ml/jax#12868), so on CPU a
-convolution is written as matrix products, which run at full speed in loops:
+Off the CPU a model keeps XLA's convolution (`lax.conv_general_dilated`, cuDNN on
+GPU), and its programs hold nothing else. XLA:CPU runs a convolution inside a
+while loop (the whole-epoch `lax.scan`) 15-50x slower than the same convolution
+outside one (jax-ml/jax#12868), so a model built for the CPU computes its
+convolutions as matrix products (`cpu_conv`), which run at full speed in loops:
 
-- `winograd_4x4_3x3` and `winograd_2x2_3x3` for 3x3 kernels with at least
-  `WINOGRAD_MIN_CHANNELS` input channels, where 4 (or else 2) divides the output
-  size: Winograd's minimal filtering F(m x m, 3 x 3) (Lavin & Gray, "Fast
+- `winograd_4x4_3x3` and `winograd_2x2_3x3` for stride-1 3x3 kernels with at
+  least `WINOGRAD_MIN_CHANNELS` input channels, where 4 (or else 2) divides the
+  output size: Winograd's minimal filtering F(m x m, 3 x 3) (Lavin & Gray, "Fast
   Algorithms for Convolutional Neural Networks", 2016). Each m x m output tile
   comes from an (m + 2) x (m + 2) input tile through (m + 2)^2 matrix products
   (2.25 multiply-adds per output and channel pair for m = 4, 4 for m = 2, against
   9 directly); the input, kernel and output transforms are weighted sums that XLA
   fuses, and their transposes (the gradients) are written out by hand.
-- `im2col` otherwise: one matrix product over the K*K shifted copies of the input.
+- `im2col` otherwise, strided too: one matrix product over the K*K shifted copies
+  of the input (for a 1x1 kernel, a matrix product of the input itself).
 
-Other platforms keep XLA's convolution (cuDNN on GPU). All forms compute the same
-function up to float32 rounding (tests/test_models_conv.py).
+All forms compute the same function up to float32 rounding (tests/test_models_conv.py).
 """
 
 from __future__ import annotations
 
 import functools
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -29,20 +33,54 @@ import jax.numpy as jnp
 # (the crossover measured by benchmarks/conv_layer.py: docs/BENCHMARKS.md).
 WINOGRAD_MIN_CHANNELS = 16
 
-
-def xla(x_BxHxWxC: jax.Array, kernel_KxKxCxO: jax.Array) -> jax.Array:
-  """XLA's own convolution."""
-  return jax.lax.conv_general_dilated(x_BxHxWxC, kernel_KxKxCxO, (1, 1), "VALID",
-                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+_NHWC = ("NHWC", "HWIO", "NHWC")
 
 
-def im2col(x_BxHxWxC: jax.Array, kernel_KxKxCxO: jax.Array) -> jax.Array:
-  """One matmul of the K*K shifted copies of the input (the patches) with the kernel."""
+def for_backend(backend: str | None = None) -> Callable[..., jax.Array]:
+  """The `conv_general_dilated` of the `nnx.Conv` layers of a model built for
+  `backend` ('cpu', 'gpu', 'tpu'; `jax.default_backend()` when None)."""
+  if backend is None:
+    backend = jax.default_backend()
+  return cpu_conv if backend == "cpu" else jax.lax.conv_general_dilated
+
+
+def cpu_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+             dimension_numbers=None, feature_group_count=1, batch_group_count=1,
+             precision=None, preferred_element_type=None, out_sharding=None) -> jax.Array:
+  """`lax.conv_general_dilated` as matrix products (`cpu_form`) for the 2-D NHWC
+  convolutions `nnx.Conv` makes. Dilated or grouped convolutions, other layouts, an
+  explicit precision, element type or sharding go to XLA's (no model here has them)."""
+  plain = (lhs.ndim == 4 and feature_group_count == 1 and batch_group_count == 1
+           and precision is None and preferred_element_type is None and out_sharding is None
+           and all(d == 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
+           and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+           == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC))
+  if not plain:
+    return jax.lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+        feature_group_count, batch_group_count, precision=precision,
+        preferred_element_type=preferred_element_type, out_sharding=out_sharding)
+  if isinstance(padding, str):
+    padding = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
+  if any(p != 0 for pair in padding for p in pair):
+    lhs = jax.lax.pad(lhs, jnp.zeros((), lhs.dtype),
+                      [(0, 0, 0), *((lo, hi, 0) for lo, hi in padding), (0, 0, 0)])
+  strides = tuple(window_strides)
+  form = cpu_form(lhs.shape, rhs.shape, strides)
+  return im2col(lhs, rhs, strides) if form == "im2col" else CPU_FORMS[form](lhs, rhs)
+
+
+def im2col(x_BxHxWxC: jax.Array, kernel_KxKxCxO: jax.Array,
+           strides: Sequence[int] = (1, 1)) -> jax.Array:
+  """Valid convolution: one matmul of the K*K shifted (strided) copies of the input
+  (the patches) with the kernel."""
   kh, kw, c, o = kernel_KxKxCxO.shape
   _, h, w, _ = x_BxHxWxC.shape
-  ho, wo = h - kh + 1, w - kw + 1
+  sh, sw = strides
+  ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
   patches_BxHoxWoxKKC = jnp.concatenate(
-      [x_BxHxWxC[:, i:i + ho, j:j + wo, :] for i in range(kh) for j in range(kw)], axis=-1)
+      [x_BxHxWxC[:, i:i + (ho - 1) * sh + 1:sh, j:j + (wo - 1) * sw + 1:sw, :]
+       for i in range(kh) for j in range(kw)], axis=-1)
   return jnp.einsum("bhwk,ko->bhwo", patches_BxHoxWoxKKC,
                     kernel_KxKxCxO.reshape(kh * kw * c, o))
 
@@ -218,10 +256,13 @@ def winograd_4x4_3x3(x_BxHxWxC: jax.Array, kernel_3x3xCxO: jax.Array) -> jax.Arr
   return _winograd(x_BxHxWxC, kernel_3x3xCxO, 4)
 
 
-def cpu_form(in_shape_BxHxWxC: tuple[int, ...], kernel_shape: tuple[int, ...]) -> str:
-  """'winograd4', 'winograd' or 'im2col': the form a CPU computes this convolution in."""
+def cpu_form(in_shape_BxHxWxC: tuple[int, ...], kernel_shape: tuple[int, ...],
+             strides: Sequence[int] = (1, 1)) -> str:
+  """'winograd4', 'winograd' or 'im2col': the form a CPU computes this valid
+  convolution (of an input padded already) in."""
   _, h, w, c = in_shape_BxHxWxC
-  if tuple(kernel_shape[:2]) == (3, 3) and c >= WINOGRAD_MIN_CHANNELS:
+  if (tuple(kernel_shape[:2]) == (3, 3) and tuple(strides) == (1, 1)
+      and c >= WINOGRAD_MIN_CHANNELS):
     for m, form in ((4, "winograd4"), (2, "winograd")):
       if _tiles_fit(h - 2, w - 2, m):
         return form
@@ -229,12 +270,3 @@ def cpu_form(in_shape_BxHxWxC: tuple[int, ...], kernel_shape: tuple[int, ...]) -
 
 
 CPU_FORMS = {"winograd4": winograd_4x4_3x3, "winograd": winograd_2x2_3x3, "im2col": im2col}
-
-
-def _cpu(x_BxHxWxC, kernel_KxKxCxO):
-  return CPU_FORMS[cpu_form(x_BxHxWxC.shape, kernel_KxKxCxO.shape)](x_BxHxWxC, kernel_KxKxCxO)
-
-
-def valid(x_BxHxWxC: jax.Array, kernel_KxKxCxO: jax.Array) -> jax.Array:
-  """Valid, stride-1 convolution (no bias): matrix products on CPU, XLA's elsewhere."""
-  return jax.lax.platform_dependent(x_BxHxWxC, kernel_KxKxCxO, cpu=_cpu, default=xla)

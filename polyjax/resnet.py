@@ -9,24 +9,30 @@ Modules are named as in torchvision (conv1, bn1, layer1..4, downsample) so that
 a converted torchvision state dict maps onto them by name; the classifier is
 `head` (torchvision's `fc`), the one layer `model.freeze_features` trains.
 BatchNorm follows PyTorch (momentum 0.1 there = 0.9 here, epsilon 1e-5) and
-keeps its statistics in `nnx.BatchStat` variables.
+keeps its statistics in `nnx.BatchStat` variables. `ResNet(backend=...)` ('cpu',
+'gpu', 'tpu'; `jax.default_backend()` when None) picks the convolutions' form when
+the model is built (`conv.for_backend`): matrix products on CPU, XLA's convolution
+elsewhere.
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from polyjax import conv
+
 STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3)}
 
 
-def _conv(cin, cout, k, stride, rngs):
+def _conv(cin, cout, k, stride, conv_fn, rngs):
   pad = (k - 1) // 2
   return nnx.Conv(cin, cout, (k, k), strides=(stride, stride),
-                  padding=((pad, pad), (pad, pad)), use_bias=False, rngs=rngs)
+                  padding=((pad, pad), (pad, pad)), use_bias=False,
+                  conv_general_dilated=conv_fn, rngs=rngs)
 
 
 def _bn(c, rngs):
@@ -36,11 +42,13 @@ def _bn(c, rngs):
 class BasicBlock(nnx.Module):
   expansion = 1
 
-  def __init__(self, cin: int, planes: int, stride: int, *, rngs: nnx.Rngs):
-    self.conv1, self.bn1 = _conv(cin, planes, 3, stride, rngs), _bn(planes, rngs)
-    self.conv2, self.bn2 = _conv(planes, planes, 3, 1, rngs), _bn(planes, rngs)
-    self.downsample = (nnx.List([_conv(cin, planes, 1, stride, rngs), _bn(planes, rngs)])
-                       if stride != 1 or cin != planes else None)
+  def __init__(self, cin: int, planes: int, stride: int, *, conv_fn: Callable,
+               rngs: nnx.Rngs):
+    self.conv1, self.bn1 = _conv(cin, planes, 3, stride, conv_fn, rngs), _bn(planes, rngs)
+    self.conv2, self.bn2 = _conv(planes, planes, 3, 1, conv_fn, rngs), _bn(planes, rngs)
+    self.downsample = (
+        nnx.List([_conv(cin, planes, 1, stride, conv_fn, rngs), _bn(planes, rngs)])
+        if stride != 1 or cin != planes else None)
 
   def __call__(self, x):
     out = nnx.relu(self.bn1(self.conv1(x)))
@@ -52,13 +60,15 @@ class BasicBlock(nnx.Module):
 class Bottleneck(nnx.Module):
   expansion = 4
 
-  def __init__(self, cin: int, planes: int, stride: int, *, rngs: nnx.Rngs):
+  def __init__(self, cin: int, planes: int, stride: int, *, conv_fn: Callable,
+               rngs: nnx.Rngs):
     cout = planes * self.expansion
-    self.conv1, self.bn1 = _conv(cin, planes, 1, 1, rngs), _bn(planes, rngs)
-    self.conv2, self.bn2 = _conv(planes, planes, 3, stride, rngs), _bn(planes, rngs)
-    self.conv3, self.bn3 = _conv(planes, cout, 1, 1, rngs), _bn(cout, rngs)
-    self.downsample = (nnx.List([_conv(cin, cout, 1, stride, rngs), _bn(cout, rngs)])
-                       if stride != 1 or cin != cout else None)
+    self.conv1, self.bn1 = _conv(cin, planes, 1, 1, conv_fn, rngs), _bn(planes, rngs)
+    self.conv2, self.bn2 = _conv(planes, planes, 3, stride, conv_fn, rngs), _bn(planes, rngs)
+    self.conv3, self.bn3 = _conv(planes, cout, 1, 1, conv_fn, rngs), _bn(cout, rngs)
+    self.downsample = (
+        nnx.List([_conv(cin, cout, 1, stride, conv_fn, rngs), _bn(cout, rngs)])
+        if stride != 1 or cin != cout else None)
 
   def __call__(self, x):
     out = nnx.relu(self.bn1(self.conv1(x)))
@@ -72,20 +82,23 @@ class ResNet(nnx.Module):
   """ResNet-{18,34,50}; `imagenet_stem` picks the 7x7 stem with max pool."""
 
   def __init__(self, *, depth: int, in_channels: int, num_classes: int,
-               init_channels: int = 64, imagenet_stem: bool = False, rngs: nnx.Rngs):
+               init_channels: int = 64, imagenet_stem: bool = False,
+               backend: str | None = None, rngs: nnx.Rngs):
     if depth not in STAGE_BLOCKS:
       raise ValueError(f"ResNet depth must be one of {sorted(STAGE_BLOCKS)}, got {depth}")
     block = Bottleneck if depth >= 50 else BasicBlock
+    conv_fn = conv.for_backend(backend)
     self.imagenet_stem = imagenet_stem
     k, stride = (7, 2) if imagenet_stem else (3, 1)
-    self.conv1 = _conv(in_channels, init_channels, k, stride, rngs)
+    self.conv1 = _conv(in_channels, init_channels, k, stride, conv_fn, rngs)
     self.bn1 = _bn(init_channels, rngs)
     cin = init_channels
     for i, n in enumerate(STAGE_BLOCKS[depth]):
       planes = init_channels * 2 ** i
       blocks = []
       for b in range(n):
-        blocks.append(block(cin, planes, (1 if i == 0 or b > 0 else 2), rngs=rngs))
+        blocks.append(block(cin, planes, (1 if i == 0 or b > 0 else 2), conv_fn=conv_fn,
+                            rngs=rngs))
         cin = planes * block.expansion
       setattr(self, f"layer{i + 1}", nnx.List(blocks))
     self.head = nnx.Linear(cin, num_classes, rngs=rngs)
