@@ -119,6 +119,17 @@ def test_stacked_members_times_the_sequential_and_stacked_epochs():
   assert result["vmap_im2col"]["epoch_s"] > 0 and "vmap_xla" not in result
 
 
+def test_conv_forms_runs_each_form_in_its_own_process_and_prints_a_table():
+  out = subprocess.run(
+      [sys.executable, "benchmarks/conv_forms.py", "--cases", "convnet:im2col,convnet:xla",
+       "--batch-size", "2", "--convnet-steps", "1", "--rounds", "1", "--reps", "1"],
+      cwd=ROOT, capture_output=True, text=True, check=True,
+      env={"PYTHONPATH": subprocess_env.pythonpath(), "PATH": "/usr/bin:/bin"})
+  rows = [line for line in out.stdout.splitlines() if line.startswith("| convnet:")]
+  assert [r.split(" | ")[0] for r in rows] == ["| convnet:im2col", "| convnet:xla"]
+  assert "**1.00x** / 1.00x" in rows[0]  # Each model's first case is its reference.
+
+
 def test_precision_finds_the_largest_difference_and_where(tmp_path):
   precision = _load("precision")
   for name, loss in (("ref", 0.5), ("run", 0.75)):
