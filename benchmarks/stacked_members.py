@@ -10,11 +10,11 @@ step of `steps.make_train_step`, in a `lax.scan` over `--steps` steps). Timed, a
 compilation, median of `--rounds`:
   sequential  the single member's compiled epoch, called M times
   vmap        `jax.vmap` over the stacked states inside each step (what the sweep does)
-  map         `lax.map` over the members inside each step (the sweep's --member_batch=1)
+  map         `lax.map` over the members inside each step
   unrolled    the M members' steps written out one after another in one step
-Each stacked variant runs with the convolution `conv.valid` computes on this
-platform (`xla`: XLA's own off the CPU), and `vmap` also with every convolution
-as `conv.im2col` or the Winograd forms of `conv.CPU_FORMS` (`--forms`). Training
+Each stacked variant runs with the model's convolution on this platform (on a CPU
+`conv.cpu_conv`, elsewhere XLA's own), and `vmap` also with every convolution as
+XLA's, `conv.im2col`, or the forms `conv.cpu_form` picks (`--forms`). Training
 only: no evaluation, checkpoints or files. XLA flags come from the environment
 (e.g. XLA_FLAGS=--xla_gpu_deterministic_ops=true, as polyjax runs by default).
 Prints one JSON object.
@@ -38,9 +38,17 @@ import run as run_bench  # noqa: E402
 
 from polyjax import conv, steps  # noqa: E402
 
+def _xla_valid(x, k, strides=(1, 1)):
+  return jax.lax.conv_general_dilated(x, k, strides, "VALID",
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+# What `conv.cpu_conv` (the CPU model's convolution) computes, per --forms value: it
+# looks `cpu_form` and `im2col` up when traced, so replacing them picks the form.
 FORMS = {
-    "im2col": conv.im2col,
-    "winograd4": lambda x, k: conv.CPU_FORMS[conv.cpu_form(x.shape, k.shape)](x, k),
+    "xla": {"cpu_form": lambda *a, **k: "im2col", "im2col": _xla_valid},
+    "im2col": {"cpu_form": lambda *a, **k: "im2col", "im2col": conv.im2col},
+    "winograd4": {"cpu_form": conv.cpu_form, "im2col": conv.im2col},
 }
 
 
@@ -65,7 +73,7 @@ def main() -> None:
   parser.add_argument("--batch-size", type=int, default=64)
   parser.add_argument("--variants", default="vmap,map,unrolled")
   parser.add_argument("--forms", default="xla,im2col,winograd4",
-                      help="convolution forms tried with vmap ('xla': conv.valid)")
+                      help="convolution forms tried with vmap ('xla': XLA's convolution)")
   parser.add_argument("--rounds", type=int, default=3)
   args = parser.parse_args()
   m_count, b = args.members, args.batch_size
@@ -106,19 +114,21 @@ def main() -> None:
     times.append(time.perf_counter() - t0)
   out["sequential_s"] = round(statistics.median(times), 4)
 
-  valid = conv.valid
+  original = {name: getattr(conv, name) for name in ("cpu_form", "im2col")}
   try:
     for form in args.forms.split(","):
-      conv.valid = valid if form == "xla" else FORMS[form]
+      for name, fn in FORMS[form].items():
+        setattr(conv, name, fn)
       for name in args.variants.split(","):
         if form != "xla" and name != "vmap":
           continue
-        # A new function per variant: jit (and lax.platform_dependent) cache by function.
+        # A new function per variant: jit caches by function.
         first, seconds = _timed(stacked(variants[name]), state_M, idx_SxMxB,
                                 rounds=args.rounds)
         out[f"{name}_{form}"] = {"epoch_s": round(seconds, 4), "first_call_s": round(first, 2)}
   finally:
-    conv.valid = valid
+    for name, fn in original.items():
+      setattr(conv, name, fn)
   print(json.dumps(out))
 
 
