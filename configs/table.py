@@ -57,7 +57,8 @@ and stage 2 trains 10 seeds of each batch size's choice B, LR:
         --config.data.data_dir=DIR --config.batch_size=B --config.lr=LR --grid=seed=0,1,2,3,4,5,6,7,8,9
 """
 
-from polyjax.config import base_config, dataset_preset, parse_config_arg, set_field, tuning_grid
+from polyjax.config import (TUNING_BATCH_SIZES, TUNING_LRS, base_config, dataset_preset,
+                            parse_config_arg, set_field, tuning_grid)
 
 DATASETS = ("cifar10", "celeba", "waterbirds")
 LOSSES = {
@@ -118,3 +119,28 @@ def sweep(arg=None):
   """Stage 1 of the tuning protocol: batch size 64 and 512 x lr (see above)."""
   dataset, _, _ = _cell(arg)
   return tuning_grid(dataset)
+
+
+LOSS_LABELS = {"ce": "CE", "poly": "Poly"}
+WEIGHTING_COLUMNS = {"erm": "No IW", "iw": "IW", "iwexp": "IW-Exp"}
+
+
+def main_table_study(dataset, label, title):
+  """The study (polyjax.study) of this table's six cells of `dataset` (`label` in the
+  report's rows): TUNING_LRS[dataset] x batch sizes 64 and 512 in stage 1 (seed 0),
+  per batch size the lr with the best val/reweighted_acc at the last epoch, seeds 1-10
+  of each choice; the -ES columns are the IW runs at their best epoch."""
+  rows = [f"{label} / {name}" for name in LOSS_LABELS.values()]
+  return {
+      "title": title,
+      "protocol": {"lrs": list(TUNING_LRS[dataset]), "batch_sizes": list(TUNING_BATCH_SIZES),
+                   "metric": "val/reweighted_acc", "at": "last", "stage1_seed": 0,
+                   "seeds": 10},
+      "table": {"rows": rows, "columns": ["No IW", "IW", "IW-Exp", "IW-ES", "IW-Exp-ES"],
+                "metric": "test/reweighted_acc", "paired": [rows]},
+      "cells": [{"name": f"{loss}_{weighting}",
+                 "config": f"configs/table.py:{dataset},{loss},{weighting}",
+                 "row": f"{label} / {loss_label}", "column": column}
+                for loss, loss_label in LOSS_LABELS.items()
+                for weighting, column in WEIGHTING_COLUMNS.items()],
+  }

@@ -13,25 +13,14 @@ PAPER) stand beside ours. Needs the prepared data (python -m polyjax.data prepar
 cifar10 --data_dir=DIR) and a GPU: 6 cells x (12 + 20) runs of 400 epochs.
 """
 
-from polyjax.config import TUNING_BATCH_SIZES, TUNING_LRS
+import pathlib
 
-DATASET, LABEL = "cifar10", "CIFAR-10"
-LOSSES = {"ce": "CE", "poly": "Poly"}
-WEIGHTINGS = {"erm": "No IW", "iw": "IW", "iwexp": "IW-Exp"}
+from polyjax.config import load_config_module
+
+_TABLE = load_config_module(pathlib.Path(__file__).resolve().parents[1] / "table.py",
+                            "_polyjax_table")
 
 
 def get_study():
-  rows = [f"{LABEL} / {name}" for name in LOSSES.values()]
-  return {
-      "title": "Imbalanced binary CIFAR-10 (ConvNet): the paper's main table",
-      "protocol": {"lrs": list(TUNING_LRS[DATASET]), "batch_sizes": list(TUNING_BATCH_SIZES),
-                   "metric": "val/reweighted_acc", "at": "last", "stage1_seed": 0,
-                   "seeds": 10},
-      "table": {"rows": rows, "columns": ["No IW", "IW", "IW-Exp", "IW-ES", "IW-Exp-ES"],
-                "metric": "test/reweighted_acc", "paired": [rows]},
-      "cells": [{"name": f"{loss}_{weighting}",
-                 "config": f"configs/table.py:{DATASET},{loss},{weighting}",
-                 "row": f"{LABEL} / {loss_label}", "column": column}
-                for loss, loss_label in LOSSES.items()
-                for weighting, column in WEIGHTINGS.items()],
-  }
+  return _TABLE.main_table_study("cifar10", "CIFAR-10",
+                                 "Imbalanced binary CIFAR-10 (ConvNet): the paper's main table")

@@ -14,25 +14,14 @@ waterbirds --data_dir=DIR) and GPUs; --member_batch=1 holds one ResNet-50's
 activations at a time on each device.
 """
 
-from polyjax.config import TUNING_BATCH_SIZES, TUNING_LRS
+import pathlib
 
-DATASET, LABEL = "waterbirds", "Waterbirds"
-LOSSES = {"ce": "CE", "poly": "Poly"}
-WEIGHTINGS = {"erm": "No IW", "iw": "IW", "iwexp": "IW-Exp"}
+from polyjax.config import load_config_module
+
+_TABLE = load_config_module(pathlib.Path(__file__).resolve().parents[1] / "table.py",
+                            "_polyjax_table")
 
 
 def get_study():
-  rows = [f"{LABEL} / {name}" for name in LOSSES.values()]
-  return {
-      "title": "Waterbirds (ResNet-50): the main table extended (no paper numbers)",
-      "protocol": {"lrs": list(TUNING_LRS[DATASET]), "batch_sizes": list(TUNING_BATCH_SIZES),
-                   "metric": "val/reweighted_acc", "at": "last", "stage1_seed": 0,
-                   "seeds": 10},
-      "table": {"rows": rows, "columns": ["No IW", "IW", "IW-Exp", "IW-ES", "IW-Exp-ES"],
-                "metric": "test/reweighted_acc", "paired": [rows]},
-      "cells": [{"name": f"{loss}_{weighting}",
-                 "config": f"configs/table.py:{DATASET},{loss},{weighting}",
-                 "row": f"{LABEL} / {loss_label}", "column": column}
-                for loss, loss_label in LOSSES.items()
-                for weighting, column in WEIGHTINGS.items()],
-  }
+  return _TABLE.main_table_study("waterbirds", "Waterbirds",
+                                 "Waterbirds (ResNet-50): the main table extended (no paper numbers)")
