@@ -1,8 +1,8 @@
 """What a run or a sweep group shows while it trains: a live bar on a terminal, plain
 per-epoch lines in a log.
 
-`Progress` is called once per epoch boundary by the training loops
-(`train.train_and_evaluate`, `sweep._train_group`), outside any jitted code. Where
+`Progress` is called once per epoch boundary by the training loop
+(`train.train_members`, for a run and for a sweep's group), outside any jitted code. Where
 the output goes decides what it shows:
 
 - stdout is a terminal: a tqdm bar (epoch/num_epochs, rate, ETA and the latest
