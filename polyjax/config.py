@@ -52,12 +52,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.seed = 0  # Data seed: subsampling and train/val split, fixed across run seeds.
   c.data.order_seed = config_dict.placeholder(int)  # Seed of the per-epoch example order (None: the run seed).
   c.data.data_dir = config_dict.placeholder(str)  # Where prepared datasets live (None: the dataset's default).
-  c.data.pipeline = "memory"  # 'memory': decode every split once, keep it in memory; 'stream' (cifar10, celeba, waterbirds): read images per batch, each process only its rows.
+  c.data.pipeline = "memory"  # 'memory': decode every split once, keep it in memory; 'stream' (cifar10, cifar100, celeba, waterbirds): read images per batch, each process only its rows.
   c.data.val_frac = 0.2  # Fraction of the (subsampled) training set held out for validation.
-  c.data.class_subset = ((0, 1, 2, 3, 4), (5, 6, 7, 8, 9))  # digits, cifar10: the original labels making up each class (cifar configs: ((3,), (5,)), cat vs dog).
-  c.data.imb_factor = 10.0  # digits, cifar10: the smallest class keeps 1/imb_factor of the largest's size.
-  c.data.imb_type = "step"  # cifar10: per-class subsampling, 'step', 'exp' or 'none'.
-  c.data.augment = False  # cifar10: random crop 32 (zero padding 4) and horizontal flip, on device.
+  c.data.class_subset = ((0, 1, 2, 3, 4), (5, 6, 7, 8, 9))  # digits, cifar10, cifar100: the original labels making up each class (cifar configs: ((3,), (5,)), cat vs dog; cifar: () for every label, its own class).
+  c.data.imb_factor = 10.0  # digits, cifar10, cifar100: the smallest class keeps 1/imb_factor of the largest's size.
+  c.data.imb_type = "step"  # cifar10, cifar100: per-class subsampling, 'step', 'exp' or 'none'.
+  c.data.imb_over = "subset"  # cifar10, cifar100: imb_type runs over the chosen classes ('subset') or over every label, then the chosen ones are kept ('all': the paper's and LDAM-DRW's code; CIFAR-10-LT).
+  c.data.augment = False  # cifar10, cifar100: random crop 32 (zero padding 4) and horizontal flip, on device.
   c.data.target = "Blond_Hair"  # celeba: attribute used as the label y.
   c.data.confounder = "Male"  # celeba: spurious attribute c; group = 2*y + c.
   c.data.train_frac = 1.0  # celeba: fraction of the official training split kept (paper: 0.02).
@@ -276,13 +277,14 @@ def _check(ok: bool, field: str, rule: str, value) -> None:
 # A value set for another dataset or model would be ignored by training, yet be
 # recorded in config.json, split report groups and block resumes: it is refused.
 DATA_FIELDS = {
-    "data.seed": ("digits", "gaussians", "cifar10", "celeba"),
-    "data.data_dir": ("cifar10", "celeba", "waterbirds"),
-    "data.val_frac": ("digits", "cifar10"),
-    "data.class_subset": ("digits", "cifar10"),
-    "data.imb_factor": ("digits", "cifar10"),
-    "data.imb_type": ("cifar10",),
-    "data.augment": ("cifar10",),
+    "data.seed": ("digits", "gaussians", "cifar10", "cifar100", "celeba"),
+    "data.data_dir": ("cifar10", "cifar100", "celeba", "waterbirds"),
+    "data.val_frac": ("digits", "cifar10", "cifar100"),
+    "data.class_subset": ("digits", "cifar10", "cifar100"),
+    "data.imb_factor": ("digits", "cifar10", "cifar100"),
+    "data.imb_type": ("cifar10", "cifar100"),
+    "data.imb_over": ("cifar10", "cifar100"),
+    "data.augment": ("cifar10", "cifar100"),
     "data.target": ("celeba",),
     "data.confounder": ("celeba",),
     "data.train_frac": ("celeba",),
@@ -384,9 +386,10 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int) -> None:
   # Every split is evaluated (and the best checkpoint picked on val): none may be empty.
   _check(0 < c.data.val_frac < 1, "data.val_frac", "in (0, 1)", c.data.val_frac)
   _known("data.imb_type", c.data.imb_type, ("step", "exp", "none"))
+  _known("data.imb_over", c.data.imb_over, ("subset", "all"))
   _check(c.data.imb_factor >= 1, "data.imb_factor", ">= 1", c.data.imb_factor)
-  _check(not c.data.augment or c.data.name == "cifar10", "data.augment",
-         "False unless data.name='cifar10'", c.data.augment)
+  _check(not c.data.augment or c.data.name in ("cifar10", "cifar100"), "data.augment",
+         "False unless data.name is 'cifar10' or 'cifar100'", c.data.augment)
   _check(0 < c.data.train_frac <= 1, "data.train_frac", "in (0, 1]", c.data.train_frac)
   _check(c.data.test_per_group >= 1, "data.test_per_group", ">= 1", c.data.test_per_group)
   _check(c.data.resolution >= 32, "data.resolution", ">= 32", c.data.resolution)

@@ -27,7 +27,7 @@ from polyjax.gaussian_mixture import (FIG2_LEFT_EXPONENTS, FIG2_N, SAMPLERS, Pol
 __all__ = [
     # Figure 1.
     "FIG1_SETTINGS", "FIG1_TITLES", "TRUE_NORMAL", "angle_deg", "balanced_accuracy",
-    "boundary_normal", "figure1", "figure1_weights", "max_margin_normal", "train_linear_gd",
+    "boundary_normal", "figure1", "figure1_weights", "max_margin_separator", "train_linear_gd",
     # Figure 2 (polyjax.gaussian_mixture).
     "FIG2_LEFT_EXPONENTS", "FIG2_N", "SAMPLERS", "PolySolver", "class_sizes",
     "exact_class_errors", "exact_test_error", "fig2_example_weights", "fig2_mu_norm",
@@ -149,11 +149,37 @@ def boundary_normal(W_DxC: np.ndarray) -> np.ndarray:
 TRUE_NORMAL = np.array([1.0, -1.0])  # the true boundary x0 = x1
 
 
-def max_margin_normal(x_NxD: np.ndarray, y_N: np.ndarray) -> np.ndarray:
-  """Normal of the hard-margin linear SVM with intercept (scikit-learn, C = 1e6)."""
+def max_margin_separator(x_NxD: np.ndarray, y_N: np.ndarray) -> tuple[np.ndarray, float]:
+  """The hard-margin linear SVM with intercept: `(normal, intercept)`, the separator
+  `normal . x + intercept = 0` with `s_i (normal . x_i + intercept) >= 1` (s = 2y - 1),
+  equality on the support vectors. Raises ValueError if the classes are not separable.
+
+  scikit-learn's SVC (C = 1e6) finds the support vectors; its kernel cache holds float32
+  products, which leaves the margins about 1e-7 from 1. The separator is then solved
+  exactly in float64 from them: the KKT system of `min |normal|^2` subject to margin 1
+  on every support vector.
+  """
+  from scipy import optimize
   from sklearn import svm
-  clf = svm.SVC(kernel="linear", C=1e6).fit(x_NxD, y_N)
-  return clf.coef_[0]
+  x = np.asarray(x_NxD, np.float64)
+  s = 2.0 * np.asarray(y_N) - 1.0
+  # Separable iff some (normal, intercept) has every margin >= 1: a feasibility LP,
+  # checked first because libsvm with this C runs without end on inseparable data.
+  signed_NxP = s[:, None] * np.c_[x, np.ones(len(x))]
+  if optimize.linprog(np.zeros(x.shape[1] + 1), A_ub=-signed_NxP, b_ub=-np.ones(len(x)),
+                      bounds=(None, None)).status == 2:
+    raise ValueError("the classes are not linearly separable")
+  sv = svm.SVC(kernel="linear", C=1e6, tol=1e-8).fit(x, y_N).support_
+  dim, k = x.shape[1], len(sv)
+  # Unknowns (normal, intercept, multipliers): d/dnormal, d/dintercept, then the margins.
+  A_KxP = np.c_[s[sv, None] * x[sv], s[sv]]
+  kkt = np.zeros((dim + 1 + k, dim + 1 + k))
+  kkt[:dim, :dim] = np.eye(dim)
+  kkt[:dim + 1, dim + 1:] = -A_KxP.T
+  kkt[dim + 1:, :dim + 1] = A_KxP
+  sol = np.linalg.lstsq(kkt, np.r_[np.zeros(dim + 1), np.ones(k)], rcond=None)[0]
+  normal, intercept = sol[:dim], float(sol[dim])
+  return normal, intercept
 
 
 def figure1(*, seed: int = 0, steps: int = 1_000_000, lr: float = 0.1,
@@ -174,7 +200,7 @@ def figure1(*, seed: int = 0, steps: int = 1_000_000, lr: float = 0.1,
   W, b, values = train_linear_gd(train.x, train.y, weight_SxN,
                                  [name for name, _ in FIG1_SETTINGS],
                                  lr=lr, steps=steps, alpha=alpha)
-  mm_normal = max_margin_normal(train.x, train.y)
+  mm_normal, mm_intercept = max_margin_separator(train.x, train.y)
   results = []
   for s, (name, iw) in enumerate(FIG1_SETTINGS):
     results.append({
@@ -191,7 +217,7 @@ def figure1(*, seed: int = 0, steps: int = 1_000_000, lr: float = 0.1,
                    "group_weights": w_G.tolist(),
                    "train_group_counts": ds.train_group_counts.tolist(),
                    "n_test_per_class": n_test_per_class},
-      "max_margin": {"normal": mm_normal.tolist(),
+      "max_margin": {"normal": mm_normal.tolist(), "intercept": mm_intercept,
                      "angle_to_true_boundary_deg": angle_deg(mm_normal, TRUE_NORMAL)},
       "train": {"x": train.x.tolist(), "y": train.y.tolist()},
       "results": results,
@@ -204,7 +230,8 @@ def figure1(*, seed: int = 0, steps: int = 1_000_000, lr: float = 0.1,
 
 
 def plot_figure1(fig1: dict[str, Any], path=None):
-  """Four panels like the paper's Figure 1: data, predicted regions, learned and true boundary."""
+  """Four panels like the paper's Figure 1: data, predicted regions, the learned, the true
+  and the max-margin boundary."""
   import matplotlib
   if path is not None:
     matplotlib.use("Agg")
@@ -212,9 +239,11 @@ def plot_figure1(fig1: dict[str, Any], path=None):
 
   x_NxD = np.asarray(fig1["train"]["x"])
   y_N = np.asarray(fig1["train"]["y"])
-  fig, axes = plt.subplots(1, len(fig1["results"]), figsize=(20, 5.4))
+  fig, axes = plt.subplots(1, len(fig1["results"]), figsize=(20, 5.8))
   lim = (-4.0, 10.0)
   x0 = np.linspace(*lim, 200)
+  mm_normal = np.asarray(fig1["max_margin"]["normal"])
+  mm_intercept = fig1["max_margin"]["intercept"]
   for ax, r in zip(axes, fig1["results"]):
     W, b = np.asarray(r["weight"]), np.asarray(r["bias"])
     # Boundary: (W[0,1]-W[0,0]) x0 + (W[1,1]-W[1,0]) x1 + (b1-b0) = 0.
@@ -225,16 +254,18 @@ def plot_figure1(fig1: dict[str, Any], path=None):
                     label="Predicted minority")
     ax.plot(x0, x1, color="#777777", lw=2, label="Learned boundary")
     ax.plot(lim, lim, "k--", lw=3, label="True boundary")
+    ax.plot(x0, -(mm_normal[0] * x0 + mm_intercept) / mm_normal[1], color="#2CA02C", ls=":",
+            lw=2.5, label="Max-margin boundary (hard-margin SVM)")
     ax.scatter(*x_NxD[y_N == 1].T, c="#E24A33", edgecolors="k", marker="o", s=50,
                label="Majority class")
     ax.scatter(*x_NxD[y_N == 0].T, c="#348ABD", edgecolors="k", marker="^", s=70,
                label="Minority class")
-    ax.set(xlim=lim, ylim=lim, xticks=[], yticks=[])
+    ax.set(xlim=lim, ylim=lim, xlabel="feature $x_0$", ylabel="feature $x_1$")
     ax.set_title(f"{FIG1_TITLES[r['loss']]}: {'IW' if r['iw'] else 'No IW'}\n"
                  f"balanced test acc {r['balanced_test_acc']:.3f}")
   handles, labels = axes[0].get_legend_handles_labels()
-  fig.legend(handles, labels, ncol=6, loc="lower center")
-  fig.tight_layout(rect=(0, 0.07, 1, 1))
+  fig.legend(handles, labels, ncol=4, loc="lower center")
+  fig.tight_layout(rect=(0, 0.11, 1, 1))
   if path is not None:
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -2,8 +2,8 @@
 
 `tfds.data_source` (what polyjax calls) is served by `as_data_source_fn`, so the
 whole polyjax reading path runs, with examples whose labels and attributes are
-known exactly. Pixels encode the example: CIFAR image[0, 0] = (label, i % 251,
-i // 251); CelebA image[109, 89] (the crop centre) = (split id, i % 251, i // 251).
+known exactly. Pixels encode the example: CIFAR-10 and CIFAR-100 image[0, 0] =
+(label, i % 251, i // 251), label i % 10 or i % 100; CelebA image[109, 89] (the crop centre) = (split id, i % 251, i // 251).
 A source opened with `decoders={"image": tfds.decode.SkipDecoding()}` gives the
 image as bytes, as tfds does.
 """
@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 CIFAR_PER_CLASS = {"train": 60, "test": 20}
+CIFAR100_PER_CLASS = {"train": 12, "test": 2}
 CELEBA_ATTRS = None  # filled lazily from the tfds feature spec
 CELEBA_SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
 
@@ -35,17 +36,20 @@ class Examples:
     return self._make(int(i))
 
 
-def cifar_label(i: int) -> int:
-  return i % 10
+def cifar_label(i: int, num_labels: int = 10) -> int:
+  return i % num_labels
 
 
-def _cifar(split):
+def _cifar(split, num_labels=10):
+  per_class = (CIFAR_PER_CLASS if num_labels == 10 else CIFAR100_PER_CLASS)[split]
+
   def make(i):
+    label = cifar_label(i, num_labels)
     img = np.zeros((32, 32, 3), np.uint8)
-    img[..., 0] = np.uint8(cifar_label(i) * 20)  # a value that survives normalisation
-    img[0, 0] = (cifar_label(i), i % 251, i // 251)
-    return {"image": img, "label": np.int64(cifar_label(i)), "id": f"{split}_{i}"}
-  return Examples(10 * CIFAR_PER_CLASS[split], make)
+    img[..., 0] = np.uint8(label * 20 % 256)  # a value that survives normalisation
+    img[0, 0] = (label, i % 251, i // 251)
+    return {"image": img, "label": np.int64(label), "id": f"{split}_{i}"}
+  return Examples(num_labels * per_class, make)
 
 
 def celeba_attrs(split: str, i: int) -> tuple[int, int]:
@@ -88,6 +92,8 @@ def _as_data_source(builder, split, decoders=None, deserialize_method=None, **kw
   del deserialize_method, kwargs
   if builder.name == "cifar10":
     source = _cifar(split)
+  elif builder.name == "cifar100":
+    source = _cifar(split, 100)
   elif builder.name == "celeb_a":
     source = _celeba(builder, split)
   else:

@@ -123,7 +123,8 @@ def test_dataset_and_model_field_tables_match_the_builders():
   import inspect
   from polyjax import models
   builders = {"digits": "polyjax.data.digits", "gaussians": "polyjax.data.synthetic",
-              "cifar10": "polyjax.data.cifar", "celeba": "polyjax.data.celeba",
+              "cifar10": "polyjax.data.cifar", "cifar100": "polyjax.data.cifar",
+              "celeba": "polyjax.data.celeba",
               "waterbirds": "polyjax.data.waterbirds"}
   generic = {"name", "order_seed", "pipeline"}  # Read by polyjax.data.load or the loop.
   for name, module in builders.items():

@@ -72,6 +72,74 @@ def test_merged_classes_and_flat_class_subset():
     cifar.class_sets(((3,), (3,)))
 
 
+def paper_counts(num_train, num_labels, imb_type, imb_factor):
+  """Per-label sizes as the paper's code writes them (float64 NumPy, floor of positives)."""
+  img_max = num_train / num_labels
+  if imb_type == "exp":
+    return np.floor(img_max * np.power(1.0 / imb_factor,
+                                       np.arange(num_labels) / (num_labels - 1.0))).astype(int)
+  return np.floor(np.where(np.arange(num_labels) < num_labels // 2, img_max,
+                           img_max * (1.0 / imb_factor))).astype(int)
+
+
+@pytest.mark.parametrize("num_labels,imb_type,imb_factor,total", [
+    (10, "exp", 100, 12406), (10, "exp", 10, 20431), (100, "exp", 100, 10847),
+    (100, "exp", 10, 19573), (10, "step", 10, 27500), (100, "step", 100, 25250)])
+def test_profile_over_all_labels_is_the_papers_cifar_lt(num_labels, imb_type, imb_factor, total):
+  # exp totals: the CIFAR-10-LT / CIFAR-100-LT training-set sizes of the literature; step:
+  # half the labels whole, half at 1/imb_factor.
+  counts = cifar.label_counts(50000, num_labels, imb_type=imb_type, imb_factor=imb_factor)
+  np.testing.assert_array_equal(counts, paper_counts(50000, num_labels, imb_type, imb_factor))
+  assert sum(counts) == total and counts[0] == 50000 // num_labels
+  assert counts[-1] == int(50000 // num_labels / imb_factor)
+
+
+def test_binary_subset_of_the_all_labels_profile():
+  # The paper's code applies exp 100 over CIFAR-10's ten labels, then keeps cat and dog.
+  sets, sizes = [(3,), (5,)], [5000] * 10
+  kw = dict(imb_type="exp", imb_factor=100.0)
+  assert cifar.class_counts(sets, sizes, imb_over="all", **kw) == [1077, 387]
+  assert cifar.class_counts(sets, sizes, imb_over="subset", **kw) == [5000, 50]
+  # Step 10 keeps labels 0-4 whole: cat vs dog is 5000 vs 500 either way.
+  for over in ("all", "subset"):
+    assert cifar.class_counts(sets, sizes, imb_type="step", imb_factor=10.0,
+                              imb_over=over) == [5000, 500]
+  # Merged classes keep their labels' sizes.
+  assert cifar.class_counts([(0, 9), (1,)], sizes, imb_over="all", **kw) == [5050, 2997]
+  with pytest.raises(ValueError, match="data.imb_over"):
+    cifar.class_counts(sets, sizes, imb_over="some", **kw)
+
+
+def test_all_labels_profile_on_mock_cifar10():
+  n = mock_tfds.CIFAR_PER_CLASS["train"]
+  ds = load(class_subset=((3,), (5,)), imb_type="exp", imb_factor=100.0, imb_over="all")
+  expected = paper_counts(10 * n, 10, "exp", 100.0)[[3, 5]]
+  total = ds.train_class_counts + np.bincount(ds.val.y, minlength=2)
+  assert total.tolist() == expected.tolist() == [12, 4]
+  for split in (ds.train, ds.val, ds.test):
+    np.testing.assert_array_equal(original(split)[0], np.where(split.y == 0, 3, 5))
+  # Where both profiles keep the same sizes, they keep the same images.
+  a = load(class_subset=((3,), (5,)), imb_type="step", imb_over="all")
+  b = load(class_subset=((3,), (5,)), imb_type="step", imb_over="subset")
+  np.testing.assert_array_equal(original(a.train)[1], original(b.train)[1])
+
+
+def test_cifar100_lt_on_mock_data():
+  per = mock_tfds.CIFAR100_PER_CLASS
+  with mock_tfds.mock():
+    ds = data.load("cifar100", data_dir="/nonexistent", weighting_mode="none", exponent=1.0,
+                   class_subset=(), imb_type="exp", imb_factor=10.0, imb_over="all")
+  assert ds.num_classes == ds.num_groups == 100
+  total = ds.train_class_counts + np.bincount(ds.val.y, minlength=100)
+  np.testing.assert_array_equal(total, paper_counts(100 * per["train"], 100, "exp", 10.0))
+  assert total[0] == per["train"] and total[-1] == per["train"] // 10
+  assert np.bincount(ds.test.y, minlength=100).tolist() == [per["test"]] * 100
+  for split in (ds.train, ds.val, ds.test):
+    np.testing.assert_array_equal(original(split)[0], split.y)  # every label is its class
+  with pytest.raises(ValueError, match=r"labels in 0..99"):
+    cifar.class_sets(((3,), (100,)), 100)
+
+
 def test_importance_weights_normalised():
   ds = load(class_subset=((3,), (5,)))
   n_G = ds.train_group_counts
@@ -138,6 +206,10 @@ def test_validate_rejects_bad_data_fields():
   c = _config()
   c.data.imb_type = "linear"
   with pytest.raises(config_lib.ConfigError, match="data.imb_type"):
+    config_lib.validate(c, device_count=8)
+  c = _config()
+  c.data.imb_over = "classes"
+  with pytest.raises(config_lib.ConfigError, match="data.imb_over"):
     config_lib.validate(c, device_count=8)
   c = _config()
   c.data.name = "digits"

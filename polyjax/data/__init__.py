@@ -35,6 +35,7 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
     "digits": _imported_when_built("polyjax.data.digits", "digits"),
     "gaussians": _imported_when_built("polyjax.data.synthetic", "gaussians"),
     "cifar10": _imported_when_built("polyjax.data.cifar", "cifar10"),
+    "cifar100": _imported_when_built("polyjax.data.cifar", "cifar100"),
     "celeba": _imported_when_built("polyjax.data.celeba", "celeba"),
     "waterbirds": _imported_when_built("polyjax.data.waterbirds", "waterbirds"),
 }
@@ -44,7 +45,7 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
 # the small per-example arrays and reads images per batch from the dataset's
 # random-access source (polyjax.data.stream), which only these datasets have.
 PIPELINES = ("memory", "stream")
-STREAMABLE = ("cifar10", "celeba", "waterbirds")
+STREAMABLE = ("cifar10", "cifar100", "celeba", "waterbirds")
 
 
 def load(name: str, *, weighting_mode: str, exponent: float, **data_config) -> Dataset:

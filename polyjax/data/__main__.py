@@ -1,6 +1,7 @@
 """Dataset command line: prepare a dataset once, or verify what a config loads.
 
     python -m polyjax.data prepare cifar10 --data_dir=DIR     # needs TensorFlow: the prepare extra
+    python -m polyjax.data prepare cifar100 --data_dir=DIR    # needs TensorFlow
     python -m polyjax.data prepare celeba --data_dir=DIR      # needs TensorFlow
     python -m polyjax.data prepare waterbirds --data_dir=DIR  # checks the folder, or says how to get it
     python -m polyjax.data verify --config=configs/cifar_poly.py [--config.data.data_dir=DIR]
@@ -85,7 +86,7 @@ def prepare(name: str, data_dir: str) -> int:
     return 0
   if name not in sources.TFDS_NAMES:
     print(f"polyjax.data: error: unknown dataset {name!r}; prepare knows: cifar10, "
-          f"celeba, waterbirds", file=sys.stderr)
+          f"cifar100, celeba, waterbirds", file=sys.stderr)
     return 2
   check_prepare_needs(name)
   import tensorflow_datasets as tfds

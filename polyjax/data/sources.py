@@ -1,6 +1,6 @@
 """Reading prepared datasets: tensorflow-datasets sources read with grain.
 
-CIFAR-10 and CelebA are prepared once by tensorflow-datasets in the ArrayRecord
+CIFAR-10, CIFAR-100 and CelebA are prepared once by tensorflow-datasets in the ArrayRecord
 format (`python -m polyjax.data prepare <name>`, which needs TensorFlow) and
 read here through `tfds.data_source`, which needs no TensorFlow. `read` decodes
 the chosen records with grain's threaded reader, once, into numpy arrays that the
@@ -26,7 +26,7 @@ import numpy as np
 from polyjax.data.errors import DataInvalid, DataMissing, reason
 
 # polyjax dataset name -> tensorflow-datasets name.
-TFDS_NAMES = {"cifar10": "cifar10", "celeba": "celeb_a"}
+TFDS_NAMES = {"cifar10": "cifar10", "cifar100": "cifar100", "celeba": "celeb_a"}
 
 
 def _tfds_reason(e: BaseException) -> str:
