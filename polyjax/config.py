@@ -22,6 +22,7 @@ from typing import Any, Iterable
 import ml_collections
 from ml_collections import config_dict
 
+from polyjax import stage1
 from polyjax.errors import ConfigError  # noqa: F401  (raised here; polyjax.config.ConfigError)
 
 
@@ -103,13 +104,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.wandb.entity = config_dict.placeholder(str)  # wandb entity (None: the user's default).
   c.wandb.name = config_dict.placeholder(str)  # Run name (None: the workdir's name).
   c.wandb.tags = ()  # Tags for the wandb run.
-  return c
+  return stage1.add_fields(c)  # weighting.source and the method section.
 
 
 def field_help() -> list[tuple[str, object, str]]:
   """(field, default, meaning) of every field of `base_config()`, in order; the
   meaning is the field's one-line comment above."""
-  lines = inspect.getsource(base_config).splitlines()
+  lines = "".join(inspect.getsource(f) for f in (base_config, stage1.add_fields)
+                  ).splitlines()
   comments = {}
   for line in lines:
     match = re.match(r"\s*c\.([\w.]+) = .*?  # (.*)$", line)
@@ -319,6 +321,7 @@ def check_fields_in_use(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f"config.{field}={value!r} has no effect with {kind}={name!r} (it is read only "
             f"by {kind} {', '.join(repr(u) for u in users)}); leave it at its default")
+  stage1.check_config(config)  # The method fields, then method.stage1_dir's files.
 
 
 def _as_json(value):

@@ -36,6 +36,7 @@ class Experiment:
   lr_factor: Any  # step -> multiplier of config.lr (None: constant).
   compiler_options: dict[str, str] | None  # XLA options of the training program.
   sample_p: np.ndarray | None = None  # (N,) per-epoch sampling probabilities ('resampled').
+  record: dict = dataclasses.field(default_factory=dict)  # What stage 1 gave (polyjax.two_stage); summary.json keeps it.
 
 
 def build(config: ml_collections.ConfigDict, *, mesh=None,

@@ -154,7 +154,8 @@ def restore(m: Member, *, prefix: str) -> None:
   m.record = run_record(config, m.run.path)
   m.run.write_config(config.to_dict(), **m.record, resumes=resumes)
   m.summary = {"status": "running", "epochs_completed": m.start_epoch, "final": {},
-               "best": {}, "best_metric": config.best_metric, "best_epoch": m.best_epoch}
+               "best": {}, "best_metric": config.best_metric, "best_epoch": m.best_epoch,
+               **m.exp.record}
 
 
 def close(m: Member, status: str, *, stop: lifecycle.StopSignals | None, start: float,

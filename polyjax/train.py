@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 
 from polyjax import (checkpointing, data, experiment, lifecycle, placement, programs,
-                     progress, run_dir, tensorboard_logger, wandb_logger)
+                     progress, run_dir, stage1, tensorboard_logger, two_stage, wandb_logger)
 from polyjax import member as member_lib
 from polyjax.data.splits import with_weights
 from polyjax.member import Member
@@ -123,6 +123,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
 def build_members(members: list[Member], mesh) -> list[experiment.Experiment]:
   """Each member's experiment; the data is loaded once and reweighted per member."""
+  if stage1.uses_stage1(members[0].config):  # Stage 1's model weights each member's data.
+    return [two_stage.build(m.config, mesh=mesh) for m in members]
   if len(members) == 1:
     return [experiment.build(members[0].config, mesh=mesh)]
   cfg0 = members[0].config

@@ -1,0 +1,128 @@
+"""The config of methods that read a stage-1 run directory, and its checks.
+
+A stage-2 run names a completed run of the same data in `method.stage1_dir`; its
+model (checkpoint `method.stage1_checkpoint`) then
+- estimates the target class priors that the importance weights aim at
+  (`weighting.source` 'bbse' or 'mlls', polyjax.label_shift), or
+- marks the training examples it misclassifies, which JTT upweights
+  (`method.name` 'jtt', Liu et al. 2021).
+`polyjax.two_stage` does that work; this module only checks the config and the
+directory (JSON files, no JAX), so that a bad value stops a run before any data is
+loaded or file written. It imports nothing of polyjax but `run_dir` and `errors`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+
+import ml_collections
+from ml_collections import config_dict
+
+from polyjax import run_dir
+from polyjax.errors import ConfigError
+
+WEIGHT_SOURCES = ("counts", "bbse", "mlls")
+METHODS = ("none", "jtt")
+CHECKPOINTS = ("last", "best")
+# Data fields that may differ between stage 1 and stage 2: where the data is read
+# from and the epoch order, which do not change the examples of a split.
+FREE_DATA_FIELDS = ("order_seed", "data_dir", "pipeline")
+
+
+def add_fields(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Adds `weighting.source` and the `method` section to base config `c`; returns it."""
+  c.weighting.source = "counts"  # Target priors of the importance weights: 'counts' (a uniform target: w_g proportional to (1/n_g)**exponent), or estimated from method.stage1_dir's model, 'bbse' (Lipton et al. 2018) or 'mlls' (EM with BCTS calibration, Alexandari et al. 2020): w_c proportional to (q_c/p_c)**exponent; weighting.mode 'reweighted'.
+  c.method = ml_collections.ConfigDict()
+  c.method.name = "none"  # Two-stage method: 'none', or 'jtt' (Liu et al. 2021: loss weights times jtt_upweight on the training examples method.stage1_dir's model misclassifies).
+  c.method.stage1_dir = config_dict.placeholder(str)  # The completed stage-1 run (same data fields) that method 'jtt' and weighting.source 'bbse'/'mlls' read; None otherwise.
+  c.method.stage1_checkpoint = "last"  # Which checkpoint of method.stage1_dir: 'last' or 'best'.
+  c.method.jtt_upweight = 20.0  # jtt: lambda_up, the factor on the loss weights of the stage-1 errors (>= 1; Liu et al. 2021 use 20-100).
+  return c
+
+
+def uses_stage1(c: ml_collections.ConfigDict) -> bool:
+  """Whether the config reads a stage-1 run directory."""
+  return c.weighting.source != "counts" or c.method.name != "none"
+
+
+def _check(ok: bool, field: str, rule: str, value) -> None:
+  if not ok:
+    raise ConfigError(f"config.{field} must be {rule}, got {value!r}")
+
+
+def _known(field: str, value, valid) -> None:
+  if value not in valid:
+    raise ConfigError(f"config.{field}={value!r} is not known; valid: {', '.join(valid)}")
+
+
+def check_config(c: ml_collections.ConfigDict) -> None:
+  """ConfigError naming the first field of the stage-1 methods that cannot be
+  trained or would be ignored; then the stage-1 directory (`check_stage1_dir`)."""
+  m = c.method
+  _known("weighting.source", c.weighting.source, WEIGHT_SOURCES)
+  _known("method.name", m.name, METHODS)
+  _known("method.stage1_checkpoint", m.stage1_checkpoint, CHECKPOINTS)
+  if c.weighting.source != "counts":
+    _check(c.weighting.mode == "reweighted", "weighting.mode",
+           f"'reweighted' for weighting.source={c.weighting.source!r} (the estimated "
+           "weights are loss weights)", c.weighting.mode)
+  _check(1 <= m.jtt_upweight < math.inf, "method.jtt_upweight", ">= 1 and finite",
+         m.jtt_upweight)
+  if m.name == "jtt":
+    # Undersampling would train on other examples than those stage 1 was judged on;
+    # DRO ignores loss weights.
+    _check(c.weighting.mode in ("none", "reweighted"), "weighting.mode",
+           "'none' or 'reweighted' for method.name='jtt'", c.weighting.mode)
+  if uses_stage1(c):  # Weight schedules recompute the weights from the counts.
+    for field, off in (("cb_beta", None), ("drw_epoch", 0), ("anneal", "none")):
+      value = c.weighting.get(field, off)
+      _check(value == off, f"weighting.{field}", f"{off!r} when stage 1 sets the weights "
+             f"(method.name={m.name!r}, weighting.source={c.weighting.source!r})", value)
+  defaults = add_fields(ml_collections.ConfigDict({"weighting": {}}))
+  used = uses_stage1(c)
+  for field, ok in (("jtt_upweight", m.name == "jtt"), ("stage1_checkpoint", used),
+                    ("stage1_dir", used)):
+    value = m[field]
+    if not ok and value != defaults.method[field]:
+      raise ConfigError(f"config.method.{field}={value!r} has no effect with method.name="
+                        f"{m.name!r} and weighting.source={c.weighting.source!r}; leave it "
+                        f"at its default")
+  if used:
+    check_stage1_dir(c)
+
+
+def check_stage1_dir(c: ml_collections.ConfigDict) -> None:
+  """ConfigError (naming `method.stage1_dir`) unless it holds a completed run of the
+  same data with the checkpoint `method.stage1_checkpoint` asks for."""
+  path = c.method.stage1_dir
+  head = f"config.method.stage1_dir={path!r}"
+  if path is None:
+    why = (f"method.name={c.method.name!r}" if c.method.name != "none"
+           else f"weighting.source={c.weighting.source!r}")
+    raise ConfigError(f"config.method.stage1_dir must name a completed stage-1 run "
+                      f"directory for {why}, got None")
+  run = pathlib.Path(path).expanduser()
+  for name in (run_dir.CONFIG, run_dir.SUMMARY):
+    if not (run / name).is_file():
+      raise ConfigError(f"{head} is not a finished run directory (no {name}); train "
+                        f"stage 1 there first")
+  try:
+    saved, summary = (run_dir.read_json(run / n) for n in (run_dir.CONFIG, run_dir.SUMMARY))
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"{head}: cannot read its run files ({e})") from None
+  status = summary.get("status")
+  if status != "completed":
+    raise ConfigError(f"{head} holds an unfinished run (status {status!r}); rerun its "
+                      f"command to complete it first")
+  if c.method.stage1_checkpoint == "best" and summary.get("best_epoch") is None:
+    raise ConfigError(f"{head} kept no best checkpoint; use method.stage1_checkpoint='last'")
+  here = json.loads(json.dumps(c.data.to_dict()))
+  there = saved.get("data", {})
+  differ = [k for k in sorted(here) if k not in FREE_DATA_FIELDS and k in there
+            and here[k] != there[k]]
+  if differ:
+    shown = ", ".join(f"data.{k} {there[k]!r} there, {here[k]!r} here" for k in differ[:3])
+    raise ConfigError(f"{head} was trained on other data ({shown}); stage 2 must use "
+                      f"stage 1's data fields")
