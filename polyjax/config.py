@@ -91,12 +91,24 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.inv_temperature = 30.0  # ldam: logits are scaled by this s (> 0) before CE (LDAM-DRW code: 30).
   c.loss.tau = 1.0  # la, vs: weight of the additive log-prior iota_c = tau * log(pi_c) (>= 0).
   c.loss.gamma = 0.3  # vs, cdt, vs_group: delta = (n / n_max)**gamma (>= 0).
+  c.loss.focal_gamma = 1.0  # focal: CE times (1 - p_y)**focal_gamma (>= 0; 0 is CE; LDAM-DRW code: 1).
 
   c.weighting = ml_collections.ConfigDict()
   c.weighting.mode = "reweighted"  # How importance weights are used: see polyjax.weighting.WEIGHTING_MODES.
   c.weighting.exponent = 1.0  # w_g proportional to (1/n_g)**exponent (>= 0); the paper's IW-Exp uses 1.5 to 3.
   c.weighting.adv_probs_lr = 0.01  # dro: step size eta of the group probabilities (> 0 for mode 'dro').
+  c.weighting.cb_beta = config_dict.placeholder(float)  # reweighted: class-balanced weights (1-beta)/(1-beta^n_g), summing to the number of groups (Cui et al. 2019; LDAM-DRW: 0.9999), in (0, 1); None: (1/n_g)**exponent.
+  c.weighting.drw_epoch = 0  # reweighted: deferred re-weighting, loss weights 1 before this epoch (0-based, < num_epochs; LDAM-DRW: 160 of 200); 0: off.
+  c.weighting.anneal = "none"  # reweighted: the weights' exponent moves from 0 to exponent over training, 'linear', 'sigmoid' or 'step' (the paper's code; polyjax.weight_schedule); 'none': fixed.
+  c.weighting.anneal_sigmoid_c = 10.0  # anneal 'sigmoid': steepness c of sigmoid(c (epoch/num_epochs - 1/2)) (> 0).
 
+  c.wandb = wandb_config()
+  return stage1.add_fields(c)  # weighting.source and the method section.
+
+
+def wandb_config() -> ml_collections.ConfigDict:
+  """The `wandb` section of `base_config()` (its own function: a function stays short)."""
+  c = ml_collections.ConfigDict()
   c.wandb = ml_collections.ConfigDict()
   c.wandb.mode = config_dict.placeholder(str)  # 'online', 'offline' or 'disabled'; None: $WANDB_MODE if set, else 'offline'.
   c.wandb.init_timeout = 30.0  # Seconds wandb may take to start; then the run goes on without it, with a warning.
@@ -104,14 +116,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.wandb.entity = config_dict.placeholder(str)  # wandb entity (None: the user's default).
   c.wandb.name = config_dict.placeholder(str)  # Run name (None: the workdir's name).
   c.wandb.tags = ()  # Tags for the wandb run.
-  return stage1.add_fields(c)  # weighting.source and the method section.
+  return c.wandb
 
 
 def field_help() -> list[tuple[str, object, str]]:
   """(field, default, meaning) of every field of `base_config()`, in order; the
   meaning is the field's one-line comment above."""
-  lines = "".join(inspect.getsource(f) for f in (base_config, stage1.add_fields)
-                  ).splitlines()
+  lines = "".join(inspect.getsource(f) for f in (base_config, wandb_config,
+                                                 stage1.add_fields)).splitlines()
   comments = {}
   for line in lines:
     match = re.match(r"\s*c\.([\w.]+) = .*?  # (.*)$", line)
@@ -328,6 +340,41 @@ def _as_json(value):
   return json.loads(json.dumps(value))  # Tuples and lists compare equal.
 
 
+def check_method_options(c: ml_collections.ConfigDict) -> None:
+  """The baselines' loss parameters, class-balanced weights, DRW and annealing
+  (polyjax.weight_schedule): ConfigError naming the first field that cannot be
+  trained or would be ignored."""
+  from polyjax import weight_schedule
+
+  _check(0 < c.loss.max_margin < math.inf, "loss.max_margin", "> 0 and finite",
+         c.loss.max_margin)
+  _check(0 < c.loss.inv_temperature < math.inf, "loss.inv_temperature", "> 0 and finite",
+         c.loss.inv_temperature)
+  _check(0 <= c.loss.tau < float("inf"), "loss.tau", ">= 0 and finite", c.loss.tau)
+  _check(0 <= c.loss.gamma < float("inf"), "loss.gamma", ">= 0 and finite", c.loss.gamma)
+  _check(0 <= c.loss.focal_gamma < math.inf, "loss.focal_gamma", ">= 0 and finite",
+         c.loss.focal_gamma)
+  w = c.weighting
+  _known("weighting.anneal", w.anneal, weight_schedule.ANNEALS)
+  _check(0 < w.anneal_sigmoid_c < math.inf, "weighting.anneal_sigmoid_c", "> 0 and finite",
+         w.anneal_sigmoid_c)
+  _check(isinstance(w.drw_epoch, int) and 0 <= w.drw_epoch < c.num_epochs,
+         "weighting.drw_epoch", f"a whole epoch in [0, num_epochs={c.num_epochs})", w.drw_epoch)
+  if w.cb_beta is not None:
+    _check(0 < w.cb_beta < 1, "weighting.cb_beta", "in (0, 1) or None", w.cb_beta)
+    _check(w.exponent == 1.0, "weighting.exponent",
+           "1.0 with weighting.cb_beta set (the class-balanced weights have no exponent)",
+           w.exponent)
+  for field, used in (("cb_beta", w.cb_beta is not None), ("drw_epoch", w.drw_epoch != 0),
+                      ("anneal", w.anneal != "none")):
+    _check(not used or w.mode == "reweighted", f"weighting.{field}",
+           "unset unless weighting.mode='reweighted' (only its loss weights change)",
+           get_field(w, field))
+  _check(w.anneal == "none" or (w.drw_epoch == 0 and w.cb_beta is None), "weighting.anneal",
+         "'none' with weighting.drw_epoch or weighting.cb_beta set (it anneals (1/n_g)**exponent)",
+         w.anneal)
+
+
 def validate(config: ml_collections.ConfigDict, *, device_count: int) -> None:
   """Raises ConfigError naming the first field whose value cannot be trained."""
   # Registries are imported here so that loading a config file stays light.
@@ -371,12 +418,7 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int) -> None:
     _check(c.loss.alpha > 1, "loss.alpha", "> 1 for loss.kind='linear'", c.loss.alpha)
   _check(0 <= c.weighting.exponent < math.inf, "weighting.exponent", ">= 0 and finite",
          c.weighting.exponent)
-  _check(0 < c.loss.max_margin < math.inf, "loss.max_margin", "> 0 and finite",
-         c.loss.max_margin)
-  _check(0 < c.loss.inv_temperature < math.inf, "loss.inv_temperature", "> 0 and finite",
-         c.loss.inv_temperature)
-  _check(0 <= c.loss.tau < float("inf"), "loss.tau", ">= 0 and finite", c.loss.tau)
-  _check(0 <= c.loss.gamma < float("inf"), "loss.gamma", ">= 0 and finite", c.loss.gamma)
+  check_method_options(c)
   _check(0 <= c.weighting.adv_probs_lr < math.inf, "weighting.adv_probs_lr", ">= 0 and finite",
          c.weighting.adv_probs_lr)
   if c.weighting.mode == "dro":
@@ -436,6 +478,8 @@ def resume_changes(saved: dict, current: dict) -> list[str]:
   free_prefixes = tuple(f[:-1] for f in RESUMABLE_FIELDS if f.endswith(".*"))
   if current.get("lr_schedule", "constant") == "cosine":
     free.discard("num_epochs")  # The cosine decays over num_epochs.
+  if current.get("weighting", {}).get("anneal", "none") != "none":
+    free.discard("num_epochs")  # The weights anneal over num_epochs.
   changed = []
   for field in sorted(set(old) | set(new)):
     if field in free or field.startswith(free_prefixes):

@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 
 from polyjax import (data, losses, metrics, placement, schedules, steps, train_state,
-                     weighting, xla_runtime)
+                     weight_schedule, weighting, xla_runtime)
 from polyjax.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
@@ -37,6 +37,7 @@ class Experiment:
   compiler_options: dict[str, str] | None  # XLA options of the training program.
   sample_p: np.ndarray | None = None  # (N,) per-epoch sampling probabilities ('resampled').
   record: dict = dataclasses.field(default_factory=dict)  # What stage 1 gave (polyjax.two_stage); summary.json keeps it.
+  weight_fn: Any = None  # Loss weights of a step when they change over training (weight_schedule).
 
 
 def build(config: ml_collections.ConfigDict, *, mesh=None,
@@ -52,7 +53,8 @@ def build(config: ml_collections.ConfigDict, *, mesh=None,
   data_cfg.pop("order_seed")
   if dataset is None:
     dataset = data.load(name, weighting_mode=config.weighting.mode,
-                        exponent=config.weighting.exponent, **data_cfg)
+                        exponent=config.weighting.exponent,
+                        cb_beta=config.weighting.cb_beta, **data_cfg)
   if len(dataset.train) < config.batch_size:
     raise ConfigError(f"config.batch_size={config.batch_size} is larger than the training "
                       f"split of data.name={name!r} ({len(dataset.train)} examples)")
@@ -79,8 +81,10 @@ def build(config: ml_collections.ConfigDict, *, mesh=None,
   state = placement.to_global(state, shardings.replicated)
   reduction = weighting.make_reduction(config.weighting.mode, num_groups=dataset.num_groups,
                                        adv_probs_lr=config.weighting.adv_probs_lr)
+  weight_fn = weight_schedule.config_weight_fn(config, dataset)
   train_step = steps.make_train_step(model_def=model_def, loss_fn=loss_fn, tx=tx,
-                                     reduction=reduction, preprocess=dataset.preprocess)
+                                     reduction=reduction, preprocess=dataset.preprocess,
+                                     weight_fn=weight_fn)
   order_seed = config.seed if config.data.order_seed is None else config.data.order_seed
   eval_kwargs = dict(model_def=model_def, loss_fn=loss_fn, num_groups=dataset.num_groups,
                      shardings=shardings, preprocess=dataset.preprocess)
@@ -101,6 +105,7 @@ def build(config: ml_collections.ConfigDict, *, mesh=None,
       train_epoch=xla_runtime.WithMatmulPrecision(train_epoch, config.matmul_precision),
       eval_counts=xla_runtime.WithMatmulPrecision(eval_counts, config.matmul_precision),
       order_seed=order_seed, lr_factor=lr_factor, compiler_options=compiler_options,
+      weight_fn=weight_fn,
       sample_p=weighting.sampling_probs(dataset.train.group, dataset.train_group_counts,
                                         mode=config.weighting.mode,
                                         exponent=config.weighting.exponent))

@@ -35,7 +35,8 @@ STACKABLE: dict[str, str] = {
     "loss.beta": "a per-member traced loss parameter (loss.name 'poly' or 'ce')",
     "weighting.exponent": "per-member example weights ('reweighted') or sampling "
                           "probabilities ('resampled'); unused by 'none' and 'dro' "
-                          "(not stackable for 'undersampled': it changes the data)",
+                          "(not stackable for 'undersampled': it changes the data; nor "
+                          "with weighting.anneal, whose weights are constants of the program)",
 }
 # Fields that split the grid although a stack could hold them, because they are
 # constants of the program: the loss name, weighting.mode (the reduction, e.g.
@@ -142,7 +143,8 @@ def stackable_fields(config: ml_collections.ConfigDict) -> set[str]:
   stackable = set(STACKABLE)
   if config.loss.name not in programs.LOSSES_WITH_TRACED_FIELDS:
     stackable -= {f"loss.{f}" for f in programs.TRACED_LOSS_FIELDS}
-  if config.weighting.mode not in _EXPONENT_STACKABLE_MODES:
+  if (config.weighting.mode not in _EXPONENT_STACKABLE_MODES
+      or config.weighting.anneal != "none"):  # Annealed weights: a constant of the program.
     stackable.discard("weighting.exponent")
   return stackable
 

@@ -2,7 +2,7 @@
 
 Every loss here maps `(logits_BxC, labels_B, groups_B) -> loss_B`: cross-entropy,
 the polynomially-tailed loss (logit/exp/linear kinds, switch point beta,
-multi-class margin) and the baselines LDAM, logit adjustment (LA), VS, CDT and
+multi-class margin) and the baselines focal, LDAM, logit adjustment (LA), VS, CDT and
 group VS. Those that need class or group counts get them from the training split
 through their builders (`LOSSES`), never from the user. The weighted
 reduction over a batch lives in one place, `polyjax.weighting`. Names are resolved
@@ -83,6 +83,24 @@ def poly_tailed(logits_BxC: Array, labels_B: Array, *, alpha: float = 1.0,
       margin(logits_BxC, labels_B), alpha=alpha, beta=beta, kind=kind)
 
 
+def focal(logits_BxC: Array, labels_B: Array, *, gamma: float) -> Array:
+  """Focal loss (Lin et al. 2017; LDAM-DRW's code): `(1 - p_y)^gamma * CE` with
+  `p_y = exp(-CE)`, the softmax probability of the label.
+
+  `1 - p_y` is `-expm1(-CE)`, accurate where p_y is near 1. Where it is 0 (a
+  margin so large that CE rounds to 0) the factor is its limit, 0 (1 for gamma 0),
+  taken outside the power so that neither value nor gradient is NaN there.
+  """
+  ce_B = cross_entropy(logits_BxC, labels_B)
+  if gamma == 0:
+    return ce_B
+  one_minus_p = -jnp.expm1(-ce_B)
+  positive = one_minus_p > 0
+  factor = jnp.where(positive, jnp.exp(gamma * jnp.log(jnp.where(positive, one_minus_p, 1.0))),
+                     0.0)
+  return factor * ce_B
+
+
 def ldam(logits_BxC: Array, labels_B: Array, *, margins_C: Array,
          inv_temperature: float) -> Array:
   """LDAM (Cao et al. 2019): CE of `s * (f - m_y e_y)`, a margin subtracted from the
@@ -157,6 +175,10 @@ def _make_poly(*, alpha: float, beta: float, kind: str, **_) -> LossFn:
   return _ignore_groups(functools.partial(poly_tailed, alpha=alpha, beta=beta, kind=kind))
 
 
+def _make_focal(*, focal_gamma: float, **_) -> LossFn:
+  return _ignore_groups(functools.partial(focal, gamma=focal_gamma))
+
+
 def _make_ldam(*, max_margin: float, inv_temperature: float, class_counts=None,
                **_) -> LossFn:
   margins_C = _f32(ldam_margins(class_counts, max_margin=max_margin))
@@ -193,6 +215,7 @@ def _make_vs_group(*, gamma: float, group_counts=None, **_) -> LossFn:
 LOSSES: dict[str, Callable[..., LossFn]] = {
     "ce": _make_ce,
     "poly": _make_poly,
+    "focal": _make_focal,  # focal_gamma.
     "ldam": _make_ldam,  # max_margin, inv_temperature; class counts.
     "la": _make_la,  # tau; class counts.
     "vs": _make_vs,  # tau, gamma; class counts.

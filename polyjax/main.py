@@ -91,11 +91,15 @@ def print_config(config) -> None:
     return
   sizes = ", ".join(f"{split} {len(s)}" for split, s in ds.splits().items())
   iw = weighting.importance_weights(ds.train_group_counts, exponent=config.weighting.exponent)
+  kind = f"exponent {config.weighting.exponent}, mean 1 over train"
+  if config.weighting.cb_beta is not None:
+    iw = weighting.effective_number_weights(ds.train_group_counts, beta=config.weighting.cb_beta)
+    kind = f"effective number, beta {config.weighting.cb_beta}, sum = number of groups"
   print(f"# data {name}: {sizes} examples; {ds.num_classes} classes, {ds.num_groups} groups")
   print(f"# train class counts: {list(map(int, ds.train_class_counts))}; "
         f"group counts: {list(map(int, ds.train_group_counts))}")
-  print(f"# importance weights per group (exponent {config.weighting.exponent}, mean 1 over "
-        f"train): {[round(float(w), 4) for w in iw]}; used as: {config.weighting.mode}")
+  print(f"# importance weights per group ({kind}): {[round(float(w), 4) for w in iw]}; "
+        f"used as: {config.weighting.mode}")
 
 
 def main(argv) -> int:

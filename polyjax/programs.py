@@ -246,9 +246,10 @@ def make_stacked_epoch(exp: Experiment, *, mesh: jax.sharding.Mesh,
   call; `finite_M` says whether each member's state is finite at its end.
 
   Each member's step is `steps.make_train_step` with its own traced loss
-  parameters and the group's `reduction` (group DRO's probabilities live in each
-  member's state); a step whose objective is not finite, and every step after it,
-  leaves that member's state unchanged. `mesh` is the group's `member_mesh`: the
+  parameters, the group's `reduction` (group DRO's probabilities live in each
+  member's state) and the group's `exp.weight_fn` (of each member's own step); a
+  step whose objective is not finite, and every step after it, leaves that
+  member's state unchanged. `mesh` is the group's `member_mesh`: the
   stacked state and per-member inputs are split along its members axis, each
   member's batch along its data axis. The program gets the compiler options of a
   single run of the same model (`exp.compiler_options`).
@@ -261,7 +262,8 @@ def make_stacked_epoch(exp: Experiment, *, mesh: jax.sharding.Mesh,
   def member_step(state, batch, loss_params, alive):
     new, obj = steps.make_train_step(model_def=exp.model_def, loss_fn=member_loss(loss_params),
                                      tx=tx, reduction=reduction,
-                                     preprocess=exp.dataset.preprocess)(state, batch)
+                                     preprocess=exp.dataset.preprocess,
+                                     weight_fn=exp.weight_fn)(state, batch)
     ok = alive & jnp.isfinite(obj)
     new = jax.tree.map(lambda n, o: n if _is_key(n) else jnp.where(ok, n, o), new, state)
     return new, obj, ok

@@ -109,17 +109,23 @@ def pack_for_eval(splits: Sequence[Split], batch_size: int,
 def make_train_step(*, model_def: ModelDef, loss_fn: LossFn,
                     tx: optax.GradientTransformation,
                     reduction: weighting.Reduction = weighting.weighted_reduction,
-                    preprocess: Callable | None = None) -> Callable[[TrainState, Batch], tuple]:
+                    preprocess: Callable | None = None,
+                    weight_fn: Callable | None = None) -> Callable[[TrainState, Batch], tuple]:
   """One SGD step on a batch; returns the new state and the batch objective.
 
   `reduction` (from `weighting.make_reduction`) turns per-example losses into the
   objective and updates group DRO's probabilities; the default is the weighted mean.
   `preprocess(x, rng=)` (the dataset's, e.g. uint8 -> normalised and augmented
   float32) runs on device with a key derived from the step.
+  `weight_fn(weight_B, groups_B, step)` (`weight_schedule.make_weight_fn`) gives the
+  loss weights of the step when they change over training (DRW, annealing).
   """
 
   def train_step(state: TrainState, batch: Batch):
     x = batch["x"]
+    weight_B = batch["weight"]
+    if weight_fn is not None:
+      weight_B = weight_fn(weight_B, batch["group"], state.step)
     if preprocess is not None:
       x = preprocess(x, rng=jax.random.fold_in(state.rng, state.step))
 
@@ -127,7 +133,7 @@ def make_train_step(*, model_def: ModelDef, loss_fn: LossFn,
       logits_BxC, model_state = model_def.apply(
           state.replace(params=params), x, train=True)
       loss_B = loss_fn(logits_BxC, batch["y"], batch["group"])
-      obj, adv_probs = reduction(loss_B, batch["weight"], batch["group"], state.adv_probs)
+      obj, adv_probs = reduction(loss_B, weight_B, batch["group"], state.adv_probs)
       return obj, (model_state, adv_probs)
 
     (obj, (model_state, adv_probs)), grads = jax.value_and_grad(

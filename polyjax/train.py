@@ -134,7 +134,8 @@ def build_members(members: list[Member], mesh) -> list[experiment.Experiment]:
   base = data.load(name, weighting_mode=cfg0.weighting.mode,
                    exponent=cfg0.weighting.exponent, **data_cfg)
   return [experiment.build(m.config, mesh=mesh, dataset=with_weights(
-      base, mode=m.config.weighting.mode, exponent=m.config.weighting.exponent))
+      base, mode=m.config.weighting.mode, exponent=m.config.weighting.exponent,
+      cb_beta=m.config.weighting.cb_beta))
           for m in members]
 
 

@@ -59,21 +59,40 @@ def importance_weights(train_group_counts: np.ndarray, *, exponent: float = 1.0
   return raw * (np.sum(counts) / np.sum(counts * raw))
 
 
+def effective_number_weights(train_group_counts: np.ndarray, *, beta: float
+                             ) -> np.ndarray:
+  """(G,) float64 class-balanced weights of Cui et al. (2019): `(1 - beta) / (1 - beta^n_g)`,
+  the inverse "effective number" of examples, scaled to sum to the number of groups
+  present (as LDAM-DRW's code scales them to the number of classes). Absent groups: 0.
+
+  `1 - beta^n` is computed as `-expm1(n log beta)`, exact to rounding for beta near 1.
+  """
+  counts = np.asarray(train_group_counts, dtype=np.float64)
+  present = counts > 0
+  raw = np.zeros_like(counts)
+  raw[present] = -np.expm1(np.log(beta)) / -np.expm1(counts[present] * np.log(beta))
+  return raw * (np.sum(present) / np.sum(raw))
+
+
 def group_weights(train_group_counts: np.ndarray, *, mode: str,
-                  exponent: float = 1.0) -> np.ndarray:
+                  exponent: float = 1.0, cb_beta: float | None = None) -> np.ndarray:
   """Per-group *loss* weights: the importance weights for `reweighted`, else ones.
 
   Args:
     train_group_counts: (G,) training examples per group.
     mode: a weighting mode (WEIGHTING_MODES).
     exponent: w_g is proportional to (1 / n_g) ** exponent.
+    cb_beta: if given, `effective_number_weights` with this beta instead.
 
   Returns:
-    (G,) float32 weights; for `reweighted`, `sum_g n_g w_g / sum_g n_g == 1`.
+    (G,) float32 weights; for `reweighted`, `sum_g n_g w_g / sum_g n_g == 1`
+    (with `cb_beta`: `sum_g w_g` is the number of groups present).
   """
   _check_mode(mode)
   if mode != "reweighted":
     return np.ones(len(train_group_counts), np.float32)
+  if cb_beta is not None:
+    return effective_number_weights(train_group_counts, beta=cb_beta).astype(np.float32)
   return importance_weights(train_group_counts, exponent=exponent).astype(np.float32)
 
 

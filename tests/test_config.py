@@ -183,7 +183,7 @@ def _cli(tmp_path, *overrides):
 @pytest.mark.parametrize("override,expected", [
     ("--config.lr=-1", "config.lr must be > 0"),
     ("--config.batch_size=63", "divisible by the device count (2)"),
-    ("--config.loss.name=polyloss", "is not known; valid: cdt, ce, la"),
+    ("--config.loss.name=polyloss", "is not known; valid: cdt, ce, focal, la"),
     ("--config.lrr=0.1", "--config.lrr: the config has no field 'lrr' (did you mean 'lr'?)"),
     ("--config.num_epochs=ten", "--config.num_epochs"),
     ("--config.batch_size=100000", "larger than the training split"),

@@ -168,7 +168,7 @@ def test_resampled_build_draws_epochs_from_the_weights():
     ("loss.gamma", float("nan"), "config.loss.gamma must be >= 0"),
     ("weighting.adv_probs_lr", -0.1, "config.weighting.adv_probs_lr must be >= 0"),
     ("weighting.mode", "bogus", "config.weighting.mode='bogus' is not known"),
-    ("loss.name", "focal", "config.loss.name='focal' is not known"),
+    ("loss.name", "polyloss", "config.loss.name='polyloss' is not known"),
 ])
 def test_validation_names_each_new_field(field, value, match):
   c = config_lib.base_config()

@@ -48,8 +48,10 @@ PIPELINES = ("memory", "stream")
 STREAMABLE = ("cifar10", "cifar100", "celeba", "waterbirds")
 
 
-def load(name: str, *, weighting_mode: str, exponent: float, **data_config) -> Dataset:
-  """Builds dataset `name` and gives every example its importance weight."""
+def load(name: str, *, weighting_mode: str, exponent: float, cb_beta: float | None = None,
+         **data_config) -> Dataset:
+  """Builds dataset `name` and gives every example its importance weight
+  (`cb_beta`: the class-balanced weights of `weighting.effective_number_weights`)."""
   if name not in DATASETS:
     raise ValueError(f"data.name must be one of {sorted(DATASETS)}, got {name!r}")
   pipeline = data_config.get("pipeline", "memory")
@@ -62,7 +64,7 @@ def load(name: str, *, weighting_mode: str, exponent: float, **data_config) -> D
   ds = DATASETS[name](**data_config)
   if weighting_mode == "undersampled":
     ds = undersample(ds, exponent=exponent, seed=data_config.get("seed", 0))
-  return with_weights(ds, mode=weighting_mode, exponent=exponent)
+  return with_weights(ds, mode=weighting_mode, exponent=exponent, cb_beta=cb_beta)
 
 
 __all__ = ["DATASETS", "PIPELINES", "STREAMABLE", "DataInvalid", "DataMissing", "Dataset",

@@ -85,9 +85,12 @@ def make_split(x, y, group=None) -> Split:
   return Split(x, y, group, np.ones(len(y), np.float32))
 
 
-def with_weights(ds: Dataset, *, mode: str, exponent: float) -> Dataset:
-  """Gives every example of every split its training group's importance weight."""
-  w_G = weighting.group_weights(ds.train_group_counts, mode=mode, exponent=exponent)
+def with_weights(ds: Dataset, *, mode: str, exponent: float,
+                 cb_beta: float | None = None) -> Dataset:
+  """Gives every example of every split its training group's importance weight
+  (`weighting.group_weights`)."""
+  w_G = weighting.group_weights(ds.train_group_counts, mode=mode, exponent=exponent,
+                                cb_beta=cb_beta)
   out = {name: dataclasses.replace(s, weight=w_G[s.group]) for name, s in ds.splits().items()}
   return dataclasses.replace(ds, **out)
 
