@@ -3,15 +3,19 @@
 Each notebook runs in a fresh kernel of this interpreter with POLYJAX_SMOKE=1
 (its own switch to tiny settings), started in notebooks/ as Jupyter starts it,
 with the repository root on PYTHONPATH, so the notebooks cannot rot while the
-code changes. Their shared setup cell, which finds or installs polyjax, is also
+code changes. quickstart.ipynb is short enough to run in full, so the result its
+text states is checked on its own runs; study.ipynb runs the study command with
+one-epoch runs and must show the report it wrote. Their shared setup cell, which finds or installs polyjax, is also
 run alone with pip recorded instead of run: from a clone, outside one, with and
 without polyjax installed.
 """
 
 import importlib
 import importlib.util
+import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -27,7 +31,47 @@ _FIND_SPEC = importlib.util.find_spec  # Before the setup-cell tests patch it.
 
 
 def test_there_are_notebooks():
-  assert {"quickstart.ipynb", "figure1.ipynb"} <= {p.name for p in NOTEBOOKS}
+  assert {"quickstart.ipynb", "figure1.ipynb", "study.ipynb"} <= {p.name for p in NOTEBOOKS}
+
+
+def _displayed(nb):
+  return [out["data"] for cell in nb.cells if cell.cell_type == "code"
+          for out in cell.get("outputs", []) if out.get("output_type") == "display_data"]
+
+
+def _check_study(nb, tmp_path):
+  """The notebook ran the study command (in its temporary directory, one epoch per run)
+  and shows the report it wrote: the text, then each figure."""
+  (report,) = tmp_path.glob("polyjax-study-*/report.md")
+  text = report.read_text().split("\n## Figures\n")[0]
+  for part in ("--config.num_epochs=1", "seeds 1, 2, 3, 4, 5, 6, 7, 8, 9, 10",
+               "## Results: each cell at its selected", "## Paired t-tests",
+               "## Selected hyperparameters"):
+    assert part in text
+  shown = _displayed(nb)
+  assert text in [d.get("text/markdown") for d in shown]
+  assert sum("image/png" in d for d in shown) == 3
+
+
+def _check_quickstart(nb, tmp_path):
+  """The result its text states holds for the runs it trained, read from their run
+  directories: every run interpolates, and the run it names ends highest."""
+  text = "".join(c.source for c in nb.cells if c.cell_type == "markdown")
+  (claimed,) = re.findall(r"\*\*([^*]+)\*\* ends with the\s+highest test balanced accuracy", text)
+  names = {("poly", "reweighted"): "poly + IW", ("ce", "reweighted"): "CE + IW",
+           ("ce", "none"): "CE"}
+  acc = {}
+  for run in tmp_path.glob("polyjax-quickstart-*/*"):
+    config = json.loads((run / "config.json").read_text())
+    final = json.loads((run / "summary.json").read_text())["final"]
+    assert final["train/acc"] == 1.0
+    acc[names[config["loss"]["name"], config["weighting"]["mode"]]] = (
+        final["test/reweighted_acc"])
+  assert len(acc) == 3 and claimed in acc
+  assert acc[claimed] > max(v for k, v in acc.items() if k != claimed)
+
+
+CHECKS = {"study.ipynb": _check_study, "quickstart.ipynb": _check_quickstart}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -48,6 +92,8 @@ def test_notebook_runs(path, tmp_path):
   assert all(cell.get("execution_count") for cell in nb.cells if cell.cell_type == "code")
   printed = "".join(out.get("text", "") for out in nb.cells[-1].outputs)
   assert "--xla_gpu_deterministic_ops=true" in printed.split("XLA_FLAGS=")[1]
+  if path.name in CHECKS:
+    CHECKS[path.name](nb, tmp_path)
 
 
 def _code_cells(path):
