@@ -14,6 +14,9 @@ examples' loss weights:
   misclassifies (the error set) have their loss weight multiplied by
   `method.jtt_upweight`, then the training weights are rescaled to mean 1, the
   objective of training on the set with the errors repeated lambda_up times.
+- `method.name` 'dfr' (Kirichenko et al. 2023): stage 1's features, a zero head
+  trained on the group-balanced validation split, with the L2 strength tuned on
+  its halves (polyjax.dfr).
 
 What was estimated goes into the experiment's `record`, which summary.json keeps.
 """
@@ -28,7 +31,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from polyjax import checkpointing, data, experiment, label_shift, stage1, steps, xla_runtime
+from polyjax import (checkpointing, data, dfr, experiment, label_shift, placement, steps,
+                     xla_runtime)
 from polyjax.analysis import runs
 from polyjax.errors import ConfigError
 
@@ -176,6 +180,27 @@ def build(config: ml_collections.ConfigDict, *, mesh) -> experiment.Experiment:
     ds, record["label_shift"] = label_shift_weights(config, ds, model)
   if config.method.name == "jtt":
     ds, record["jtt"] = jtt_weights(config, ds, model)
+  if config.method.name == "dfr":
+    return dfr_build(config, ds, model, record, mesh)
   exp = experiment.build(config, mesh=mesh, dataset=ds)
+  exp.record = record
+  return exp
+
+
+def dfr_build(config, ds: data.Dataset, model: Stage1, record: dict[str, Any], mesh
+              ) -> experiment.Experiment:
+  """DFR's experiment: trains on the balanced validation split, from stage 1's
+  features and a zero head, with the tuned L2 strength as weight decay."""
+  val = model.exp.dataset.val  # In memory; the same examples as `ds.val`.
+  feats = dfr.features(model.exp.model_def, model.state, val, shardings=model.exp.shardings,
+                       batch_size=model.eval_batch_size, preprocess=model.exp.dataset.preprocess,
+                       matmul_precision=model.matmul_precision)
+  l2, record["dfr"] = dfr.tune_l2(feats, val.y, val.group, ds.num_classes,
+                                  tuple(config.method.dfr_l2_grid), config.data.seed)
+  exp = experiment.build(config, mesh=mesh,
+                         dataset=dfr.balanced_val_dataset(ds, config.data.seed))
+  record["dfr"]["train_size"] = len(exp.dataset.train)
+  exp.state = placement.to_global(dfr.stage2_state(exp.state, model.state, l2),
+                                  exp.shardings.replicated)
   exp.record = record
   return exp

@@ -1,4 +1,4 @@
-"""Methods that read a stage-1 run: estimated label-shift weights, JTT; their config checks."""
+"""Methods that read a stage-1 run: estimated label-shift weights, JTT, DFR; their config checks."""
 
 import json
 import os
@@ -13,7 +13,9 @@ import pytest
 
 from configs import digits_poly
 from polyjax import config as config_lib
-from polyjax import label_shift, placement, train, two_stage
+from scipy import optimize, special
+
+from polyjax import dfr, label_shift, placement, train, two_stage
 from polyjax.analysis import runs, tasks
 import subprocess_env
 
@@ -137,3 +139,83 @@ def test_bad_stage1_settings_are_one_line_naming_the_field(stage1, tmp_path):
     with pytest.raises(config_lib.ConfigError, match=re.escape(message)) as e:
       config_lib.validate(c, device_count=8)
     assert "\n" not in str(e.value)
+
+
+def test_dfr_head_fit_matches_a_reference_optimiser():
+  rng = np.random.default_rng(3)
+  x = rng.standard_normal((60, 5))
+  y = rng.integers(0, 3, 60)
+  w, b = dfr.fit_head(x, y, 3, 0.05)
+
+  def objective(theta):  # Written independently: scipy's logsumexp.
+    t = theta.reshape(6, 3)
+    s = x @ t[:5] + t[5]
+    return np.mean(special.logsumexp(s, axis=1) - s[np.arange(60), y]) + 0.025 * np.sum(t ** 2)
+
+  ref = optimize.minimize(objective, np.zeros(18), method="BFGS", options={"gtol": 1e-11})
+  assert objective(np.concatenate([w, b[None]]).ravel()) <= ref.fun + 1e-12
+  np.testing.assert_allclose(np.concatenate([w, b[None]]).ravel(), ref.x, atol=1e-5)
+
+
+def dfr_config(stage1_dir, **fields):
+  return stage2_config(stage1_dir, **{
+      "method.name": "dfr", "loss.name": "ce", "weighting.mode": "none",
+      "model.freeze_features": True, "batch_size": 8, **fields})
+
+
+def test_dfr_retrains_the_head_on_balanced_validation_data(stage1):
+  c = dfr_config(stage1, **{"method.dfr_l2_grid": (0.001, 0.1, 10.0)})
+  exp = two_stage.build(c, mesh=placement.make_mesh())
+  loaded, val_logits = reference_logits(stage1, "val")
+  val = loaded.exp.dataset.val
+  # The features: what the stage-1 head maps to the stage-1 logits.
+  head = loaded.state.params["head"]
+  feats = dfr.features(loaded.exp.model_def, loaded.state, val, shardings=loaded.exp.shardings,
+                       batch_size=1000)
+  np.testing.assert_allclose(feats @ np.asarray(head["kernel"]) + np.asarray(head["bias"]),
+                             val_logits, rtol=1e-5, atol=1e-5)
+
+  train_split = exp.dataset.train  # The validation split, equal group sizes, unit weights.
+  assert np.bincount(train_split.group).tolist() == [np.bincount(val.group).min()] * 2
+  rows = {r.tobytes() for r in val.x}
+  assert all(r.tobytes() in rows for r in train_split.x) and (train_split.weight == 1).all()
+
+  # The tuning, refitted with scipy on the same halves.
+  first, second = dfr.halves(len(val), c.data.seed)
+  fit = first[dfr.balanced_indices(val.group[first], np.random.default_rng([0, 0xDF, 1]))]
+  scores = []
+  for l2 in c.method.dfr_l2_grid:
+    def objective(theta):
+      t = theta.reshape(-1, 2)
+      s = feats[fit].astype(np.float64) @ t[:-1] + t[-1]
+      return (np.mean(special.logsumexp(s, axis=1) - s[np.arange(len(fit)), val.y[fit]])
+              + 0.5 * l2 * np.sum(t ** 2))
+    t = optimize.minimize(objective, np.zeros(2 * (feats.shape[1] + 1)), method="L-BFGS-B",
+                          options={"gtol": 1e-12, "ftol": 1e-15, "maxiter": 5000}).x.reshape(-1, 2)
+    pred = (feats[second] @ t[:-1] + t[-1]).argmax(1)
+    scores.append(min(np.mean(pred[val.group[second] == g] == val.y[second][val.group[second] == g])
+                      for g in (0, 1)))
+  rec = exp.record["dfr"]
+  assert rec["val_half_worst_group_acc"] == pytest.approx(scores, abs=1e-12)
+  assert rec["l2"] == c.method.dfr_l2_grid[int(np.argmax(scores))]
+
+  # The initial state: stage 1's features, a zero head, the chosen weight decay.
+  for key in exp.state.params:
+    for a, b in zip(jax.tree.leaves(exp.state.params[key]),
+                    jax.tree.leaves(loaded.state.params[key])):
+      np.testing.assert_array_equal(a, 0 * b if key == "head" else b)
+  decays = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(exp.state.opt_state)
+            if "weight_decay" in jax.tree_util.keystr(path)]
+  assert decays and all(float(d) == pytest.approx(rec["l2"]) for d in decays)
+
+
+def test_dfr_settings_are_checked(stage1):
+  for fields, message in [
+      ({"loss.name": "poly"}, "config.loss.name must be 'ce' for method.name='dfr'"),
+      ({"weight_decay": 0.01}, "config.weight_decay must be 0.0 for method.name='dfr'"),
+      ({"model.freeze_features": False}, "config.model.freeze_features must be True"),
+      ({"method.dfr_l2_grid": (0.1, 0.0)}, "config.method.dfr_l2_grid must be L2 strengths"),
+      ({"model.hidden": 100}, "has another model (model.hidden 200 there, 100 here)"),
+  ]:
+    with pytest.raises(config_lib.ConfigError, match=re.escape(message)):
+      dfr_config(stage1, **fields)
