@@ -23,6 +23,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from polyjax import stage1
+from polyjax import method_checks
 from polyjax.errors import ConfigError  # noqa: F401  (raised here; polyjax.config.ConfigError)
 
 
@@ -101,6 +102,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.weighting.drw_epoch = 0  # reweighted: deferred re-weighting, loss weights 1 before this epoch (0-based, < num_epochs; LDAM-DRW: 160 of 200); 0: off.
   c.weighting.anneal = "none"  # reweighted: the weights' exponent moves from 0 to exponent over training, 'linear', 'sigmoid' or 'step' (the paper's code; polyjax.weight_schedule); 'none': fixed.
   c.weighting.anneal_sigmoid_c = 10.0  # anneal 'sigmoid': steepness c of sigmoid(c (epoch/num_epochs - 1/2)) (> 0).
+  c.weighting.resample_once = False  # resampled: draw the n examples once for the run, reshuffled every epoch (the paper's code); False: a new draw every epoch.
 
   c.wandb = wandb_config()
   return stage1.add_fields(c)  # weighting.source and the method section.
@@ -340,41 +342,6 @@ def _as_json(value):
   return json.loads(json.dumps(value))  # Tuples and lists compare equal.
 
 
-def check_method_options(c: ml_collections.ConfigDict) -> None:
-  """The baselines' loss parameters, class-balanced weights, DRW and annealing
-  (polyjax.weight_schedule): ConfigError naming the first field that cannot be
-  trained or would be ignored."""
-  from polyjax import weight_schedule
-
-  _check(0 < c.loss.max_margin < math.inf, "loss.max_margin", "> 0 and finite",
-         c.loss.max_margin)
-  _check(0 < c.loss.inv_temperature < math.inf, "loss.inv_temperature", "> 0 and finite",
-         c.loss.inv_temperature)
-  _check(0 <= c.loss.tau < float("inf"), "loss.tau", ">= 0 and finite", c.loss.tau)
-  _check(0 <= c.loss.gamma < float("inf"), "loss.gamma", ">= 0 and finite", c.loss.gamma)
-  _check(0 <= c.loss.focal_gamma < math.inf, "loss.focal_gamma", ">= 0 and finite",
-         c.loss.focal_gamma)
-  w = c.weighting
-  _known("weighting.anneal", w.anneal, weight_schedule.ANNEALS)
-  _check(0 < w.anneal_sigmoid_c < math.inf, "weighting.anneal_sigmoid_c", "> 0 and finite",
-         w.anneal_sigmoid_c)
-  _check(isinstance(w.drw_epoch, int) and 0 <= w.drw_epoch < c.num_epochs,
-         "weighting.drw_epoch", f"a whole epoch in [0, num_epochs={c.num_epochs})", w.drw_epoch)
-  if w.cb_beta is not None:
-    _check(0 < w.cb_beta < 1, "weighting.cb_beta", "in (0, 1) or None", w.cb_beta)
-    _check(w.exponent == 1.0, "weighting.exponent",
-           "1.0 with weighting.cb_beta set (the class-balanced weights have no exponent)",
-           w.exponent)
-  for field, used in (("cb_beta", w.cb_beta is not None), ("drw_epoch", w.drw_epoch != 0),
-                      ("anneal", w.anneal != "none")):
-    _check(not used or w.mode == "reweighted", f"weighting.{field}",
-           "unset unless weighting.mode='reweighted' (only its loss weights change)",
-           get_field(w, field))
-  _check(w.anneal == "none" or (w.drw_epoch == 0 and w.cb_beta is None), "weighting.anneal",
-         "'none' with weighting.drw_epoch or weighting.cb_beta set (it anneals (1/n_g)**exponent)",
-         w.anneal)
-
-
 def validate(config: ml_collections.ConfigDict, *, device_count: int) -> None:
   """Raises ConfigError naming the first field whose value cannot be trained."""
   # Registries are imported here so that loading a config file stays light.
@@ -418,7 +385,7 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int) -> None:
     _check(c.loss.alpha > 1, "loss.alpha", "> 1 for loss.kind='linear'", c.loss.alpha)
   _check(0 <= c.weighting.exponent < math.inf, "weighting.exponent", ">= 0 and finite",
          c.weighting.exponent)
-  check_method_options(c)
+  method_checks.check(c)
   _check(0 <= c.weighting.adv_probs_lr < math.inf, "weighting.adv_probs_lr", ">= 0 and finite",
          c.weighting.adv_probs_lr)
   if c.weighting.mode == "dro":

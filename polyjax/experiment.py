@@ -38,6 +38,7 @@ class Experiment:
   sample_p: np.ndarray | None = None  # (N,) per-epoch sampling probabilities ('resampled').
   record: dict = dataclasses.field(default_factory=dict)  # What stage 1 gave (polyjax.two_stage); summary.json keeps it.
   weight_fn: Any = None  # Loss weights of a step when they change over training (weight_schedule).
+  resample_once: bool = False  # 'resampled': one draw for the whole run (steps.epoch_indices).
 
 
 def build(config: ml_collections.ConfigDict, *, mesh=None,
@@ -105,7 +106,7 @@ def build(config: ml_collections.ConfigDict, *, mesh=None,
       train_epoch=xla_runtime.WithMatmulPrecision(train_epoch, config.matmul_precision),
       eval_counts=xla_runtime.WithMatmulPrecision(eval_counts, config.matmul_precision),
       order_seed=order_seed, lr_factor=lr_factor, compiler_options=compiler_options,
-      weight_fn=weight_fn,
+      weight_fn=weight_fn, resample_once=config.weighting.resample_once,
       sample_p=weighting.sampling_probs(dataset.train.group, dataset.train_group_counts,
                                         mode=config.weighting.mode,
                                         exponent=config.weighting.exponent))

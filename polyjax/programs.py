@@ -67,7 +67,8 @@ class Single:
     """Trains `epochs`; returns the state, objectives (1, steps) and finiteness (1,)."""
     exp = self.exp
     idx_SxB = steps.epochs_indices(len(exp.dataset.train), self.config.batch_size,
-                                   seed=exp.order_seed, epochs=epochs, p=exp.sample_p)
+                                   seed=exp.order_seed, epochs=epochs, p=exp.sample_p,
+                                   once=exp.resample_once)
     if not self.streamed:
       idx_SxB = placement.to_global(idx_SxB, exp.shardings.stacked_batches)
     state, objective_S = exp.train_epoch(state, self.train_data, idx_SxB)
@@ -145,7 +146,8 @@ class Stacked:
     the stack, objectives (M, steps) and each member's finiteness (M,)."""
     n, batch_size = len(self.exps[0].dataset.train), self.configs[0].batch_size
     idx_MxSxB = np.stack([steps.epochs_indices(n, batch_size, seed=e.order_seed,
-                                               epochs=epochs, p=e.sample_p)
+                                               epochs=epochs, p=e.sample_p,
+                                               once=e.resample_once)
                           for e in self.exps])
     state_M, objective_MxS, finite_M = self.epoch_fn(
         state_M, self.train_data, self.train_weight_MxN,

@@ -35,11 +35,14 @@ def split_arrays(split: Split) -> dict[str, np.ndarray]:
 
 
 def epoch_indices(n: int, batch_size: int, *, seed: int, epoch: int,
-                  p: np.ndarray | None = None) -> np.ndarray:
+                  p: np.ndarray | None = None, once: bool = False) -> np.ndarray:
   """(steps, batch_size) example indices for one epoch; the last partial batch is dropped.
 
   With `p` (the `resampled` weighting), the epoch is n draws with replacement with
   probabilities `p`, drawn anew every epoch (like PyTorch's WeightedRandomSampler);
+  with `once` as well, the n draws are made once for the whole run (from `seed`
+  alone) and each epoch is a permutation of them (the paper's code: a
+  `ResampledDataset` drawn at set-up, shuffled by its DataLoader every epoch);
   otherwise a permutation. Either way the order is a pure function of (seed,
   epoch), so a resumed run sees the same batches as an uninterrupted one. A full
   batch (`batch_size == n`, no resampling) is every example in stored order:
@@ -50,17 +53,23 @@ def epoch_indices(n: int, batch_size: int, *, seed: int, epoch: int,
   if p is None and batch_size == n:
     return np.arange(n, dtype=np.int32)[None]
   rng = np.random.default_rng([seed, epoch])
-  perm = rng.permutation(n) if p is None else rng.choice(n, size=n, replace=True, p=p)
+  if p is None:
+    perm = rng.permutation(n)
+  elif once:  # Its own stream: no epoch's permutation repeats the draw's numbers.
+    drawn = np.random.default_rng([seed, 0x0CE, 0]).choice(n, size=n, replace=True, p=p)
+    perm = drawn[rng.permutation(n)]
+  else:
+    perm = rng.choice(n, size=n, replace=True, p=p)
   steps = n // batch_size
   return perm[: steps * batch_size].reshape(steps, batch_size).astype(np.int32)
 
 
 def epochs_indices(n: int, batch_size: int, *, seed: int, epochs: range,
-                   p: np.ndarray | None = None) -> np.ndarray:
+                   p: np.ndarray | None = None, once: bool = False) -> np.ndarray:
   """(len(epochs) * steps, batch_size): `epoch_indices` of consecutive epochs, in order."""
   if p is None and batch_size == n:  # Full batch: stored order (see epoch_indices).
     return np.tile(np.arange(n, dtype=np.int32), (len(epochs), 1))
-  return np.concatenate([epoch_indices(n, batch_size, seed=seed, epoch=e, p=p)
+  return np.concatenate([epoch_indices(n, batch_size, seed=seed, epoch=e, p=p, once=once)
                          for e in epochs])
 
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from polyjax import config as config_lib, grid, lifecycle, losses, run_dir, sweep, train
+from polyjax import config as config_lib, grid, lifecycle, losses, run_dir, steps, sweep, train
 from polyjax import weight_schedule, weighting
 
 COUNTS = np.array([5000, 500, 120, 1, 0])
@@ -140,6 +140,7 @@ def test_focal_matches_numpy_and_has_finite_gradients(gamma):
     ({"weighting.anneal": "linear", "weighting.drw_epoch": 3}, "weighting.anneal"),
     ({"weighting.anneal": "step", "weighting.cb_beta": 0.9}, "weighting.anneal"),
     ({"weighting.anneal_sigmoid_c": 0.0}, "weighting.anneal_sigmoid_c"),
+    ({"weighting.resample_once": True}, "weighting.resample_once"),
 ])
 def test_bad_values_are_one_line_naming_the_field(override, match):
   c = config_lib.base_config()
@@ -175,9 +176,10 @@ def metric_rows(path):
 
 def test_an_lr_sweep_is_one_program_per_method_and_equals_single_runs(tmp_path):
   methods = [{"weighting.anneal": ["linear"], "weighting.exponent": [2.0]},
-             {"loss.name": ["focal"], "weighting.cb_beta": [0.9999], "weighting.drw_epoch": [1]}]
-  members = grid.expand(small_config(num_epochs=3), [{**m, "lr": [0.05, 0.2]} for m in methods])
-  assert [len(g) for g in grid.groups(members)] == [2, 2]
+             {"loss.name": ["focal"], "weighting.cb_beta": [0.9999], "weighting.drw_epoch": [1]},
+             {"weighting.mode": ["resampled"], "weighting.resample_once": [True]}]
+  members = grid.expand(small_config(num_epochs=3), [{**m, "lr": [0.02, 0.1]} for m in methods])
+  assert [len(g) for g in grid.groups(members)] == [2, 2, 2]
   sweep.run_sweep(members, str(tmp_path / "stacked"))
   annealed = members[:2]  # Each in turn with its single run's program: bit for bit.
   sweep.run_sweep(annealed, str(tmp_path / "one_by_one"), member_batch=1)
@@ -239,3 +241,27 @@ def test_la_with_importance_weights_is_the_papers_class_weighted_logit_adjusted_
   ce = np.logaddexp.reduce(z, axis=1) - z[np.arange(32), labels]
   ref = np.mean(weighting.importance_weights(counts)[labels] * ce)
   assert float(got) == pytest.approx(ref, rel=1e-5)
+
+
+def test_resampling_once_permutes_one_draw_every_epoch():
+  counts = np.array([900, 100])
+  groups = np.repeat(np.arange(2), counts)
+  p = weighting.sampling_probs(groups, counts, mode="resampled", exponent=1.0)
+  n = len(groups)
+  once = [steps.epoch_indices(n, 50, seed=3, epoch=e, p=p, once=True) for e in range(4)]
+  fresh = [steps.epoch_indices(n, 50, seed=3, epoch=e, p=p) for e in range(4)]
+  # Batches of 50 divide n: every epoch is the whole draw, in a new order.
+  drawn = np.sort(once[0].ravel())
+  for e in range(1, 4):
+    np.testing.assert_array_equal(np.sort(once[e].ravel()), drawn)
+    assert not np.array_equal(once[e], once[0])
+  assert not np.array_equal(np.sort(fresh[1].ravel()), np.sort(fresh[0].ravel()))
+  # A pure function of (seed, epoch): a resumed run gets the same batches.
+  np.testing.assert_array_equal(
+      steps.epochs_indices(n, 50, seed=3, epochs=range(2, 4), p=p, once=True),
+      np.concatenate(once[2:]))
+  # The draw: n with replacement, P(i) = p_i; exponent 1 gives each group half of it,
+  # within 4 binomial standard deviations.
+  minority = np.sum(groups[drawn] == 1)
+  assert abs(minority - n / 2) <= 4 * np.sqrt(n / 4)
+  assert len(np.unique(drawn)) < n  # With replacement: repeats, and examples left out.
