@@ -98,6 +98,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.weighting.mode = "reweighted"  # How importance weights are used: see polyjax.weighting.WEIGHTING_MODES.
   c.weighting.exponent = 1.0  # w_g proportional to (1/n_g)**exponent (>= 0); the paper's IW-Exp uses 1.5 to 3.
   c.weighting.adv_probs_lr = 0.01  # dro: step size eta of the group probabilities (> 0 for mode 'dro').
+  c.weighting.generalization_adjustment = 0.0  # dro: C of the adjustment C/sqrt(n_g) added to each group's loss (>= 0; Sagawa et al. 2020, Sec. 3.3).
   c.weighting.cb_beta = config_dict.placeholder(float)  # reweighted: class-balanced weights (1-beta)/(1-beta^n_g), summing to the number of groups (Cui et al. 2019; LDAM-DRW: 0.9999), in (0, 1); None: (1/n_g)**exponent.
   c.weighting.drw_epoch = 0  # reweighted: deferred re-weighting, loss weights 1 before this epoch (0-based, < num_epochs; LDAM-DRW: 160 of 200); 0: off.
   c.weighting.anneal = "none"  # reweighted: the weights' exponent moves from 0 to exponent over training, 'linear', 'sigmoid' or 'step' (the paper's code; polyjax.weight_schedule); 'none': fixed.
@@ -345,7 +346,7 @@ def _as_json(value):
 def validate(config: ml_collections.ConfigDict, *, device_count: int) -> None:
   """Raises ConfigError naming the first field whose value cannot be trained."""
   # Registries are imported here so that loading a config file stays light.
-  from polyjax import data, losses, models, schedules, weighting, xla_runtime
+  from polyjax import data, group_robust, losses, models, schedules, weighting, xla_runtime
 
   c = config
   _known("data.name", c.data.name, data.DATASETS)
@@ -391,6 +392,7 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int) -> None:
   if c.weighting.mode == "dro":
     _check(c.weighting.adv_probs_lr > 0, "weighting.adv_probs_lr", "> 0 for weighting.mode='dro'",
            c.weighting.adv_probs_lr)
+  group_robust.check_config(c)
   _known("data.pipeline", c.data.pipeline, data.PIPELINES)
   _check(c.data.pipeline == "memory" or c.data.name in data.STREAMABLE, "data.pipeline",
          f"'memory' for data.name={c.data.name!r} (stream needs one of "

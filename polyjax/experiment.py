@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from polyjax import (data, losses, metrics, placement, schedules, steps, train_state,
+from polyjax import (data, group_robust, losses, metrics, placement, schedules, steps, train_state,
                      weight_schedule, weighting, xla_runtime)
 from polyjax.errors import ConfigError
 
@@ -80,8 +80,7 @@ def build(config: ml_collections.ConfigDict, *, mesh=None,
       seed=config.seed, freeze_features=freeze)
   shardings = placement.Shardings(mesh)
   state = placement.to_global(state, shardings.replicated)
-  reduction = weighting.make_reduction(config.weighting.mode, num_groups=dataset.num_groups,
-                                       adv_probs_lr=config.weighting.adv_probs_lr)
+  reduction = group_robust.config_reduction(config.weighting, dataset.train_group_counts)
   weight_fn = weight_schedule.config_weight_fn(config, dataset)
   train_step = steps.make_train_step(model_def=model_def, loss_fn=loss_fn, tx=tx,
                                      reduction=reduction, preprocess=dataset.preprocess,

@@ -31,8 +31,8 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from polyjax import (checkpointing, experiment, lifecycle, losses, placement, steps,
-                     train_state, weighting, xla_runtime)
+from polyjax import (checkpointing, experiment, group_robust, lifecycle, losses, placement,
+                     steps, train_state, weighting, xla_runtime)
 from polyjax.experiment import Experiment
 
 MEMBERS_AXIS = "members"  # The mesh axis that members are split along (`member_mesh`).
@@ -126,8 +126,7 @@ class Stacked:
                   for splits in member_splits]),
         NamedSharding(self.mesh, P(MEMBERS_AXIS, None, placement.DATA_AXIS)))
     self.idx_sharding = NamedSharding(self.mesh, P(None, MEMBERS_AXIS, placement.DATA_AXIS))
-    reduction = weighting.make_reduction(cfg0.weighting.mode, num_groups=ds.num_groups,
-                                         adv_probs_lr=cfg0.weighting.adv_probs_lr)
+    reduction = group_robust.config_reduction(cfg0.weighting, ds.train_group_counts)
     self.epoch_fn = xla_runtime.WithMatmulPrecision(  # The group's: a field that splits groups.
         make_stacked_epoch(exp0, mesh=self.mesh, loss_config=loss_config,
                            reduction=reduction, member_batch=member_batch),

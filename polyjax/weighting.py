@@ -148,24 +148,31 @@ def weighted_reduction(loss_B, weight_B, groups_B, adv_probs_G):
   return weighted_mean(loss_B, weight_B), adv_probs_G
 
 
-def make_reduction(mode: str, *, num_groups: int, adv_probs_lr: float = 0.0
-                   ) -> Reduction:
+def make_reduction(mode: str, *, num_groups: int, adv_probs_lr: float = 0.0,
+                   adjustment: np.ndarray | None = None) -> Reduction:
   """The batch objective of weighting `mode`, resolved once at build time.
 
   Every mode but `dro` returns `mean_i(w_i * loss_i)` (the loss weights are 1
   unless `reweighted`) and leaves the group probabilities alone. `dro` follows the
   reference implementation of Sagawa et al. (2020): the batch's mean loss per group
-  `l_g` (0 for a group absent from the batch) moves the probabilities,
-  `q <- normalise(q * exp(adv_probs_lr * l))` with no gradient through q, and the
-  objective is `sum_g q_g l_g` with the updated q.
+  `l_g` (0 for a group absent from the batch) plus the adjustment `a_g`
+  (`group_robust.dro_adjustment`; 0 by default) moves the probabilities,
+  `q <- normalise(q * exp(adv_probs_lr * (l + a)))` with no gradient through q, and
+  the objective is `sum_g q_g (l_g + a_g)` with the updated q. The reference adds
+  `a` to its group losses in place, so its objective holds `a` too; a constant, it
+  changes the objective's value, not its gradient.
   """
   _check_mode(mode)
   if mode != "dro":
     return weighted_reduction
+  adj_G = (None if adjustment is None or not np.any(adjustment)
+           else jnp.asarray(adjustment, jnp.float32))
 
   def dro(loss_B, weight_B, groups_B, adv_probs_G):
     del weight_B
     loss_G, _ = group_mean_losses(loss_B, groups_B, num_groups)
+    if adj_G is not None:
+      loss_G = loss_G + adj_G
     q_G = jax.lax.stop_gradient(
         dro_update(adv_probs_G, jax.lax.stop_gradient(loss_G), lr=adv_probs_lr))
     return jnp.sum(q_G * loss_G), q_G
