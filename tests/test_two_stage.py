@@ -219,3 +219,22 @@ def test_dfr_settings_are_checked(stage1):
   ]:
     with pytest.raises(config_lib.ConfigError, match=re.escape(message)):
       dfr_config(stage1, **fields)
+
+
+def test_a_dfr_run_trains_only_the_head_and_analysis_rebuilds_it(stage1, tmp_path):
+  c = dfr_config(stage1, **{"num_epochs": 2, "method.dfr_l2_grid": (0.01,)})
+  summary = train.train_and_evaluate(c, str(tmp_path / "dfr"))
+  assert summary["dfr"]["l2"] == 0.01
+  assert summary["final"]["train/n"] == summary["dfr"]["train_size"]
+
+  run = runs.load_run(tmp_path / "dfr")
+  loaded = tasks.load_checkpoint(run, "last")  # Rebuilt through its stage-1 run.
+  for split in ("train", "val", "test"):
+    values = tasks.evaluate(loaded, split)
+    assert values["n"] == summary["final"][f"{split}/n"]
+    assert values["acc"] == pytest.approx(summary["final"][f"{split}/acc"], abs=1e-12)
+  first = tasks.load_checkpoint(runs.load_run(stage1), "last")
+  for key in loaded.state.params:
+    same = [np.array_equal(a, b) for a, b in zip(jax.tree.leaves(loaded.state.params[key]),
+                                                  jax.tree.leaves(first.state.params[key]))]
+    assert all(same) == (key != "head"), key  # Frozen features; a trained head.

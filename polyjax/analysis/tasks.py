@@ -79,7 +79,7 @@ def load_checkpoint(run: Run, rule: str, *, mesh=None) -> Loaded:
     RunError: no such checkpoint, or it cannot be rebuilt or restored.
   """
   # Only checkpoint tasks need JAX and the training code.
-  from polyjax import checkpointing, experiment
+  from polyjax import checkpointing, experiment, placement, stage1, two_stage
   from polyjax.config import ConfigError
 
   epoch = run.checkpoint_epoch(rule)
@@ -87,7 +87,10 @@ def load_checkpoint(run: Run, rule: str, *, mesh=None) -> Loaded:
   config.eval_batch_size = _eval_batch_size(run)
   config.data.pipeline = "memory"  # The tasks below take whole splits; same data either way.
   try:
-    exp = experiment.build(config, mesh=mesh)
+    if stage1.uses_stage1(config):  # Its data and weights come from its stage-1 run.
+      exp = two_stage.build(config, mesh=placement.make_mesh() if mesh is None else mesh)
+    else:
+      exp = experiment.build(config, mesh=mesh)
   except (ConfigError, ValueError, FileNotFoundError) as e:
     raise RunError(f"{run.path}: cannot rebuild the experiment from config.json ({e})",
                    "whose experiment cannot be rebuilt") from None
