@@ -56,13 +56,16 @@ _CONFIG_FIELDS = frozenset(flatten(base_config()))
 # weighting mode (polyjax/weighting.py, polyjax/data: importance weights, DRO step)
 # reads; a run's other loss.* and weighting.* values change nothing in it.
 LOSS_PARAMS = {
-    "ce": (), "poly": ("loss.alpha", "loss.beta", "loss.kind"),
+    "ce": (), "poly": ("loss.alpha", "loss.beta", "loss.kind"), "focal": ("loss.focal_gamma",),
     "ldam": ("loss.max_margin", "loss.inv_temperature"), "la": ("loss.tau",),
     "vs": ("loss.tau", "loss.gamma"), "cdt": ("loss.gamma",), "vs_group": ("loss.gamma",),
 }
 WEIGHTING_PARAMS = {
-    "none": (), "reweighted": ("weighting.exponent",), "undersampled": ("weighting.exponent",),
-    "resampled": ("weighting.exponent",), "dro": ("weighting.adv_probs_lr",),
+    "none": (), "undersampled": ("weighting.exponent",),
+    "reweighted": ("weighting.exponent", "weighting.cb_beta", "weighting.drw_epoch",
+                   "weighting.anneal", "weighting.anneal_sigmoid_c"),
+    "resampled": ("weighting.exponent", "weighting.resample_once"),
+    "dro": ("weighting.adv_probs_lr",),
 }
 # Field that chooses -> {its value: the fields that value reads}.
 PARAMS_OF = {"loss.name": LOSS_PARAMS, "weighting.mode": WEIGHTING_PARAMS}
