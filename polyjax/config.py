@@ -423,7 +423,8 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int) -> None:
 
 # Fields that may differ when a run is resumed: they change neither the training
 # trajectory nor what the run's files mean. `num_epochs` may grow (or shrink to no
-# fewer than the epochs done) unless the lr schedule's shape depends on it.
+# fewer than the epochs done) unless the lr schedule's or the weights' annealing
+# shape depends on it.
 # `deterministic` changes only which GPU kernels compute the same thing (their
 # rounding), as eval_batch_size changes the order of evaluation sums.
 RESUMABLE_FIELDS = ("num_epochs", "checkpoint_every_epochs", "eval_batch_size",
