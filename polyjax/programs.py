@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from polyjax import (checkpointing, experiment, group_robust, lifecycle, losses, placement,
@@ -335,8 +336,11 @@ def _member_tx(exp: Experiment):
   """An optimizer with the members' structure and (shared) lr schedule; its
   hyperparameters are read from each member's (stacked) optimizer state, never
   from this object."""
-  return train_state.make_optimizer(lr=1.0, momentum=0.0, weight_decay=0.0,
-                                    lr_factor=exp.lr_factor)
+  tx = train_state.make_optimizer(lr=1.0, momentum=0.0, weight_decay=0.0,
+                                  lr_factor=exp.lr_factor)
+  # model.freeze_features: the members' optimizer state is `head_only`'s.
+  frozen = isinstance(exp.state.opt_state, optax.MultiTransformState)
+  return train_state.head_only(tx) if frozen else tx
 
 
 def _finite_M(state_M) -> jax.Array:

@@ -15,7 +15,7 @@ from configs import digits_poly
 from polyjax import config as config_lib
 from scipy import optimize, special
 
-from polyjax import dfr, label_shift, placement, train, two_stage
+from polyjax import dfr, grid, label_shift, placement, sweep, train, two_stage
 from polyjax.analysis import runs, tasks
 import subprocess_env
 
@@ -238,3 +238,18 @@ def test_a_dfr_run_trains_only_the_head_and_analysis_rebuilds_it(stage1, tmp_pat
     same = [np.array_equal(a, b) for a, b in zip(jax.tree.leaves(loaded.state.params[key]),
                                                   jax.tree.leaves(first.state.params[key]))]
     assert all(same) == (key != "head"), key  # Frozen features; a trained head.
+
+
+def test_a_stacked_dfr_sweep_equals_its_single_runs(stage1, tmp_path):
+  # Frozen features give the members head_only's optimizer state: the stacked program
+  # must build the same optimizer.
+  base = dfr_config(stage1, **{"num_epochs": 2, "method.dfr_l2_grid": (0.01,)})
+  members = grid.expand(base, [{"seed": [0, 1]}])
+  assert len(grid.groups(members)) == 1
+  summaries = sweep.run_sweep(members, str(tmp_path / "sweep"))
+  name, cfg = members[0]
+  single = train.train_and_evaluate(cfg, str(tmp_path / "single"))["final"]
+  stacked = summaries[name]["final"]
+  # docs: a digits member equals its single run within 1e-5.
+  for key in ("train/loss", "val/loss", "test/loss", "test/reweighted_acc"):
+    assert stacked[key] == pytest.approx(single[key], abs=1e-5), key
