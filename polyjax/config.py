@@ -98,7 +98,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.weighting.mode = "reweighted"  # How importance weights are used: see polyjax.weighting.WEIGHTING_MODES.
   c.weighting.exponent = 1.0  # w_g proportional to (1/n_g)**exponent (>= 0); the paper's IW-Exp uses 1.5 to 3.
   c.weighting.adv_probs_lr = 0.01  # dro: step size eta of the group probabilities (> 0 for mode 'dro').
-  c.weighting.generalization_adjustment = 0.0  # dro: C of the adjustment C/sqrt(n_g) added to each group's loss (>= 0; Sagawa et al. 2020, Sec. 3.3).
+  group_robust_fields(c)
   c.weighting.cb_beta = config_dict.placeholder(float)  # reweighted: class-balanced weights (1-beta)/(1-beta^n_g), summing to the number of groups (Cui et al. 2019; LDAM-DRW: 0.9999), in (0, 1); None: (1/n_g)**exponent.
   c.weighting.drw_epoch = 0  # reweighted: deferred re-weighting, loss weights 1 before this epoch (0-based, < num_epochs; LDAM-DRW: 160 of 200); 0: off.
   c.weighting.anneal = "none"  # reweighted: the weights' exponent moves from 0 to exponent over training, 'linear', 'sigmoid' or 'step' (the paper's code; polyjax.weight_schedule); 'none': fixed.
@@ -107,6 +107,12 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.wandb = wandb_config()
   return stage1.add_fields(c)  # weighting.source and the method section.
+
+
+def group_robust_fields(c: ml_collections.ConfigDict) -> None:
+  """Adds the fields of polyjax.group_robust's objectives to `c.weighting`."""
+  c.weighting.generalization_adjustment = 0.0  # dro: C of the adjustment C/sqrt(n_g) added to each group's loss (>= 0; Sagawa et al. 2020, Sec. 3.3).
+  c.weighting.cvar_alpha = 0.1  # cvar: the batch objective is the mean of its worst alpha fraction of losses, in (0, 1] (Levy et al. 2020; SubpopBench: 0.1).
 
 
 def wandb_config() -> ml_collections.ConfigDict:
@@ -125,8 +131,8 @@ def wandb_config() -> ml_collections.ConfigDict:
 def field_help() -> list[tuple[str, object, str]]:
   """(field, default, meaning) of every field of `base_config()`, in order; the
   meaning is the field's one-line comment above."""
-  lines = "".join(inspect.getsource(f) for f in (base_config, wandb_config,
-                                                 stage1.add_fields)).splitlines()
+  lines = "".join(inspect.getsource(f) for f in (
+      base_config, wandb_config, group_robust_fields, stage1.add_fields)).splitlines()
   comments = {}
   for line in lines:
     match = re.match(r"\s*c\.([\w.]+) = .*?  # (.*)$", line)

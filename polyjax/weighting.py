@@ -10,6 +10,8 @@ is the weighting mode:
   proportional to w (`sampling_probs`, used by `steps.epoch_indices`); weights 1.
 - `dro`: group DRO (Sagawa et al. 2020); adversarial group probabilities live in
   the train state and are updated by the reduction of `make_reduction`.
+- `cvar`: CVaR DRO (Levy et al. 2020): the mean of the batch's worst `alpha`
+  fraction of losses (`group_robust.cvar_reduction`); weights 1.
 
 Every split's examples carry the *loss* weight of their group, so a weighted
 validation loss means the same objective as training. Names are resolved once, by
@@ -24,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-WEIGHTING_MODES = ("none", "reweighted", "undersampled", "resampled", "dro")
+WEIGHTING_MODES = ("none", "reweighted", "undersampled", "resampled", "dro", "cvar")
 
 # (loss_B, weight_B, groups_B, adv_probs_G) -> (objective, new adv_probs_G).
 Reduction = Callable[[jax.Array, jax.Array, jax.Array, jax.Array],
@@ -163,6 +165,8 @@ def make_reduction(mode: str, *, num_groups: int, adv_probs_lr: float = 0.0,
   changes the objective's value, not its gradient.
   """
   _check_mode(mode)
+  if mode == "cvar":  # Its reduction needs alpha: group_robust.config_reduction.
+    raise ValueError("weighting.mode 'cvar' reduces with group_robust.cvar_reduction")
   if mode != "dro":
     return weighted_reduction
   adj_G = (None if adjustment is None or not np.any(adjustment)

@@ -1,6 +1,7 @@
 """Group-robustness options: group DRO's generalisation adjustment (Sagawa et al.
-2020) against a NumPy transcription of its reference code, config validation, and
-stacked sweep members against single runs."""
+2020) and CVaR DRO (Levy et al. 2020, SubpopBench) against NumPy transcriptions of
+their reference code, config validation, and stacked sweep members against single
+runs."""
 
 import json
 
@@ -64,6 +65,56 @@ def test_dro_adjustment_of_a_group_absent_from_training_is_zero():
   assert float(q[2]) == pytest.approx(1.0)
 
 
+def np_cvar(v, alpha):
+  """SubpopBench's `RobustLoss(alpha, 0, 'cvar')`: best response (reg 0), then <p, v>."""
+  m = len(v)
+  cutoff = int(alpha * m)
+  surplus = 1.0 - cutoff / (alpha * m)
+  p = np.zeros(m)
+  idx = np.argsort(-v, kind="stable")
+  p[idx[:cutoff]] = 1.0 / (alpha * m)
+  if cutoff < m:
+    p[idx[cutoff]] = surplus
+  return p @ v, p
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.5, 0.3, 0.13, 0.01])
+def test_cvar_matches_the_reference_and_its_gradient_is_p(alpha):
+  rng = np.random.default_rng(4)
+  loss_B = rng.uniform(0, 3, size=20)
+  reduce = group_robust.cvar_reduction(alpha)
+  q0 = jnp.full((3,), 1 / 3)
+  obj, q = reduce(jnp.asarray(loss_B, jnp.float32), jnp.ones(20), jnp.zeros(20, jnp.int32), q0)
+  want, p = np_cvar(loss_B, alpha)
+  # float32 losses and weights, a sum of at most 20 terms: a few ulps.
+  assert float(obj) == pytest.approx(want, rel=1e-5)
+  assert q is q0
+  grad = jax.grad(lambda l: reduce(l, jnp.ones(20), jnp.zeros(20, jnp.int32), q0)[0])(
+      jnp.asarray(loss_B, jnp.float32))
+  np.testing.assert_allclose(grad, p, rtol=1e-6)
+  # The edges: alpha 1 is the mean, alpha * m < 1 the largest loss alone.
+  if alpha == 1.0:
+    assert float(obj) == pytest.approx(loss_B.mean(), rel=1e-6)
+  if alpha == 0.01:
+    assert float(obj) == pytest.approx(loss_B.max(), rel=1e-6)
+  # alpha m = 2.6 (alpha 0.13): 2 whole examples, 0.6 of the third, over 2.6.
+  if alpha == 0.13:
+    top = np.sort(loss_B)[::-1]
+    assert float(obj) == pytest.approx((top[0] + top[1] + 0.6 * top[2]) / 2.6, rel=1e-5)
+
+
+def test_cvar_of_tied_losses_and_under_jit():
+  loss_B = jnp.asarray([1.0, 2.0, 2.0, 2.0, 0.5, 0.0, 2.0, 1.0])
+  reduce = jax.jit(group_robust.cvar_reduction(0.25))  # The worst 2 of 8: all ties at 2.
+  obj, _ = reduce(loss_B, jnp.ones(8), jnp.zeros(8, jnp.int32), jnp.ones(1))
+  assert float(obj) == 2.0
+  obj, _ = jax.jit(group_robust.cvar_reduction(0.5))(
+      loss_B, jnp.ones(8), jnp.zeros(8, jnp.int32), jnp.ones(1))
+  assert float(obj) == 2.0  # The worst 4 are the four 2s.
+  with pytest.raises(ValueError, match="cvar"):
+    weighting.make_reduction("cvar", num_groups=2)
+
+
 @pytest.mark.parametrize("field,value,match", [
     ("weighting.generalization_adjustment", -1.0,
      "config.weighting.generalization_adjustment must be >= 0 and finite"),
@@ -71,6 +122,11 @@ def test_dro_adjustment_of_a_group_absent_from_training_is_zero():
      "config.weighting.generalization_adjustment must be >= 0 and finite"),
     ("weighting.generalization_adjustment", 1.0,
      "config.weighting.generalization_adjustment must be 0 unless weighting.mode='dro'"),
+    ("weighting.cvar_alpha", 0.0, "config.weighting.cvar_alpha must be in \\(0, 1\\]"),
+    ("weighting.cvar_alpha", 1.5, "config.weighting.cvar_alpha must be in \\(0, 1\\]"),
+    ("weighting.cvar_alpha", float("nan"), "config.weighting.cvar_alpha must be in"),
+    ("weighting.cvar_alpha", 0.5,
+     "config.weighting.cvar_alpha must be its default 0.1 unless weighting.mode='cvar'"),
 ])
 def test_validation_names_the_field(field, value, match):
   c = config_lib.base_config()
@@ -81,13 +137,14 @@ def test_validation_names_the_field(field, value, match):
 
 
 def test_group_robust_members_of_a_sweep_equal_their_single_runs_bit_for_bit(tmp_path):
-  """Group DRO with its generalisation adjustment, in a stacked sweep run member by
-  member (member_batch=1), writes exactly the metrics of single runs."""
+  """Group DRO with its generalisation adjustment and CVaR DRO, in a stacked sweep run
+  member by member (member_batch=1), write exactly the metrics of single runs."""
   from polyjax import grid, run_dir, sweep, train
   c = config_lib.base_config()
   c.model.hidden, c.num_epochs, c.lr = 16, 2, 0.05
-  c.weighting.mode = "dro"
-  members = grid.expand(c, {"weighting.generalization_adjustment": [0.0, 3.0]})
+  members = grid.expand(c, [{"weighting.mode": ["dro"],
+                            "weighting.generalization_adjustment": [0.0, 3.0]},
+                           {"weighting.mode": ["cvar"], "weighting.cvar_alpha": [0.2]}])
   sweep.run_sweep(members, str(tmp_path / "sweep"), member_batch=1)
   finals = []
   for name, cfg in members:
@@ -98,4 +155,4 @@ def test_group_robust_members_of_a_sweep_equal_their_single_runs_bit_for_bit(tmp
         a, b = ({k: v for k, v in json.loads(x).items() if k != "wall_seconds"} for x in (a, b))
       assert a == b, (name, f)
     finals.append(run_dir.read_json(tmp_path / name / run_dir.SUMMARY)["final"])
-  assert finals[0]["train/loss"] != finals[1]["train/loss"]  # The adjustment acts.
+  assert len({f["train/loss"] for f in finals}) == 3  # Each option changes training.

@@ -65,7 +65,8 @@ WEIGHTING_PARAMS = {
     "reweighted": ("weighting.exponent", "weighting.cb_beta", "weighting.drw_epoch",
                    "weighting.anneal", "weighting.anneal_sigmoid_c"),
     "resampled": ("weighting.exponent", "weighting.resample_once"),
-    "dro": ("weighting.adv_probs_lr",),
+    "dro": ("weighting.adv_probs_lr", "weighting.generalization_adjustment"),
+    "cvar": ("weighting.cvar_alpha",),
 }
 # Field that chooses -> {its value: the fields that value reads}.
 PARAMS_OF = {"loss.name": LOSS_PARAMS, "weighting.mode": WEIGHTING_PARAMS}
