@@ -113,6 +113,8 @@ def check_dfr(c: ml_collections.ConfigDict) -> None:
     _check(value == want, field, f"{want!r} for method.name='dfr' (the head is a "
            "cross-entropy fit on balanced data with the L2 strength of method.dfr_l2_grid)",
            value)
+  head = c.model.get("head", "linear")  # DFR's exact fit is of a linear head.
+  _check(head == "linear", "model.head", "'linear' for method.name='dfr'", head)
 
 
 def check_stage1_dir(c: ml_collections.ConfigDict) -> None:

@@ -216,7 +216,8 @@ def test_dfr_settings_are_checked(stage1):
       ({"model.freeze_features": False}, "config.model.freeze_features must be True"),
       ({"method.dfr_l2_grid": (0.1, 0.0)}, "config.method.dfr_l2_grid must be L2 strengths"),
       ({"model.hidden": 100}, "has another model (model.hidden 200 there, 100 here)"),
-  ]:
+  ] + ([({"model.head": "normed"}, "config.model.head must be 'linear' for method.name='dfr'")]
+       if "head" in config_lib.base_config().model else []):
     with pytest.raises(config_lib.ConfigError, match=re.escape(message)):
       dfr_config(stage1, **fields)
 
