@@ -17,11 +17,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
-import math
 import os
 import pathlib
-import re
 import shutil
 import signal
 import sys
@@ -29,206 +26,16 @@ from typing import Any, Callable, Mapping
 
 import ml_collections
 
-from polyjax import cli, run_dir, study_report
+from polyjax import cli, launch, run_dir, study_file, study_report
 from polyjax import config as config_lib
 from polyjax.errors import ConfigError
+# Reading study files; their names are this module's too (study.load_study, ...).
+from polyjax.study_file import Cell, Study, StudyError, load_study, parse_study  # noqa: F401
 
 SELECTION = "selection.json"
 RESULTS = "results.csv"
-AT_RULES = ("last", "best")  # The selection metric at the last evaluated epoch, or its best.
-ES_RULES = ("best_val_reweighted_acc", "best_val_worst_group_acc")  # tasks.LOGGED_RULES
 # Set per run by the protocol, so an override of them for every cell would be overwritten.
 PROTOCOL_FIELDS = ("lr", "batch_size", "seed")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
-_REQUIRED = object()
-
-
-class StudyError(ConfigError):
-  """A study file that cannot be run; the message names the file and the field."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Cell:
-  """One cell of the table: a config and where its numbers go."""
-  name: str
-  config: str  # 'path' or 'path:arg', as written in the study file.
-  row: str
-  column: str
-  overrides: dict[str, Any]
-  lrs: tuple[float, ...]  # Empty: no stage 1; stage 2 runs the config's own lr and batch size.
-  batch_sizes: tuple[int, ...]
-  paper: dict[str, float]  # The paper's number: 'final' (last epoch), 'best' (ES).
-
-
-@dataclasses.dataclass(frozen=True)
-class Study:
-  path: str
-  title: str
-  description: str
-  cells: tuple[Cell, ...]
-  metric: str  # Selection metric, 'val/<name>'.
-  at: str  # AT_RULES.
-  stage1_seed: int
-  seeds: tuple[int, ...]
-  rows: tuple[str, ...]
-  columns: tuple[str, ...]  # Cell columns, and '<column>-ES' for their early-stopped value.
-  table_metric: str  # '<split>/<name>', e.g. 'test/reweighted_acc'.
-  es_rule: str
-  paired: tuple[tuple[str, str], ...]  # (row a, row b): b - a, per column.
-
-
-# ---------------------------------------------------------------------------
-# Reading a study file.
-
-def _is_str(v):
-  return isinstance(v, str) and bool(v.strip())
-
-
-def _is_num(v, low=-math.inf):
-  return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > low
-
-
-def _is_int(v, low=-1):
-  return isinstance(v, int) and not isinstance(v, bool) and v > low
-
-
-def _list_of(check, nonempty=False):
-  return lambda v: isinstance(v, list) and (bool(v) or not nonempty) and all(map(check, v))
-
-
-# Each section's fields: name -> (check, rule, default); _REQUIRED: no default; None:
-# a default that depends on other fields.
-_TOP = {
-    "title": (_is_str, "a non-empty string", None),
-    "description": (lambda v: isinstance(v, str), "a string", ""),
-    "protocol": (lambda v: isinstance(v, dict), "a dict", _REQUIRED),
-    "cells": (_list_of(lambda v: True, nonempty=True), "a non-empty list", _REQUIRED),
-    "table": (lambda v: isinstance(v, dict), "a dict", {})}
-_PROTOCOL = {
-    "lrs": (_list_of(lambda v: _is_num(v, 0)), "a list of lrs > 0 (empty: no stage 1)",
-            _REQUIRED),
-    "batch_sizes": (_list_of(lambda v: _is_int(v, 0)), "a list of batch sizes >= 1", [64, 512]),
-    "metric": (lambda v: _is_str(v) and v.startswith("val/") and len(v) > 4,
-               "a validation metric 'val/<name>'", "val/reweighted_acc"),
-    "at": (lambda v: v in AT_RULES, " or ".join(map(repr, AT_RULES)), _REQUIRED),
-    "stage1_seed": (_is_int, "an integer >= 0", 0),
-    "seeds": (lambda v: _is_int(v, 0) or (_list_of(_is_int, True)(v) and len(set(v)) == len(v)),
-              "a count >= 1 or a list of distinct seeds >= 0", _REQUIRED)}
-_TABLE = {
-    "rows": (_list_of(_is_str, True), "a list of row labels", None),
-    "columns": (_list_of(_is_str, True), "a list of column labels", None),
-    "metric": (lambda v: _is_str(v) and v.count("/") == 1, "'<split>/<metric>'",
-               "test/reweighted_acc"),
-    "es_rule": (lambda v: v in ES_RULES, f"one of {', '.join(ES_RULES)}", ES_RULES[0]),
-    "paired": (_list_of(lambda p: _list_of(_is_str)(p) and len(p) == 2),
-               "a list of [row a, row b] pairs", [])}
-_CELL = {
-    "name": (lambda v: isinstance(v, str) and bool(_NAME.match(v)),
-             "a directory name (letters, digits, '_.+-')", _REQUIRED),
-    "config": (_is_str, "a config 'path[:arg]'", _REQUIRED),
-    "row": (_is_str, "a row label", _REQUIRED), "column": (_is_str, "a column label", _REQUIRED),
-    "overrides": (lambda v: isinstance(v, dict), "a dict field -> value", {}),
-    "lrs": (_PROTOCOL["lrs"][0], _PROTOCOL["lrs"][1], None),
-    "batch_sizes": (_PROTOCOL["batch_sizes"][0], _PROTOCOL["batch_sizes"][1], None),
-    "paper": (lambda v: v is None or _is_num(v) or (isinstance(v, dict) and set(v) <= {
-        "final", "best"} and all(map(_is_num, v.values()))),
-              "a number or {'final': x, 'best': y}", None)}
-
-
-def _section(source: str, where: str, data: Any, schema: dict) -> dict[str, Any]:
-  """The fields of one section, checked against `schema`; StudyError naming the field."""
-  def error(text):
-    return StudyError(f"study file {source}: {text}")
-  if not isinstance(data, dict):
-    raise error(f"{where.rstrip('.') or 'get_study()'} must be a dict, got {type(data).__name__}")
-  unknown = sorted(set(data) - set(schema))
-  if unknown:
-    raise error(f"{where}{unknown[0]} is not a study field; valid: {', '.join(schema)}")
-  out = {}
-  for key, (check, rule, default) in schema.items():
-    if key not in data and default is _REQUIRED:
-      raise error(f"{where}{key} is missing")
-    out[key] = data.get(key, copy.deepcopy(default))
-    if key in data and not check(data[key]):
-      raise error(f"{where}{key} must be {rule}, got {data[key]!r}")
-  return out
-
-
-def load_study(path: str) -> Study:
-  """The study of file `path` (its `get_study()`); StudyError, one line, if it cannot run."""
-  if not os.path.isfile(path):
-    raise StudyError(f"study file {path} does not exist")
-  try:
-    module = config_lib.load_config_module(path, "_polyjax_study")
-  except SyntaxError as e:
-    raise StudyError(f"study file {path}: syntax error at line {e.lineno}: {e.msg}") from None
-  except Exception as e:  # noqa: BLE001  (any error in the user's file is reported)
-    raise StudyError(f"study file {path} failed to load: {type(e).__name__}: "
-                     f"{str(e).splitlines()[0] if str(e) else ''}") from None
-  if not callable(getattr(module, "get_study", None)):
-    raise StudyError(f"study file {path} defines no get_study() function")
-  try:
-    # Plain dicts, lists and scalars, whatever mix of ConfigDicts and tuples it returns.
-    spec = json.loads(json.dumps(module.get_study(), default=lambda o: o.to_dict()))
-  except Exception as e:  # noqa: BLE001
-    raise StudyError(f"study file {path}: get_study() raised {type(e).__name__}: {e}") from None
-  return parse_study(spec, path)
-
-
-def parse_study(spec: Any, path: str) -> Study:
-  """A `Study` of a plain dict (`get_study()`'s value); StudyError naming the field."""
-  top = _section(path, "", spec, _TOP)
-  proto = _section(path, "protocol.", top["protocol"], _PROTOCOL)
-  table = _section(path, "table.", top["table"], _TABLE)
-  cells = []
-  for i, raw in enumerate(top["cells"]):
-    c = _section(path, f"cells[{i}].", raw, _CELL)
-    lrs = proto["lrs"] if c["lrs"] is None else c["lrs"]
-    sizes = proto["batch_sizes"] if c["batch_sizes"] is None else c["batch_sizes"]
-    if lrs and not sizes:
-      raise StudyError(f"study file {path}: cells[{i}].batch_sizes must not be empty when "
-                       "lrs are tuned")
-    cells.append(Cell(name=c["name"], config=c["config"], row=c["row"], column=c["column"],
-                      overrides=c["overrides"], lrs=tuple(map(float, lrs)),
-                      batch_sizes=tuple(sizes), paper=_paper(c["paper"])))
-  seeds, first = proto["seeds"], proto["stage1_seed"] + 1
-  study = Study(
-      path=path, title=top["title"] or pathlib.Path(path).stem, description=top["description"],
-      cells=tuple(cells), metric=proto["metric"], at=proto["at"],
-      stage1_seed=proto["stage1_seed"],
-      seeds=tuple(range(first, first + seeds) if isinstance(seeds, int) else seeds),
-      rows=tuple(table["rows"] or dict.fromkeys(c.row for c in cells)),
-      columns=tuple(table["columns"] or dict.fromkeys(c.column for c in cells)),
-      table_metric=table["metric"], es_rule=table["es_rule"],
-      paired=tuple(map(tuple, table["paired"])))
-  _check_layout(study)
-  return study
-
-
-def _check_layout(study: Study) -> None:
-  """StudyError unless the cells' names and places are distinct and the table's rows,
-  columns and pairs fit them."""
-  plain, bad = {c.column for c in study.cells}, []
-  for what, keys in (("name", [c.name for c in study.cells]),
-                     ("row and column", [(c.row, c.column) for c in study.cells])):
-    bad += [f"cells: two cells with {what} {k!r}" for k in keys if keys.count(k) > 1]
-  bad += [f"table.rows lacks cell {c.name}'s row {c.row!r}" for c in study.cells
-          if c.row not in study.rows] + [
-      f"table.columns lacks cell {c.name}'s column {c.column!r}" for c in study.cells
-      if c.column not in study.columns] + [
-      f"table.columns: {col!r} is neither a cell's column nor '<column>-ES'"
-      for col in study.columns if col not in plain and col.removesuffix("-ES") not in plain] + [
-      f"table.paired names row {r!r}, which is not in table.rows"
-      for pair in study.paired for r in pair if r not in study.rows]
-  if bad:
-    raise StudyError(f"study file {study.path}: {bad[0]}")
-
-
-def _paper(value) -> dict[str, float] | None:
-  if value is None or isinstance(value, dict):
-    return value
-  return {"final": float(value)}  # A bare number is the last-epoch result.
-
 
 # ---------------------------------------------------------------------------
 # Configs and members.
@@ -273,7 +80,7 @@ def paper_numbers(study: Study, cell: Cell) -> dict[str, float]:
   if arg is None:
     return {}
   paper = getattr(config_lib.load_config_module(path, "_polyjax_study_paper"), "PAPER", {})
-  return _paper(paper.get(arg)) or {}
+  return study_file.paper_values(paper.get(arg)) or {}
 
 
 def _with(config: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:
@@ -349,68 +156,90 @@ def pending(members: list[tuple[str, Any]], directory: pathlib.Path) -> int:
   return todo
 
 
-def _stage(study: Study, workdir: pathlib.Path, stage: str, members_of, *, member_batch,
-           log_every: int, out) -> None:
-  """Trains one stage of every cell, every cell's directories checked first."""
-  members = {c.name: members_of(c) for c in study.cells}
+class StudyIncomplete(Exception):
+  """Some groups' tasks ended without finishing; the message says how many."""
+
+
+def _stage(study: Study, workdir: pathlib.Path, stage: str, members_of, *, cells,
+           launching: dict[str, Any], out) -> set[str]:
+  """Trains one stage of `cells`, every cell's directories checked first; returns
+  the names of the cells whose training did not finish (a launcher's failed task)."""
+  members = {c.name: members_of(c) for c in cells}
   todo = {name: pending(m, workdir / name / stage) for name, m in members.items()}
+  sweeps = []
   for name, runs in members.items():
     label, directory = f"{name} {stage}", workdir / name / stage
     if runs and not todo[name]:
       out(f"{label}: all {len(runs)} runs done")
     elif runs:
       out(f"{label}: training {todo[name]} of {len(runs)} runs in {directory}")
-      from polyjax import sweep
-
-      summaries = sweep.run_sweep(runs, str(directory), member_batch=member_batch,
-                                  log_every=log_every)
-      stopped = [s for s in summaries.values() if s.get("status") == "interrupted"]
-      if stopped:
-        raise StudyInterrupted(stopped[0].get("signal") or "SIGTERM")
+      sweeps.append(launch.Sweep(label, directory, tuple(runs)))
+  outcome = launch.train(sweeps, out=out, **launching)
+  if outcome.interrupted:
+    raise StudyInterrupted(outcome.interrupted)
+  for line in outcome.failed:
+    out(f"did not finish: {line}")
+  return {s.label.removesuffix(f" {stage}") for s in sweeps if s.label in outcome.failed_sweeps}
 
 
 def run_study(study: Study, workdir: str | os.PathLike, configs: dict[str, Any],
               overrides: Mapping[str, Any] | None = None, *, member_batch: int | None = None,
-              log_every: int = 0, out: Callable[[str], None] | None = None) -> pathlib.Path:
+              log_every: int = 0, launcher: launch.Options | None = None,
+              cpu_devices: int = 0, out: Callable[[str], None] | None = None) -> pathlib.Path:
   """Runs, resumes or finishes the study in `workdir`; returns the report's path.
   `configs`: `prepare(study, overrides)`'s; `member_batch`, `log_every`: as for
-  `sweep.run_sweep`; `out` prints a progress line (default: stdout)."""
+  `sweep.run_sweep`; `launcher`: where groups train (default: here, `launch`), with
+  `cpu_devices` made of the CPU in their processes; `out` prints a progress line
+  (default: stdout). Raises StudyIncomplete, after the rest of the study has run,
+  if a launcher's task did not finish (the report is then not written)."""
   out = out or (lambda line: print(f"polyjax.study: {line}", flush=True))
   workdir = pathlib.Path(workdir)
   created = not workdir.exists()
   lock = run_dir.RunDir(workdir)
   lock.lock()  # One study process per directory; the sweeps lock their own.
   try:
-    train = dict(member_batch=member_batch, log_every=log_every, out=out)
-    _stage(study, workdir, "stage1",
-           lambda c: stage1_members(study, c, configs[c.name]), **train)
-    selections = {}
-    for cell in study.cells:
+    launching = dict(options=launcher or launch.Options(), root=workdir, cpu_devices=cpu_devices,
+                     deterministic=bool(next(iter(configs.values())).deterministic),
+                     member_batch=member_batch, log_every=log_every)
+    failed = _stage(study, workdir, "stage1", lambda c: stage1_members(study, c, configs[c.name]),
+                    cells=study.cells, launching=launching, out=out)
+    selections, ready = {}, [c for c in study.cells if c.name not in failed]
+    for cell in ready:  # A cell's stage 1 must be whole before its lr is chosen.
       selections[cell.name] = study_report.select(
           study, cell, stage1_members(study, cell, configs[cell.name]), configs[cell.name],
           workdir)
       study_report.write_file(workdir / cell.name / SELECTION, selections[cell.name])
-    _stage(study, workdir, "stage2",
-           lambda c: stage2_members(study, configs[c.name], selections[c.name]), **train)
-    roots = [workdir / c.name / "stage2" for c in study.cells]
-    if any(r.is_dir() for r in roots):  # Rows results.csv has are skipped.
-      from polyjax.analysis import collect
-
-      counts = collect.collect([r for r in roots if r.is_dir()], workdir / RESULTS,
-                               task="logged", statuses=("completed",),
-                               splits=sorted({study.table_metric.split("/")[0], "val"}))
-      out(f"{RESULTS}: {counts.summary()}")
-    papers = {c.name: paper_numbers(study, c) for c in study.cells}
-    study_report.write_file(workdir / "study.json", {"study": dataclasses.asdict(study),
-                                                     "overrides": dict(overrides or {})})
-    return study_report.write_report(study, workdir, selections, papers, dict(overrides or {}),
-                                     out)
+    failed |= _stage(study, workdir, "stage2",
+                     lambda c: stage2_members(study, configs[c.name], selections[c.name]),
+                     cells=ready, launching=launching, out=out)
+    if failed:
+      raise StudyIncomplete(f"{len(failed)} of {len(study.cells)} cells did not finish "
+                            f"({', '.join(sorted(failed))}; the tasks and logs are listed "
+                            "above)")
+    return _report(study, workdir, selections, overrides, out)
   except BaseException:
     if created and not any(workdir.rglob(run_dir.CONFIG)):
       shutil.rmtree(workdir, ignore_errors=True)  # Nothing ran (e.g. missing data).
     raise
   finally:
     lock.unlock()
+
+
+def _report(study: Study, workdir: pathlib.Path, selections, overrides, out) -> pathlib.Path:
+  """Collects the stage-2 runs into results.csv and writes the report."""
+  roots = [workdir / c.name / "stage2" for c in study.cells]
+  if any(r.is_dir() for r in roots):  # Rows results.csv has are skipped.
+    from polyjax.analysis import collect
+
+    counts = collect.collect([r for r in roots if r.is_dir()], workdir / RESULTS,
+                             task="logged", statuses=("completed",),
+                             splits=sorted({study.table_metric.split("/")[0], "val"}))
+    out(f"{RESULTS}: {counts.summary()}")
+  papers = {c.name: paper_numbers(study, c) for c in study.cells}
+  study_report.write_file(workdir / "study.json", {"study": dataclasses.asdict(study),
+                                                   "overrides": dict(overrides or {})})
+  return study_report.write_report(study, workdir, selections, papers, dict(overrides or {}),
+                                   out)
 
 
 # ---------------------------------------------------------------------------
@@ -432,19 +261,27 @@ def main(argv: list[str]) -> int:
     # Whole-process settings, before JAX starts.
     xla_runtime.set_deterministic(sweep.process_deterministic(list(configs.items())))
     sweep.check_one_process(os.environ)
+    options = launch.options_from_flags(_LAUNCH, study.launcher,
+                                        f"study file {study.path}: launcher.")
+    count = 0
     if not sweep.cpu_count_set(os.environ) and _MEMBER_BATCH.value != 1:
       # Devices as a sweep makes them: each batch size's lrs, then the seeds, split evenly.
-      cores = sweep.usable_cores()
-      count = sweep.cpu_device_count(cores, [len(c.lrs) for c in study.cells if c.lrs] +
+      count = sweep.cpu_device_count(options.cpus_per_task or sweep.usable_cores(),
+                                     [len(c.lrs) for c in study.cells if c.lrs] +
                                      [len(study.seeds)])
-      if count > 1:
+      if count > 1 and not options.in_processes:
         sweep.split_cpu(count)
-    report = run_study(study, _WORKDIR.value, configs, overrides,
-                       member_batch=_MEMBER_BATCH.value or None, log_every=_LOG_EVERY.value)
+    report = run_study(study, _WORKDIR.value, configs, overrides, launcher=options,
+                       cpu_devices=count, member_batch=_MEMBER_BATCH.value or None,
+                       log_every=_LOG_EVERY.value)
   except (ConfigError, checkpointing.CheckpointDirError, run_dir.RunDirBusy,
           data.DataMissing) as e:
     print(f"polyjax.study: error: {e}", file=sys.stderr)
     return 2
+  except StudyIncomplete as e:
+    print(f"polyjax.study: {e}; rerun the same command to train what is missing",
+          file=sys.stderr)
+    return 1
   except StudyInterrupted as e:
     print(f"polyjax.study: interrupted by {e}; rerun the same command to resume",
           file=sys.stderr)
@@ -461,11 +298,12 @@ def override_fields(argv: list[str]) -> list[str]:
 
 
 _STUDY = _WORKDIR = _MEMBER_BATCH = _LOG_EVERY = None
+_LAUNCH: dict[str, Any] = {}
 
 
 def run() -> None:
   """Defines the flags and runs `main`."""
-  global _STUDY, _WORKDIR, _MEMBER_BATCH, _LOG_EVERY
+  global _STUDY, _WORKDIR, _MEMBER_BATCH, _LOG_EVERY, _LAUNCH
   from absl import app, flags
   from ml_collections import config_flags
 
@@ -485,6 +323,7 @@ def run() -> None:
                                        lower_bound=0)
   _LOG_EVERY = flags.DEFINE_integer("log_every", 0, "As for polyjax.sweep: print every Nth "
                                     "evaluated epoch's line.", lower_bound=0)
+  _LAUNCH = launch.define_flags()
   flags.mark_flags_as_required(["study", "workdir"])
   from polyjax import lifecycle
 

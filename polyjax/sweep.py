@@ -27,119 +27,24 @@ matters is refused before anything is written.
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import pathlib
-import shutil
 import sys
 from typing import Any, Mapping, Sequence
 
 import jax
-import ml_collections
 
-from polyjax import (analysis, checkpointing, cli, data, distributed, grid, lifecycle,
-                     placement, programs, run_dir, train, xla_runtime)
+from polyjax import (analysis, checkpointing, cli, data, distributed, grid, launch, lifecycle,
+                     programs, run_dir, xla_runtime)
 from polyjax import config as config_lib
-from polyjax import member as member_lib
-
-def run_sweep(members: list[tuple[str, ml_collections.ConfigDict]], workdir: str, *,
-              mesh=None, checkpoint_every_epochs: int | None = None,
-              member_batch: int | None = None, log_every: int = 0
-              ) -> dict[str, dict[str, Any]]:
-  """Trains every member (name, config) under `workdir/<name>`; returns name -> summary.
-
-  Args:
-    members: from `grid.expand`; configs are validated here before anything is written.
-    workdir: the sweep directory; an existing one is resumed.
-    mesh: device mesh shared by all members (default: every device).
-    checkpoint_every_epochs: if given, sets `config.checkpoint_every_epochs` of every
-      member (so config.json records it).
-    member_batch: train (and evaluate) this many members side by side at a time
-      (`programs.over_members`); None: all members of a group.
-    log_every: as for `train.train_and_evaluate`, per group.
-
-  Raises:
-    ConfigError: a member config that cannot be trained, or a member directory holding
-      a run of a different config (before any training).
-  """
-  mesh = placement.make_mesh() if mesh is None else mesh
-  if checkpoint_every_epochs is not None:
-    members = [(name, _with_checkpoint_every(cfg, checkpoint_every_epochs))
-               for name, cfg in members]
-  all_groups = grid.groups(members)
-  for group in all_groups:
-    for _, cfg in group:
-      # Any batch size: each group's mesh splits a batch over only as many devices as
-      # divide it (`programs.member_mesh`).
-      config_lib.validate(cfg, device_count=1)
-      if len(group) > 1 and cfg.data.pipeline == "stream":
-        raise config_lib.ConfigError(
-            f"data.pipeline='stream' reads batches for one run at a time, but {len(group)} "
-            "members share a program here: use data.pipeline='memory', or run them as "
-            "polyjax.main runs")
-  workdir_path = pathlib.Path(workdir)
-  # One sweep process per directory (a second exits naming the first's PID).
-  lock = run_dir.RunDir(workdir_path)
-  created = not workdir_path.exists()
-  lock.lock()
-  opened: list[member_lib.Member] = []
-  out: dict[str, dict[str, Any]] = {}
-  stop = lifecycle.StopSignals()
-  try:
-    todo_groups = []
-    for number, group in enumerate(all_groups, 1):  # Every directory is checked first.
-      todo = []
-      for name, cfg in group:
-        m = member_lib.Member(name=name, config=cfg, run=run_dir.RunDir(workdir_path / name),
-                         wandb_group=workdir_path.name)
-        opened.append(m)
-        member_lib.open_member(m)
-        if m.active:
-          todo.append(m)
-        else:
-          print(f"polyjax.sweep: {name} already {m.summary['status']}; skipped", flush=True)
-          out[name] = m.summary
-      if todo:  # Numbered as `grid.describe_groups` lists them.
-        todo_groups.append((f"group {number}/{len(all_groups)}" if len(all_groups) > 1
-                            else "sweep", todo))
-    with stop:
-      for label, todo in todo_groups:
-        if stop.received_anywhere():
-          break  # Stopped during an earlier group: later groups are not started.
-        train.train_members(todo, mesh=mesh, stop=stop, member_batch=member_batch,
-                            label=label, log_every=log_every, prefix="polyjax.sweep")
-        for m in todo:
-          out[m.name] = m.summary
-  finally:
-    for m in opened:
-      m.run.unlock()
-    lock.unlock()
-    if created and [p.name for p in workdir_path.iterdir()] == [run_dir.LOCK]:
-      shutil.rmtree(workdir_path)  # Failed before any member started (e.g. missing data).
-  return out
-
-
-def _with_checkpoint_every(config: ml_collections.ConfigDict, every: int
-                           ) -> ml_collections.ConfigDict:
-  config = copy.deepcopy(config)
-  config.checkpoint_every_epochs = every
-  return config
-
+# Training a sweep directory's members; their names are this module's too.
+from polyjax.sweep_run import (check_groups, cpu_count_set, cpu_device_count,  # noqa: F401
+                               process_deterministic, run_sweep, split_cpu, usable_cores,
+                               with_checkpoint_every)
 
 # ----------------------------------------------------------------------------
 # Command line.
-
-
-def cpu_device_count(cores: int, group_sizes: Sequence[int]) -> int:
-  """How many devices a sweep makes of the CPU: the most, up to `cores`, that divide
-  every group's number of members, so that each group's members split evenly over
-  them (`member_mesh`) and each device trains its own with one core's worth of
-  threads. Members split over the devices train faster than all of them vmapped on
-  one: XLA:CPU runs the members' small batched products on one device well below
-  the rate that each device's block reaches side by side (docs/BENCHMARKS.md,
-  "Sweeps")."""
-  return max(c for c in range(1, max(cores, 1) + 1) if all(n % c == 0 for n in group_sizes))
 
 
 def idle_note(group_sizes: Sequence[int], batch_sizes: Sequence[int], *, devices: int,
@@ -185,40 +90,6 @@ def idle_note(group_sizes: Sequence[int], batch_sizes: Sequence[int], *, devices
   return None
 
 
-def cpu_count_set(environ: Mapping[str, str]) -> bool:
-  """Whether the environment already fixes JAX's CPU device count."""
-  return ("--xla_force_host_platform_device_count" in environ.get("XLA_FLAGS", "")
-          or "JAX_NUM_CPU_DEVICES" in environ)
-
-
-def usable_cores() -> int:
-  """The CPU cores this process may run on."""
-  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-
-
-def split_cpu(count: int) -> None:
-  """Makes JAX's CPU platform `count` devices (`jax_num_cpu_devices`); only the CPU
-  platform is affected (a GPU or TPU run's devices are not). Must run before JAX
-  starts its backends."""
-  try:
-    jax.config.update("jax_num_cpu_devices", count)
-  except RuntimeError:
-    raise config_lib.ConfigError(
-        f"--cpu_devices={count} cannot take effect: JAX is already running in this "
-        "process") from None
-
-
-def process_deterministic(members: list[tuple[str, ml_collections.ConfigDict]]) -> bool:
-  """The members' `deterministic`, which is set for the whole process (XLA_FLAGS);
-  raises ConfigError if it differs between them."""
-  values = {config.deterministic for _, config in members}
-  if len(values) > 1:
-    raise config_lib.ConfigError(
-        "deterministic applies to the whole process: it cannot vary within a sweep "
-        "(run one sweep per value)")
-  return values.pop()
-
-
 _ONE_PROCESS = ("a sweep trains every member in one process, but this is one of "
                 "several ({}), which would all write the same member directories: run "
                 "it as a single process, or run the members as polyjax.main runs "
@@ -232,6 +103,71 @@ def check_one_process(environ: Mapping[str, str]) -> None:
                               process_id=None, environ=environ, tpu_vm=False)
   if reason is not None:
     raise config_lib.ConfigError(_ONE_PROCESS.format(reason))
+
+
+def _sweep_here(members, points) -> dict[str, dict[str, Any]]:
+  """Trains the members in this process: devices made of the CPU, what will
+  happen said, then `run_sweep`."""
+  count_from = "environment" if cpu_count_set(os.environ) else "auto"
+  if _CPU_DEVICES.value:
+    split_cpu(_CPU_DEVICES.value)
+    count_from = "flag"
+  elif count_from == "auto" and _MEMBER_BATCH.value != 1:
+    # --member_batch=1 runs each member on the devices polyjax.main would use.
+    count = cpu_device_count(usable_cores(), [len(g) for g in grid.groups(members)])
+    if count > 1:
+      split_cpu(count)
+  if jax.process_count() > 1:  # E.g. a runtime started by the platform.
+    raise config_lib.ConfigError(_ONE_PROCESS.format(f"{jax.process_count()} processes"))
+  # What will happen, before the first (long) compilation.
+  fields = list(dict.fromkeys(f for g in points for f in g))
+  for line in grid.describe_groups(members, fields):
+    print(f"polyjax.sweep: {line}", flush=True)
+  note = None if _MEMBER_BATCH.value == 1 else idle_note(
+      [len(g) for g in grid.groups(members)],
+      [g[0][1].batch_size for g in grid.groups(members)],
+      devices=jax.device_count(), platform=jax.devices()[0].platform,
+      cores=usable_cores(), count_from=count_from)
+  if note:
+    print(f"polyjax.sweep: note: {note}", flush=True)
+  if _COMPILATION_CACHE.value:
+    xla_runtime.use_compilation_cache(_COMPILATION_CACHE.value)
+  return run_sweep(members, _WORKDIR.value, checkpoint_every_epochs=_CHECKPOINT_EVERY.value,
+                   member_batch=_MEMBER_BATCH.value or None, log_every=_LOG_EVERY.value)
+
+
+def _launch_groups(members, options: launch.Options, points
+                   ) -> dict[str, dict[str, Any]] | None:
+  """Trains the members' groups in processes of their own (`launch`): this process
+  holds the sweep directory's lock and never starts JAX. None if a group's task did
+  not finish (each is reported)."""
+  if _CHECKPOINT_EVERY.value is not None:
+    members = [(n, with_checkpoint_every(c, _CHECKPOINT_EVERY.value)) for n, c in members]
+  check_groups(grid.groups(members))
+  count = _CPU_DEVICES.value
+  if not count and not cpu_count_set(os.environ) and _MEMBER_BATCH.value != 1:
+    count = cpu_device_count(options.cpus_per_task or usable_cores(),
+                             [len(g) for g in grid.groups(members)])
+  fields = list(dict.fromkeys(f for g in points for f in g))
+  for line in grid.describe_groups(members, fields):
+    print(f"polyjax.sweep: {line}", flush=True)
+  workdir = pathlib.Path(_WORKDIR.value)
+  lock = run_dir.RunDir(workdir)
+  lock.lock()
+  try:
+    outcome = launch.train([launch.Sweep(str(workdir), workdir, tuple(members))], options,
+                           root=workdir, deterministic=process_deterministic(members),
+                           cpu_devices=count, member_batch=_MEMBER_BATCH.value or None,
+                           log_every=_LOG_EVERY.value,
+                           out=lambda line: print(f"polyjax.sweep: {line}", flush=True))
+  finally:
+    lock.unlock()
+  for line in outcome.failed:
+    print(f"polyjax.sweep: did not finish: {line}", file=sys.stderr)
+  if outcome.failed:
+    print("polyjax.sweep: rerun the same command to train what is missing", file=sys.stderr)
+    return None
+  return {pathlib.Path(path).name: s for path, s in outcome.summaries.items()}
 
 
 def main(argv) -> int:
@@ -256,34 +192,11 @@ def main(argv) -> int:
       raise config_lib.ConfigError(f"--member_batch must be >= 0, got {_MEMBER_BATCH.value}")
     if _CPU_DEVICES.value < 0:
       raise config_lib.ConfigError(f"--cpu_devices must be >= 0, got {_CPU_DEVICES.value}")
-    count_from = "environment" if cpu_count_set(os.environ) else "auto"
-    if _CPU_DEVICES.value:
-      split_cpu(_CPU_DEVICES.value)
-      count_from = "flag"
-    elif count_from == "auto" and _MEMBER_BATCH.value != 1:
-      # --member_batch=1 runs each member on the devices polyjax.main would use.
-      count = cpu_device_count(usable_cores(), [len(g) for g in grid.groups(members)])
-      if count > 1:
-        split_cpu(count)
-    if jax.process_count() > 1:  # E.g. a runtime started by the platform.
-      raise config_lib.ConfigError(_ONE_PROCESS.format(f"{jax.process_count()} processes"))
-    # What will happen, before the first (long) compilation.
-    fields = list(dict.fromkeys(f for g in points for f in g))
-    for line in grid.describe_groups(members, fields):
-      print(f"polyjax.sweep: {line}", flush=True)
-    note = None if _MEMBER_BATCH.value == 1 else idle_note(
-        [len(g) for g in grid.groups(members)],
-        [g[0][1].batch_size for g in grid.groups(members)],
-        devices=jax.device_count(), platform=jax.devices()[0].platform,
-        cores=usable_cores(), count_from=count_from)
-    if note:
-      print(f"polyjax.sweep: note: {note}", flush=True)
-    if _COMPILATION_CACHE.value:
-      xla_runtime.use_compilation_cache(_COMPILATION_CACHE.value)
-    summaries = run_sweep(members, _WORKDIR.value,
-                          checkpoint_every_epochs=_CHECKPOINT_EVERY.value,
-                          member_batch=_MEMBER_BATCH.value or None,
-                          log_every=_LOG_EVERY.value)
+    options = launch.options_from_flags(_LAUNCH)
+    if options.in_processes:
+      summaries = _launch_groups(members, options, points)
+    else:
+      summaries = _sweep_here(members, points)
   except (config_lib.ConfigError, checkpointing.CheckpointDirError, run_dir.RunDirBusy,
           data.DataMissing) as e:
     print(f"polyjax.sweep: error: {e}", file=sys.stderr)
@@ -294,6 +207,8 @@ def main(argv) -> int:
             f"some space and rerun the same command to resume", file=sys.stderr)
       return 1
     raise
+  if summaries is None:
+    return 1
   by_status: dict[str, list[str]] = {}
   for name, s in summaries.items():
     by_status.setdefault(s["status"], []).append(name)
@@ -308,13 +223,14 @@ def main(argv) -> int:
 
 _CONFIG = _WORKDIR = _GRID = _CHECKPOINT_EVERY = _MEMBER_BATCH = _COMPILATION_CACHE = None
 _CPU_DEVICES = _LOG_EVERY = None
+_LAUNCH: dict[str, Any] = {}
 
 
 def run() -> None:
   """Defines the flags (here, so importing this module next to polyjax.main is safe)
   and runs `main`."""
   global _CONFIG, _WORKDIR, _GRID, _CHECKPOINT_EVERY, _MEMBER_BATCH, _COMPILATION_CACHE
-  global _CPU_DEVICES, _LOG_EVERY
+  global _CPU_DEVICES, _LOG_EVERY, _LAUNCH
   from absl import app, flags
   from ml_collections import config_flags
 
@@ -347,6 +263,7 @@ def run() -> None:
       "last). 0: a live progress bar per group only when stdout is a terminal, every "
       "epoch's line otherwise (a pipe, a log file); N > 0 on a terminal: the lines "
       "above the bar.", lower_bound=0)
+  _LAUNCH = launch.define_flags()
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(lambda argv: lifecycle.exit(main(argv)),
           flags_parser=lambda argv: cli.parse_flags(argv, "polyjax.sweep"))

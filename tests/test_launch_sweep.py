@@ -1,4 +1,4 @@
-"""scripts/launch_sweep.py: grid -> polyjax.main commands, local runs, wandb sweep file."""
+"""scripts/launch_sweep.py: grid -> polyjax.main commands, and a wandb sweep file."""
 
 import importlib.util
 import json
@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 import subprocess_env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -47,27 +48,21 @@ def test_wandb_sweep_file(launch, tmp_path, monkeypatch):
   monkeypatch.chdir(REPO)
   out = tmp_path / "sweep.yaml"
   assert launch.main([f"--config={CONFIG}", "--mode=wandb", f"--wandb_file={out}",
-                      "--grid=lr=0.01,0.1", "--grid=loss.alpha=1,2"]) == 0
-  text = out.read_text()
-  assert "method: grid" in text and "  - ${args}" in text
-  assert "  config.lr:\n    values: [0.01, 0.1]" in text
-  assert "  config.loss.alpha:\n    values: [1.0, 2.0]" in text
+                      "--grid=lr=0.01,0.1", "--grid=loss.alpha=1,2",
+                      "--config.data.data_dir=a dir: with 'quotes'"]) == 0
+  sweep = yaml.safe_load(out.read_text())
+  assert sweep["method"] == "grid" and sweep["name"] == "sweep"
+  assert sweep["command"] == ["${env}", "python", "-m", "polyjax.main",
+                              f"--config={CONFIG}",
+                              "--config.data.data_dir=a dir: with 'quotes'", "${args}"]
+  assert sweep["parameters"] == {"config.lr": {"values": [0.01, 0.1]},
+                                 "config.loss.alpha": {"values": [1.0, 2.0]}}
 
 
-def test_local_runs_each_point_and_skips_finished(launch, tmp_path, monkeypatch, capsys):
-  monkeypatch.chdir(REPO)
-  monkeypatch.setenv("PYTHONPATH", subprocess_env.pythonpath())
-  args = [f"--config={CONFIG}", f"--workdir={tmp_path}", "--mode=local", "--parallel=2",
-          "--grid=seed=0,1", "--config.num_epochs=1", "--config.model.hidden=16"]
-  assert launch.main(args) == 0
-  for seed in (0, 1):
-    summary = json.loads((tmp_path / f"seed={seed}" / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["epochs_completed"] == 1
-    config = json.loads((tmp_path / f"seed={seed}" / "config.json").read_text())
-    assert config["seed"] == seed and config["model"]["hidden"] == 16
-  capsys.readouterr()
-  assert launch.main(args) == 0
-  assert capsys.readouterr().out.count("already finished") == 2
+def test_local_mode_is_gone_in_favour_of_the_sweep_launchers(launch, capsys):
+  with pytest.raises(SystemExit):
+    launch.main([f"--config={CONFIG}", "--mode=local"])
+  assert "invalid choice: 'local'" in capsys.readouterr().err
 
 
 def test_commands_share_a_compilation_cache_and_its_runs_equal_uncached_ones(
