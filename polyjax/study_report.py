@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from polyjax import run_dir
+from polyjax import accuracy_table, run_dir
 
 FIGURES = {  # File -> what it shows.
     "seeds.png": "each seed's value per table column, the mean as a bar, the paper's number "
@@ -482,7 +482,8 @@ def write_report(study, workdir: pathlib.Path, selections: dict[str, dict],
         f"- Stage 1: {stage1}.", f"- Selection: {selection_rule(study)}.",
         f"- Stage 2: seeds {', '.join(map(str, study.seeds))} of each batch size's choice.", ""]
   tex = [r"\documentclass{article}", r"\usepackage{booktabs}", r"\begin{document}", ""]
-  for title, caption, header, rows in _sections(study, selections, long, tests):
+  for title, caption, header, rows in (_sections(study, selections, long, tests)
+                                       + accuracy_table.section(study, df, selections)):
     md += [f"## {title}", "", caption, "", *_md(header, rows), ""]
     tex += _latex(header, rows, f"{title}. {caption}")
   md += ["## Figures", ""] + [f"- {text}:\n\n  ![{name}]({name})\n" for name, text in

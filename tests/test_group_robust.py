@@ -156,3 +156,62 @@ def test_group_robust_members_of_a_sweep_equal_their_single_runs_bit_for_bit(tmp
       assert a == b, (name, f)
     finals.append(run_dir.read_json(tmp_path / name / run_dir.SUMMARY)["final"])
   assert len({f["train/loss"] for f in finals}) == 3  # Each option changes training.
+
+
+def test_average_reweighted_and_worst_group_acc_of_a_hand_built_batch():
+  """The three accuracies SubpopBench reports, on 10 examples of groups 0, 1 and 3
+  (group 2 absent from the split) plus 2 padding rows, against NumPy."""
+  from polyjax import metrics
+  y = np.array([0, 0, 1, 1, 0, 1, 1, 0, 1, 1, 0, 0])
+  pred = np.array([0, 1, 1, 1, 0, 0, 1, 0, 0, 1, 1, 1])
+  g = np.array([0, 0, 1, 1, 0, 1, 3, 3, 3, 3, 2, 2])
+  mask = np.array([1] * 10 + [0, 0], bool)  # The group-2 rows are padding.
+  logits = np.stack([pred == 0, pred == 1], -1).astype(np.float32)
+  counts = metrics.batch_counts(
+      logits_BxC=jnp.asarray(logits), labels_B=jnp.asarray(y), groups_B=jnp.asarray(g),
+      loss_B=jnp.zeros(12), weight_B=jnp.ones(12), mask_B=jnp.asarray(mask), num_groups=4)
+  got = metrics.finalize(jax.device_get(counts), train_group_counts=np.array([5, 5, 5, 5]))
+  correct = (pred == y)[mask]
+  groups = g[mask]
+  per_group = {k: correct[groups == k].mean() for k in np.unique(groups)}  # 2/3, 2/3, 3/4
+  # By hand: 7 of 10 correct; three different averages.
+  assert got["acc"] == pytest.approx(correct.mean(), abs=1e-12)
+  assert got["acc"] == pytest.approx(0.7, abs=1e-12)
+  assert got["reweighted_acc"] == pytest.approx(np.mean(list(per_group.values())), abs=1e-12)
+  assert got["reweighted_acc"] == pytest.approx((2 / 3 + 2 / 3 + 3 / 4) / 3, abs=1e-12)
+  assert got["worst_group_acc"] == pytest.approx(min(per_group.values()), abs=1e-12)
+  assert got["worst_group_acc"] == pytest.approx(2 / 3, abs=1e-12)
+  assert got["group_2_n"] == 0 and got["group_2_acc"] == 0.0  # Left out of both above.
+
+
+def test_accuracy_table_on_hand_built_results():
+  import types
+
+  import pandas as pd
+
+  from polyjax import accuracy_table
+  cells = [types.SimpleNamespace(name="ce", row="CE", column="IW"),
+           types.SimpleNamespace(name="poly", row="Poly", column="IW")]
+  s = types.SimpleNamespace(cells=cells, es_rule="best_val_worst_group_acc")
+  selections = {"ce": {"selected": {"batch_size": 64, "lr": 0.1}}, "poly": {"selected": None}}
+  rows = []
+  for seed, (acc, rw, wg) in enumerate([(0.9, 0.8, 0.6), (0.7, 0.7, 0.5), (0.8, 0.9, 0.7)]):
+    for rule, shift in (("last", 0.0), ("best_val_worst_group_acc", 0.05)):
+      for split, batch, extra in (("test", 64, 0.0), ("val", 64, 0.3), ("test", 512, 0.2)):
+        rows.append({"cell": "ce", "batch_size": batch, "rule": rule, "split": split,
+                     "seed": seed, "acc": acc + shift + extra, "reweighted_acc": rw + shift + extra,
+                     "worst_group_acc": wg + shift + extra})
+  got = accuracy_table.rows(s, pd.DataFrame(rows), selections)
+  assert [(e["cell"], e["rule"]) for e in got] == [
+      ("ce", "last"), ("ce", "best_val_worst_group_acc"),
+      ("poly", "last"), ("poly", "best_val_worst_group_acc")]
+  for e, shift in zip(got[:2], (0.0, 0.05)):  # Only batch 64's test rows count.
+    assert e["acc_mean"] == pytest.approx(0.8 + shift, abs=1e-12)
+    assert e["reweighted_acc_mean"] == pytest.approx(0.8 + shift, abs=1e-12)
+    assert e["worst_group_acc_mean"] == pytest.approx(0.6 + shift, abs=1e-12)
+  (title, caption, header, body), = accuracy_table.section(s, pd.DataFrame(rows), selections)
+  assert header[3:] == ["average acc", "reweighted acc", "worst-group acc"]
+  assert body[0] == ["CE", "IW", "last", "0.800 ± 0.100 (3)", "0.800 ± 0.100 (3)",
+                     "0.600 ± 0.100 (3)"]
+  assert body[2][3:] == ["no runs"] * 3  # No selection: no runs to show.
+  assert "average accuracy" in caption and "adjusted accuracy" in caption
