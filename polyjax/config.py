@@ -75,13 +75,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.radius = 5.0  # gaussians: noise norms are clipped to this radius (truncated Gaussians).
   c.data.n_test_per_class = 1000  # gaussians: balanced test points per class.
 
-  c.model = ml_collections.ConfigDict()
-  c.model.name = "mlp"  # Model: see polyjax.models.MODELS.
-  c.model.hidden = 200  # mlp: width of each hidden layer.
-  c.model.depth = 3  # mlp: number of hidden layers.
-  c.model.init_channels = 64  # cifar_resnet*: width of the stem and first stage.
-  c.model.pretrained = config_dict.placeholder(str)  # resnet50: .npz of torchvision ImageNet weights (scripts/convert_torchvision_resnet50.py).
-  c.model.freeze_features = False  # Train only the last layer ('head'); BatchNorm statistics frozen too.
+  c.model = model_config()
 
   c.loss = ml_collections.ConfigDict()
   c.loss.name = "poly"  # Per-example loss: see polyjax.losses.LOSSES.
@@ -89,7 +83,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.beta = 1.0  # poly: margin at which the polynomial tail starts.
   c.loss.kind = "logit"  # poly: head left of beta: 'logit', 'exp' or 'linear'.
   c.loss.max_margin = 0.5  # ldam: margin of the rarest class (> 0); m_c proportional to n_c^(-1/4).
-  c.loss.inv_temperature = 30.0  # ldam: logits are scaled by this s (> 0) before CE (LDAM-DRW code: 30).
+  c.loss.inv_temperature = 30.0  # ldam: logits are scaled by this s (> 0) before CE; 30 is LDAM-DRW's, for the cosine logits of model.head='normed' (on a linear head's logits the paper's repository uses 1: configs/fig5.py).
   c.loss.tau = 1.0  # la, vs: weight of the additive log-prior iota_c = tau * log(pi_c) (>= 0).
   c.loss.gamma = 0.3  # vs, cdt, vs_group: delta = (n / n_max)**gamma (>= 0).
   c.loss.focal_gamma = 1.0  # focal: CE times (1 - p_y)**focal_gamma (>= 0; 0 is CE; LDAM-DRW code: 1).
@@ -115,6 +109,20 @@ def group_robust_fields(c: ml_collections.ConfigDict) -> None:
   c.weighting.cvar_alpha = 0.1  # cvar: the batch objective is the mean of its worst alpha fraction of losses, in (0, 1] (Levy et al. 2020; SubpopBench: 0.1).
 
 
+def model_config() -> ml_collections.ConfigDict:
+  """The `model` section of `base_config()` (its own function: a function stays short)."""
+  c = ml_collections.ConfigDict()
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "mlp"  # Model: see polyjax.models.MODELS.
+  c.model.hidden = 200  # mlp: width of each hidden layer.
+  c.model.depth = 3  # mlp: number of hidden layers.
+  c.model.init_channels = 64  # cifar_resnet*: width of the stem and first stage.
+  c.model.pretrained = config_dict.placeholder(str)  # resnet50: .npz of torchvision ImageNet weights (scripts/convert_torchvision_resnet50.py).
+  c.model.freeze_features = False  # Train only the last layer ('head'); BatchNorm statistics frozen too.
+  c.model.head = "linear"  # Last layer: 'linear', or 'normed' (cosine logits in [-1, 1], LDAM-DRW's NormedLinear; pair it with a scaled loss such as ldam's s = 30).
+  return c.model
+
+
 def wandb_config() -> ml_collections.ConfigDict:
   """The `wandb` section of `base_config()` (its own function: a function stays short)."""
   c = ml_collections.ConfigDict()
@@ -132,7 +140,7 @@ def field_help() -> list[tuple[str, object, str]]:
   """(field, default, meaning) of every field of `base_config()`, in order; the
   meaning is the field's one-line comment above."""
   lines = "".join(inspect.getsource(f) for f in (
-      base_config, wandb_config, group_robust_fields, stage1.add_fields)).splitlines()
+      base_config, model_config, wandb_config, group_robust_fields, stage1.add_fields)).splitlines()
   comments = {}
   for line in lines:
     match = re.match(r"\s*c\.([\w.]+) = .*?  # (.*)$", line)
@@ -327,6 +335,8 @@ MODEL_FIELDS = {
     "model.depth": ("mlp",),
     "model.init_channels": ("cifar_resnet18", "cifar_resnet34", "cifar_resnet50"),
     "model.pretrained": ("resnet50",),
+    "model.head": ("linear", "mlp", "convnet", "cifar_resnet18", "cifar_resnet34",
+                   "cifar_resnet50", "resnet50", "resnet32"),
 }
 
 
@@ -357,6 +367,7 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int) -> None:
   c = config
   _known("data.name", c.data.name, data.DATASETS)
   _known("model.name", c.model.name, models.MODELS)
+  _known("model.head", c.model.head, models.HEADS)
   _known("loss.name", c.loss.name, losses.LOSSES)
   _known("loss.kind", c.loss.kind, losses.POLY_KINDS)
   _known("weighting.mode", c.weighting.mode, weighting.WEIGHTING_MODES)

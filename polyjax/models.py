@@ -1,6 +1,7 @@
 """Flax NNX classifiers (docs/DATASETS.md, "Models"), chosen by name through `MODELS`.
 
-Every model maps a batch `x_BxD` or `x_BxHxWxC` to logits `x_BxK`. Models that
+Every model maps a batch `x_BxD` or `x_BxHxWxC` to logits `x_BxK`; its last layer
+is `head`, linear or cosine (`model.head`, `polyjax.heads`). Models that
 hold statistics (BatchNorm) keep them in `nnx.BatchStat` variables, which the
 train state carries next to the parameters.
 """
@@ -12,7 +13,8 @@ from typing import Callable
 import jax
 from flax import nnx
 
-from polyjax import conv
+from polyjax import conv, heads
+from polyjax.heads import HEADS  # noqa: F401  (model.head's values, for config validation)
 
 
 def _flatten(x: jax.Array) -> jax.Array:
@@ -29,8 +31,9 @@ def max_pool_2x2(x_BxHxWxC: jax.Array) -> jax.Array:
 class Linear(nnx.Module):
   """Affine classifier on the flattened input."""
 
-  def __init__(self, *, in_features: int, num_classes: int, rngs: nnx.Rngs):
-    self.head = nnx.Linear(in_features, num_classes, rngs=rngs)
+  def __init__(self, *, in_features: int, num_classes: int, head: str = "linear",
+               rngs: nnx.Rngs):
+    self.head = heads.make_head(head, in_features, num_classes, rngs=rngs)
 
   def __call__(self, x):
     return self.head(_flatten(x))
@@ -40,11 +43,11 @@ class MLP(nnx.Module):
   """ReLU MLP on the flattened input (paper: 3 hidden layers of 200)."""
 
   def __init__(self, *, in_features: int, num_classes: int, hidden: int = 200,
-               depth: int = 3, rngs: nnx.Rngs):
+               depth: int = 3, head: str = "linear", rngs: nnx.Rngs):
     sizes = [in_features] + [hidden] * depth
     self.layers = nnx.List(
         [nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
-    self.head = nnx.Linear(sizes[-1], num_classes, rngs=rngs)
+    self.head = heads.make_head(head, sizes[-1], num_classes, rngs=rngs)
 
   def __call__(self, x):
     x = _flatten(x)
@@ -62,7 +65,7 @@ class ConvNet(nnx.Module):
   """
 
   def __init__(self, *, in_shape: tuple[int, ...], num_classes: int,
-               backend: str | None = None, rngs: nnx.Rngs):
+               head: str = "linear", backend: str | None = None, rngs: nnx.Rngs):
     h, w, c = in_shape
     conv_fn = conv.for_backend(backend)
 
@@ -79,7 +82,7 @@ class ConvNet(nnx.Module):
       raise ValueError(f"model.name='convnet' needs images of at least 18x18, got {in_shape}")
     self.fc1 = nnx.Linear(h * w * 128, 512, rngs=rngs)
     self.fc2 = nnx.Linear(512, 128, rngs=rngs)
-    self.head = nnx.Linear(128, num_classes, rngs=rngs)
+    self.head = heads.make_head(head, 128, num_classes, rngs=rngs)
 
   def __call__(self, x):
     # max_pool_2x2 equals `nnx.max_pool`, but stays fast in the compiled epoch loop
@@ -102,17 +105,17 @@ def _numel(shape: tuple[int, ...]) -> int:
   return out
 
 
-def _linear(*, in_shape, num_classes, rngs, **_):
-  return Linear(in_features=_numel(in_shape), num_classes=num_classes, rngs=rngs)
+def _linear(*, in_shape, num_classes, rngs, head="linear", **_):
+  return Linear(in_features=_numel(in_shape), num_classes=num_classes, head=head, rngs=rngs)
 
 
-def _mlp(*, in_shape, num_classes, rngs, hidden=200, depth=3, **_):
+def _mlp(*, in_shape, num_classes, rngs, hidden=200, depth=3, head="linear", **_):
   return MLP(in_features=_numel(in_shape), num_classes=num_classes, hidden=hidden,
-             depth=depth, rngs=rngs)
+             depth=depth, head=head, rngs=rngs)
 
 
-def _convnet(*, in_shape, num_classes, rngs, **_):
-  return ConvNet(in_shape=in_shape, num_classes=num_classes, rngs=rngs)
+def _convnet(*, in_shape, num_classes, rngs, head="linear", **_):
+  return ConvNet(in_shape=in_shape, num_classes=num_classes, head=head, rngs=rngs)
 
 
 from polyjax import resnet  # noqa: E402  (ResNets live in their own module)
@@ -125,6 +128,7 @@ MODELS: dict[str, Callable[..., nnx.Module]] = {
     "cifar_resnet18": resnet.cifar_resnet(18),
     "cifar_resnet34": resnet.cifar_resnet(34),
     "cifar_resnet50": resnet.cifar_resnet(50),
+    "resnet32": resnet.resnet32,
     "resnet50": resnet.imagenet_resnet50,
 }
 

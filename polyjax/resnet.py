@@ -4,6 +4,11 @@
   four stages of widths (1, 2, 4, 8) x init_channels, global average pool.
 - ImageNet ResNet-50: 7x7 stride-2 stem, 3x3 stride-2 max pool, bottleneck stages
   [3, 4, 6, 3] (stride on the 3x3 conv, "v1.5", as torchvision).
+- ResNet-32 for CIFAR (He et al. 2016, Sec. 4.2; as LDAM-DRW trains it, its
+  `resnet32`): 3x3 stem of 16, three stages of 5 basic blocks of 16, 32 and 64
+  channels, option-A shortcuts (stride-2 subsampling, zero channels padded on both
+  sides: no parameters), He (kaiming) normal initialisation of every convolution and
+  of a linear head; 464,154 parameters with ten classes.
 
 Modules are named as in torchvision (conv1, bn1, layer1..4, downsample) so that
 a converted torchvision state dict maps onto them by name; the classifier is
@@ -19,41 +24,59 @@ from __future__ import annotations
 
 from typing import Callable, Iterator
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from polyjax import conv
+from polyjax import conv, heads
 
 STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3)}
 
 
-def _conv(cin, cout, k, stride, conv_fn, rngs):
+def _conv(cin, cout, k, stride, conv_fn, rngs, kernel_init=None):
   pad = (k - 1) // 2
+  init = {} if kernel_init is None else {"kernel_init": kernel_init}
   return nnx.Conv(cin, cout, (k, k), strides=(stride, stride),
                   padding=((pad, pad), (pad, pad)), use_bias=False,
-                  conv_general_dilated=conv_fn, rngs=rngs)
+                  conv_general_dilated=conv_fn, rngs=rngs, **init)
 
 
 def _bn(c, rngs):
   return nnx.BatchNorm(c, momentum=0.9, epsilon=1e-5, rngs=rngs)
 
 
+def pad_shortcut(x_BxHxWxC, planes: int):
+  """Option-A shortcut (He et al. 2016): every other row and column, then planes // 4
+  zero channels on each side."""
+  pad = planes // 4
+  return jnp.pad(x_BxHxWxC[:, ::2, ::2, :], ((0, 0), (0, 0), (0, 0), (pad, pad)))
+
+
 class BasicBlock(nnx.Module):
+  """Two 3x3 convolutions; a projection shortcut (1x1 conv + BN) where the shape
+  changes, or with `pad_shortcut` the parameter-free option A."""
   expansion = 1
 
   def __init__(self, cin: int, planes: int, stride: int, *, conv_fn: Callable,
-               rngs: nnx.Rngs):
-    self.conv1, self.bn1 = _conv(cin, planes, 3, stride, conv_fn, rngs), _bn(planes, rngs)
-    self.conv2, self.bn2 = _conv(planes, planes, 3, 1, conv_fn, rngs), _bn(planes, rngs)
+               rngs: nnx.Rngs, pad_shortcut: bool = False, kernel_init=None):
+    self.planes = planes
+    self.conv1 = _conv(cin, planes, 3, stride, conv_fn, rngs, kernel_init)
+    self.bn1 = _bn(planes, rngs)
+    self.conv2 = _conv(planes, planes, 3, 1, conv_fn, rngs, kernel_init)
+    self.bn2 = _bn(planes, rngs)
+    self.reshaped = stride != 1 or cin != planes
     self.downsample = (
         nnx.List([_conv(cin, planes, 1, stride, conv_fn, rngs), _bn(planes, rngs)])
-        if stride != 1 or cin != planes else None)
+        if self.reshaped and not pad_shortcut else None)
 
   def __call__(self, x):
     out = nnx.relu(self.bn1(self.conv1(x)))
     out = self.bn2(self.conv2(out))
-    short = x if self.downsample is None else self.downsample[1](self.downsample[0](x))
+    if self.downsample is not None:
+      short = self.downsample[1](self.downsample[0](x))
+    else:
+      short = pad_shortcut(x, self.planes) if self.reshaped else x
     return nnx.relu(out + short)
 
 
@@ -82,7 +105,7 @@ class ResNet(nnx.Module):
   """ResNet-{18,34,50}; `imagenet_stem` picks the 7x7 stem with max pool."""
 
   def __init__(self, *, depth: int, in_channels: int, num_classes: int,
-               init_channels: int = 64, imagenet_stem: bool = False,
+               init_channels: int = 64, imagenet_stem: bool = False, head: str = "linear",
                backend: str | None = None, rngs: nnx.Rngs):
     if depth not in STAGE_BLOCKS:
       raise ValueError(f"ResNet depth must be one of {sorted(STAGE_BLOCKS)}, got {depth}")
@@ -101,7 +124,7 @@ class ResNet(nnx.Module):
                             rngs=rngs))
         cin = planes * block.expansion
       setattr(self, f"layer{i + 1}", nnx.List(blocks))
-    self.head = nnx.Linear(cin, num_classes, rngs=rngs)
+    self.head = heads.make_head(head, cin, num_classes, rngs=rngs)
 
   def __call__(self, x_BxHxWxC):
     x = nnx.relu(self.bn1(self.conv1(x_BxHxWxC)))
@@ -180,16 +203,57 @@ def load_torchvision_weights(model: ResNet, path: str) -> None:
     var.set_value(new[key])
 
 
+# PyTorch's kaiming_normal_ (LDAM-DRW's init): N(0, 2 / fan_in), not truncated.
+KAIMING_NORMAL = nnx.initializers.variance_scaling(2.0, "fan_in", "normal")
+
+
+def torch_linear_bias(fan_in: int):
+  """PyTorch's default nn.Linear bias: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  bound = 1.0 / np.sqrt(fan_in)
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype,
+                                                                  -bound, bound)
+
+
+class ResNet32(nnx.Module):
+  """ResNet-32 for 32x32 images (module docstring): stem, layer1..3, head."""
+
+  def __init__(self, *, in_channels: int, num_classes: int, head: str = "linear",
+               backend: str | None = None, rngs: nnx.Rngs):
+    conv_fn = conv.for_backend(backend)
+    self.conv1 = _conv(in_channels, 16, 3, 1, conv_fn, rngs, KAIMING_NORMAL)
+    self.bn1 = _bn(16, rngs)
+    cin = 16
+    for i, planes in enumerate((16, 32, 64)):
+      setattr(self, f"layer{i + 1}", nnx.List([
+          BasicBlock(cin if b == 0 else planes, planes, 2 if i > 0 and b == 0 else 1,
+                     conv_fn=conv_fn, rngs=rngs, pad_shortcut=True,
+                     kernel_init=KAIMING_NORMAL) for b in range(5)]))
+      cin = planes
+    self.head = heads.make_head(head, 64, num_classes, rngs=rngs, kernel_init=KAIMING_NORMAL,
+                                bias_init=torch_linear_bias(64))
+
+  def __call__(self, x_BxHxWxC):
+    x = nnx.relu(self.bn1(self.conv1(x_BxHxWxC)))
+    for layer in (self.layer1, self.layer2, self.layer3):
+      for blk in layer:
+        x = blk(x)
+    return self.head(jnp.mean(x, axis=(1, 2)))
+
+
+def resnet32(*, in_shape, num_classes, rngs, head="linear", **_):
+  return ResNet32(in_channels=in_shape[-1], num_classes=num_classes, head=head, rngs=rngs)
+
+
 def cifar_resnet(depth: int):
-  def build(*, in_shape, num_classes, rngs, init_channels=64, **_):
+  def build(*, in_shape, num_classes, rngs, init_channels=64, head="linear", **_):
     return ResNet(depth=depth, in_channels=in_shape[-1], num_classes=num_classes,
-                  init_channels=init_channels, rngs=rngs)
+                  init_channels=init_channels, head=head, rngs=rngs)
   return build
 
 
-def imagenet_resnet50(*, in_shape, num_classes, rngs, pretrained=None, **_):
+def imagenet_resnet50(*, in_shape, num_classes, rngs, pretrained=None, head="linear", **_):
   model = ResNet(depth=50, in_channels=in_shape[-1], num_classes=num_classes,
-                 imagenet_stem=True, rngs=rngs)
+                 imagenet_stem=True, head=head, rngs=rngs)
   if pretrained is not None:
     load_torchvision_weights(model, pretrained)
   return model

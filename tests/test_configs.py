@@ -1,5 +1,6 @@
 """Every experiment in configs/: loads by path, validates, documents its own command;
-the parameterised files (table.py, fig5.py) resolve every argument as the files they
+cifar_lt.py's cells carry LDAM-DRW's setup and numbers; the parameterised files
+(table.py, fig5.py) resolve every argument as the files they
 replaced did (tests/data/config_files.json)."""
 
 import ast
@@ -28,9 +29,13 @@ FIG5 = load_module(CONFIGS / "fig5.py")
 TABLE_ARGS = [",".join(cell) for cell in itertools.product(
     TABLE.DATASETS, TABLE.LOSSES, TABLE.WEIGHTINGS)]
 FIG5_ARGS = [f"{d},{m}" for d, m in FIG5.METHODS]
+LT = load_module(CONFIGS / "cifar_lt.py")
+LT_ARGS = [",".join(cell) for cell in itertools.product(LT.DATASETS, LT.PROFILES, LT.METHODS)]
+PARAMETERISED = ("table.py", "fig5.py", "cifar_lt.py")
 # Every experiment: (file, argument or None).
-EXPERIMENTS = ([(n, None) for n in FILES if n not in ("table.py", "fig5.py")]
-               + [("table.py", a) for a in TABLE_ARGS] + [("fig5.py", a) for a in FIG5_ARGS])
+EXPERIMENTS = ([(n, None) for n in FILES if n not in PARAMETERISED]
+               + [("table.py", a) for a in TABLE_ARGS] + [("fig5.py", a) for a in FIG5_ARGS]
+               + [("cifar_lt.py", a) for a in LT_ARGS])
 
 
 def get_config(name: str, arg: str | None):
@@ -43,8 +48,8 @@ def as_json(config) -> dict:
 
 
 def test_the_configs_are_the_table_figure_5_and_the_examples():
-  assert FILES == ["cifar_poly.py", "digits_poly.py", "fig5.py", "gaussians_poly.py",
-                   "table.py"]
+  assert FILES == ["cifar_lt.py", "cifar_poly.py", "digits_poly.py", "fig5.py",
+                   "gaussians_poly.py", "table.py"]
   assert len(TABLE_ARGS) == 18 and len(FIG5_ARGS) == 12
 
 
@@ -79,6 +84,27 @@ def test_paper_numbers_name_cells_that_exist():
   assert set(FIG5.PAPER) == set(FIG5_ARGS)
 
 
+def test_cifar_lt_cells_are_ldam_drws_setup_with_its_numbers():
+  assert len(LT_ARGS) == 24
+  assert set(LT.PAPER) == {f"{d},{p}" for d in LT.DATASETS for p in LT.PROFILES}
+  for cell, errors in LT.PAPER.items():
+    assert set(errors) == set(LT.METHODS), cell
+    assert errors["ldam_drw"] < errors["ldam"] < errors["erm"] < 100, cell  # The paper's order.
+  c = LT.get_config("cifar10,exp100,ldam")
+  assert (c.model.name, c.model.head, c.loss.name, c.loss.inv_temperature) == (
+      "resnet32", "normed", "ldam", 30.0)  # LDAM-DRW's use_norm with LDAM, s = 30.
+  assert (c.data.imb_over, c.data.imb_type, c.data.imb_factor, tuple(c.data.class_subset)) == (
+      "all", "exp", 100.0, ())
+  assert (c.lr, c.weight_decay, c.batch_size, c.num_epochs, tuple(c.lr_step_epochs)) == (
+      0.1, 2e-4, 128, 200, (160, 180))
+  c = LT.get_config("cifar10,exp100,ldam_drw")
+  assert (c.weighting.mode, c.weighting.cb_beta, c.weighting.drw_epoch, c.model.head) == (
+      "reweighted", 0.9999, 160, "normed")  # class-balanced weights from epoch 160 on
+  c = LT.get_config("cifar100,step10,erm")
+  assert (c.data.name, c.data.imb_type, c.data.imb_factor, c.model.head, c.loss.name) == (
+      "cifar100", "step", 10.0, "linear", "ce")
+
+
 @pytest.mark.parametrize("name", FILES)
 def test_config_file_imports_only_polyjax_and_documents_its_command(name):
   path = CONFIGS / name
@@ -91,7 +117,7 @@ def test_config_file_imports_only_polyjax_and_documents_its_command(name):
       assert all(a.name in ("pathlib",) for a in node.names)
   doc = load_module(path).__doc__
   command = f"python -m polyjax.main --config=configs/{name}"
-  assert command + (":" if name in ("table.py", "fig5.py") else "") in doc
+  assert command + (":" if name in PARAMETERISED else "") in doc
 
 
 @pytest.mark.parametrize("name,arg", EXPERIMENTS)

@@ -132,3 +132,66 @@ def test_resnet50_train_step_at_224(resnet50):
     assert np.all(np.isfinite(np.asarray(leaf)))
   assert all(jax.tree.leaves(_changed(state.params["conv1"], new.params["conv1"])))
   assert all(jax.tree.leaves(_changed(state.model_state["bn1"], new.model_state["bn1"])))
+
+
+def _resnet32_params(num_classes, head):
+  """ResNet-32's parameters by arithmetic: 3x3 convolutions, two per BatchNorm (scale and
+  bias), option-A shortcuts with none, and the head."""
+  convs = [(3, 16)] + [(16, 16)] * 10 + [(16, 32)] + [(32, 32)] * 9 + [(32, 64)] + [(64, 64)] * 9
+  return (sum(9 * cin * cout + 2 * cout for cin, cout in convs)
+          + 64 * num_classes + (num_classes if head == "linear" else 0))
+
+
+@pytest.mark.parametrize("num_classes,head", [(10, "linear"), (10, "normed"), (100, "normed")])
+def test_resnet32_parameter_count(num_classes, head):
+  model = nnx.eval_shape(lambda: resnet.resnet32(in_shape=SHAPE, num_classes=num_classes,
+                                                 head=head, rngs=nnx.Rngs(0)))
+  n = sum(v.size for v in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  assert n == _resnet32_params(num_classes, head)
+  assert len([b for i in (1, 2, 3) for b in getattr(model, f"layer{i}")]) == 15  # 6 * 5 + 2 = 32
+  if (num_classes, head) == (10, "linear"):
+    assert n == 464_154 and round(n / 1e6, 2) == 0.46  # LDAM-DRW's table: 0.46M
+
+
+def test_option_a_shortcut_matches_numpy():
+  x = np.random.default_rng(0).standard_normal((2, 8, 6, 16)).astype(np.float32)
+  out = np.asarray(resnet.pad_shortcut(jnp.asarray(x), 32))
+  ref = np.zeros((2, 4, 3, 32), np.float32)
+  ref[..., 8:24] = x[:, 0::2, 0::2, :]
+  np.testing.assert_array_equal(out, ref)
+
+
+@pytest.fixture(scope="module")
+def resnet32_normed():
+  """ResNet-32 with the cosine head, initialised as a run initialises it (one jitted init)."""
+  tx = train_state.make_optimizer(lr=0.1, momentum=0.9, weight_decay=2e-4)
+  model_def, state = train_state.create(
+      model_name="resnet32", model_kwargs={"head": "normed"}, in_shape=SHAPE,
+      num_classes=2, num_groups=2, tx=tx, seed=0)
+  return tx, model_def, state
+
+
+def test_resnet32_init_is_untruncated_kaiming_normal(resnet32_normed):
+  params = resnet32_normed[2].params
+  w = np.concatenate([np.ravel(params["layer3"][b]["conv1"]["kernel"]) for b in range(1, 5)])
+  sigma = np.sqrt(2.0 / (9 * 64))  # kaiming_normal_: std sqrt(2 / fan_in)
+  n = w.size  # 147,456 draws: the std within 5 standard errors, 1/sqrt(2n) relative.
+  assert abs(w.std() / sigma - 1) < 5 / np.sqrt(2 * n)
+  # PyTorch's normal is not truncated (Flax's he_normal is, at 2 std): P(|z| > 2) = 4.55%.
+  p = 0.0455
+  assert abs(np.mean(np.abs(w) > 2 * sigma) - p) < 5 * np.sqrt(p * (1 - p) / n)
+  kernel = np.asarray(params["head"]["kernel"])  # LDAM-DRW's NormedLinear: unit columns
+  np.testing.assert_allclose(np.linalg.norm(kernel, axis=0), 1.0, rtol=1e-5)
+  # A linear head's bias: nn.Linear's U(+-1/sqrt(64)).
+  bias = np.asarray(resnet.torch_linear_bias(64)(jax.random.key(0), (1000,)))
+  assert np.all(np.abs(bias) <= 1 / 8) and abs(np.abs(bias).max() - 1 / 8) < 1e-2
+
+
+def test_resnet32_builds_as_a_run_builds_it_and_gives_cosines(resnet32_normed):
+  # Forward only: a ResNet-32 train step takes about a minute of CPU to compile; the
+  # step itself is the one every model shares (tests/test_heads.py runs it with LDAM).
+  _, model_def, state = resnet32_normed
+  assert state.params["head"]["kernel"].shape == (64, 2)
+  logits, _ = jax.jit(lambda s, x: model_def.apply(s, x, train=False))(
+      state, _batch(SHAPE, batch=4)["x"])
+  assert logits.shape == (4, 2) and np.all(np.abs(np.asarray(logits)) <= 1 + 1e-5)

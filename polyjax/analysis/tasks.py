@@ -220,9 +220,11 @@ def boundary(loaded: Loaded, split: str) -> dict[str, float]:
   """
   del split  # The boundary is a property of the model alone.
   config, ds = loaded.run.config, loaded.exp.dataset
-  if config.model.name != "linear" or int(np.prod(ds.in_shape)) != 2 or ds.num_classes != 2:
+  head = config.model.get("head", "linear")  # Runs from before model.head: linear.
+  if (config.model.name != "linear" or head != "linear" or int(np.prod(ds.in_shape)) != 2
+      or ds.num_classes != 2):
     raise RunError(f"{loaded.run.path}: the boundary task needs a linear model on 2-D inputs "
-                   f"with 2 classes (model.name={config.model.name!r}, "
+                   f"with 2 classes (model.name={config.model.name!r}, head {head!r}, "
                    f"input shape {ds.in_shape}, {ds.num_classes} classes)",
                    "not a 2-class linear model on 2-D inputs")
   kernel = np.asarray(loaded.state.params["head"]["kernel"][...], np.float64)  # (2, C)
