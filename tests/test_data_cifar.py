@@ -290,3 +290,22 @@ def test_tuning_stage_of_cifar_poly_runs_and_reports_on_mock_data(tmp_path):
   import pandas as pd
   table = pd.read_csv(io.StringIO(out.stdout))
   assert set(zip(table["batch_size"], table["lr"])) == completed
+
+
+def test_cifar_lt_cell_builds_on_mock_data():
+  # configs/cifar_lt.py as a run builds it: every label, exp 10 over all of them, ResNet-32
+  # with the cosine head (exp 100 would leave the mock's rarest labels empty).
+  lt = config_lib.load_config_module(os.path.join(ROOT, "configs", "cifar_lt.py"), "cifar_lt")
+  c = lt.get_config("cifar10,exp10,ldam_drw")
+  c.data.data_dir = "/nonexistent"
+  config_lib.validate(c, device_count=jax.device_count())
+  with mock_tfds.mock():
+    exp = experiment.build(c)
+  ds = exp.dataset
+  n = mock_tfds.CIFAR_PER_CLASS["train"]
+  total = ds.train_class_counts + np.bincount(ds.val.y, minlength=10)
+  np.testing.assert_array_equal(total, paper_counts(10 * n, 10, "exp", 10.0))
+  assert len(ds.val) == round(0.1 * total.sum()) and ds.num_classes == 10
+  kernel = np.asarray(exp.state.params["head"]["kernel"])
+  assert kernel.shape == (64, 10) and "bias" not in exp.state.params["head"]
+  assert sum(x.size for x in jax.tree.leaves(exp.state.params)) == 464_154 - 10
