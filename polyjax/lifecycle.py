@@ -32,7 +32,8 @@ class StopSignals:
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-  def __init__(self):
+  def __init__(self, extra: tuple[int, ...] = ()):
+    self.signals = self.SIGNALS + tuple(extra)  # E.g. SLURM's SIGUSR2 before a time limit.
     self.received: int | None = None  # This process's own signal.
     self._elsewhere: int | None = None  # Another process's, once agreed on.
     self._previous = {}
@@ -76,7 +77,7 @@ class StopSignals:
 
   def __enter__(self) -> StopSignals:
     if threading.current_thread() is threading.main_thread():
-      for signum in self.SIGNALS:
+      for signum in self.signals:
         self._previous[signum] = signal.signal(signum, self._handle)
     return self
 

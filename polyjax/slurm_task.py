@@ -6,18 +6,21 @@ a SLURM job array (`SlurmExecutor`) or a process beside the launcher's
 before JAX starts, then trains the group through `sweep_run.run_sweep`: the members'
 run directories, resume and summaries are those of a local sweep.
 
-Preemption and time limits: SLURM signals the task (USR2 before its time limit,
-or on preemption) and submitit calls `checkpoint`, which resubmits the same
-group; the requeued task resumes every member from its latest checkpoint, through
-the same restore path as a local rerun. SIGTERM (scancel) stops the members
-after their current epoch, with a checkpoint, and the task returns their
-'interrupted' summaries.
+Preemption and time limits: SLURM sends the task SIGUSR2 (submitit asks for it 90 s
+before the time limit; a preempting scheduler sends it too). The members stop after
+their current epoch with their checkpoints written, as on SIGTERM; then the task
+hands the signal to submitit, which calls `checkpoint` (the same group again) and
+requeues the task. The requeued task resumes every member from that checkpoint,
+through the same restore path as a local rerun, so the members end as if never
+stopped. SIGTERM (scancel) stops the members the same way, and the task returns
+their 'interrupted' summaries.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 from typing import Any
 
 import submitit
@@ -59,11 +62,15 @@ def train_groups(work: list[tuple[list[tuple[str, Any]], str]], setup: Setup, *,
   for members, directory in work:
     # The launcher holds the sweep directory's lock; each member locks its own.
     summaries = sweep_run.run_sweep(members, directory, member_batch=member_batch,
-                                log_every=log_every, lock_directory=False)
+                                    log_every=log_every, lock_directory=False,
+                                    stop_on=(REQUEUE_SIGNAL,))
     out.update({os.path.join(directory, name): s for name, s in summaries.items()})
     if any(s.get("status") == "interrupted" for s in summaries.values()):
       break
   return out
+
+
+REQUEUE_SIGNAL = signal.SIGUSR2  # submitit's preemption and time-limit signal on SLURM.
 
 
 class GroupTask(submitit.helpers.Checkpointable):
@@ -71,4 +78,9 @@ class GroupTask(submitit.helpers.Checkpointable):
   with the same arguments (`Checkpointable.checkpoint`) and resumes."""
 
   def __call__(self, work, setup, *, member_batch, log_every):
-    return train_groups(work, setup, member_batch=member_batch, log_every=log_every)
+    summaries = train_groups(work, setup, member_batch=member_batch, log_every=log_every)
+    if any(s.get("signal") == REQUEUE_SIGNAL.name for s in summaries.values()):
+      # Stopped at an epoch's end, checkpoints written: submitit's own handler (back in
+      # place) now checkpoints this callable and requeues the task.
+      signal.raise_signal(REQUEUE_SIGNAL)
+    return summaries

@@ -25,7 +25,8 @@ from polyjax import grid, lifecycle, member as member_lib, placement, run_dir, t
 def run_sweep(members: list[tuple[str, ml_collections.ConfigDict]], workdir: str, *,
               mesh=None, checkpoint_every_epochs: int | None = None,
               member_batch: int | None = None, log_every: int = 0,
-              lock_directory: bool = True) -> dict[str, dict[str, Any]]:
+              lock_directory: bool = True, stop_on: tuple[int, ...] = ()
+              ) -> dict[str, dict[str, Any]]:
   """Trains every member (name, config) under `workdir/<name>`; returns name -> summary.
 
   Args:
@@ -39,6 +40,8 @@ def run_sweep(members: list[tuple[str, ml_collections.ConfigDict]], workdir: str
     log_every: as for `train.train_and_evaluate`, per group.
     lock_directory: lock `workdir` for this process (False: a launcher that holds
       its lock runs groups of it in other processes; every member is locked anyway).
+    stop_on: signals that stop the members after their current epoch, as SIGTERM
+      and SIGINT do (`lifecycle.StopSignals`).
 
   Raises:
     ConfigError: a member config that cannot be trained, or a member directory holding
@@ -58,7 +61,7 @@ def run_sweep(members: list[tuple[str, ml_collections.ConfigDict]], workdir: str
     lock.lock()
   opened: list[member_lib.Member] = []
   out: dict[str, dict[str, Any]] = {}
-  stop = lifecycle.StopSignals()
+  stop = lifecycle.StopSignals(extra=stop_on)
   try:
     todo_groups = []
     for number, group in enumerate(all_groups, 1):  # Every directory is checked first.

@@ -2,9 +2,10 @@
 
 A small digits study (2 cells, 2 lrs, 1 batch size, 2 seeds) runs once with the
 local launcher (`reference`); through SLURM it must end with the same report, a
-rerun must submit nothing, and a task cancelled mid-way must be reported with its
-log and completed, exactly, by the rerun. Where the cluster cannot be started the
-tests fail with the reason.
+rerun must submit nothing, a task cancelled mid-way must be reported with its log
+and completed, exactly, by the rerun, and a task preempted mid-way must be requeued
+and end, exactly, as if never stopped. Where the cluster cannot be started the tests
+fail with the reason.
 """
 
 import json
@@ -107,24 +108,34 @@ def running_task(cluster) -> str | None:
   return None
 
 
-def test_a_cancelled_task_is_reported_and_the_rerun_completes_it_exactly(
-    cluster, study_file, reference, tmp_path):
-  workdir = tmp_path / "slurm"
+def start_and_signal(cluster, study_file, workdir, *scancel_flags):
+  """Starts the study through SLURM and, once the first task's members have a
+  checkpoint and more epochs to go, signals that task (`scancel`); returns the
+  study's process and the task's id."""
   env = {**subprocess_env.env(JAX_PLATFORMS="cpu"), "SLURM_CONF": cluster.env["SLURM_CONF"]}
   proc = subprocess.Popen(command(study_file, workdir), cwd=REPO, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 600
+  while True:
+    if proc.poll() is not None or time.time() > deadline:
+      proc.kill()
+      pytest.fail(f"the study ended before a task was signalled: {proc.communicate()}")
+    # Rows of members still training: the running task's (tasks run one at a time).
+    rows = [json.loads(line) for p in workdir.glob("*/stage1/*/metrics.jsonl")
+            if not (p.parent / "summary.json").exists()
+            for line in p.read_text().splitlines() if line.strip()]
+    job = running_task(cluster)
+    if job and any(r.get("epoch", 0) >= 20 for r in rows):
+      cluster.run("scancel", *scancel_flags, job)
+      return proc, job
+    time.sleep(0.05)
+
+
+def test_a_cancelled_task_is_reported_and_the_rerun_completes_it_exactly(
+    cluster, study_file, reference, tmp_path):
+  workdir = tmp_path / "slurm"
+  proc, cancelled = start_and_signal(cluster, study_file, workdir)
   try:
-    # Cancel the first task once its members have a checkpoint and more epochs to go.
-    deadline, cancelled = time.time() + 600, None
-    while cancelled is None:
-      assert proc.poll() is None and time.time() < deadline, "the study ended uncancelled"
-      rows = [json.loads(line) for p in workdir.glob("*/stage1/*/metrics.jsonl")
-              for line in p.read_text().splitlines() if line.strip()]
-      job = running_task(cluster)
-      if job and any(r.get("epoch", 0) >= 20 for r in rows):
-        cluster.run("scancel", job)
-        cancelled = job
-      time.sleep(0.05)
     out, err = proc.communicate(timeout=900)
   finally:
     proc.kill()
@@ -143,4 +154,31 @@ def test_a_cancelled_task_is_reported_and_the_rerun_completes_it_exactly(
   # Only the cancelled cell's stage 1, then its stage 2.
   assert [x.split("submitted ")[1].split(" as")[0] for x in submitted(again.stdout)] == [
       "1 group", "1 group"], again.stdout
+  same_report(workdir, reference)
+
+
+def test_a_preempted_task_is_requeued_and_ends_as_if_never_stopped(
+    cluster, study_file, reference, tmp_path):
+  workdir = tmp_path / "slurm"
+  # SIGUSR2: what submitit has SLURM send before a time limit, and on preemption.
+  proc, job = start_and_signal(cluster, study_file, workdir, "--signal=USR2")
+  try:
+    deadline = time.time() + 120
+    while "PENDING" not in cluster.run("squeue", "--noheader", "--array", "--format=%T",
+                                       f"--jobs={job}"):
+      assert time.time() < deadline, "the task was not requeued"
+      time.sleep(0.1)
+    # SLURM holds a requeued job back for a while; start it now.
+    cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+    out, err = proc.communicate(timeout=900)
+  finally:
+    proc.kill()
+  assert proc.returncode == 0, err[-3000:]
+  log = (workdir / launch.LOG_FOLDER / f"{job}_0_log.err").read_text()
+  assert "SIGUSR2 received: stopping at the end of this epoch" in log
+  assert f"Requeued job {job}" in log
+  resumed = [line for line in (workdir / launch.LOG_FOLDER / f"{job}_0_log.out").read_text()
+             .splitlines() if "members together" in line]
+  assert len(resumed) == 2 and resumed[0].endswith("from epoch 0"), resumed
+  assert not resumed[1].endswith("from epoch 0")  # The requeued task resumed.
   same_report(workdir, reference)
