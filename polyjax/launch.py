@@ -56,9 +56,14 @@ class Options:
             "max_parallel", "side_by_side", "folder")
 
   @classmethod
-  def from_values(cls, values: Mapping[str, Any], where: str) -> Options:
+  def from_values(cls, values: Mapping[str, Any], where: str,
+                  names: Mapping[str, str] | None = None) -> Options:
     """Options from a dict (a study's `launcher` section, or the flags); ConfigError,
-    one line naming `where` and the field, if a value cannot be used."""
+    one line naming the field (`where` + its name, or `names[field]`), if a value
+    cannot be used."""
+    def name(field):
+      return (names or {}).get(field) or f"{where}{field}"
+
     unknown = sorted(set(values) - set(cls.FIELDS))
     if unknown:
       raise ConfigError(f"{where}{unknown[0]} is not a launcher field; valid: "
@@ -77,10 +82,10 @@ class Options:
     for field, value in values.items():
       check, rule = rules[field]
       if not check(value):
-        raise ConfigError(f"{where}{field} must be {rule}, got {value!r}")
+        raise ConfigError(f"{name(field)} must be {rule}, got {value!r}")
     options = cls(**values)
     if options.launcher == "slurm" and options.side_by_side != 1:
-      raise ConfigError(f"{where}side_by_side is for the local launcher; with slurm, each "
+      raise ConfigError(f"{name('side_by_side')} is for the local launcher; with slurm, each "
                        "group is a task of its own (ask for fewer GPUs per task instead)")
     return options
 
@@ -215,7 +220,8 @@ def options_from_flags(holders: Mapping[str, Any], section: Mapping[str, Any] | 
   values = dict(section or {})
   Options.from_values(values, where)  # The section's own errors name the section.
   values.update({f: h.value for f, h in holders.items() if h.value is not None})
-  return Options.from_values(values, "--")
+  return Options.from_values(values, where, {f: f"--{h.name}" for f, h in holders.items()
+                                             if h.value is not None})
 
 
 # ---------------------------------------------------------------------------
@@ -250,7 +256,7 @@ def _run_in_processes(tasks, options: Options, folder: pathlib.Path, outcome: Ou
     jobs = [executor.submit(task, w, setup, member_batch=member_batch, log_every=log_every)
             for w, setup in zip(work, setups)]
   where = (f"SLURM job array {jobs[0].job_id.split('_')[0]}" if options.launcher == "slurm"
-           else f"{len(jobs)} local processes side by side")
+           else f"{len(jobs)} local process{'es' if len(jobs) > 1 else ''} side by side")
   out(f"submitted {len(tasks)} group{'s' if len(tasks) > 1 else ''} as {where}; logs in "
       f"{folder}")
   for job in _finished_jobs(jobs, options):
