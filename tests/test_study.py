@@ -20,6 +20,7 @@ import time
 import numpy as np
 import pytest
 
+from polyjax import config as config_lib
 from polyjax import run_dir, study, study_report, sweep, train
 import subprocess_env
 
@@ -68,6 +69,21 @@ def snapshot(root: pathlib.Path) -> dict[str, tuple[str, int]]:
 
 # ---------------------------------------------------------------------------
 # Study files.
+
+def test_the_methods_study_has_every_loss_and_weighting_mode_at_10_seeds():
+  from polyjax import losses, weighting
+
+  s = study.load_study("configs/studies/digits_methods.py")
+  configs = study.prepare(s, {})
+  assert len(s.seeds) == 10 and not any(c.lrs for c in s.cells)  # One lr: no stage 1.
+  assert [c.row for c in s.cells] == list(s.rows) and s.columns == ("Digits", "Digits-ES")
+  used = {(c.loss.name, c.weighting.mode) for c in configs.values()}
+  assert {name for name, _ in used} == set(losses.LOSSES)
+  assert {mode for _, mode in used} == set(weighting.WEIGHTING_MODES)
+  for cell in s.cells:  # Each row is what its overrides say.
+    for field, value in cell.overrides.items():
+      assert config_lib.get_field(configs[cell.name], field) == value, (cell.row, field)
+
 
 @pytest.mark.parametrize("name", ["paper_cifar", "paper_celeba", "paper_waterbirds"])
 def test_paper_studies_load_and_expand(name):
