@@ -259,11 +259,18 @@ def _run_in_processes(tasks, options: Options, folder: pathlib.Path, outcome: Ou
            else f"{len(jobs)} local process{'es' if len(jobs) > 1 else ''} side by side")
   out(f"submitted {len(tasks)} group{'s' if len(tasks) > 1 else ''} as {where}; logs in "
       f"{folder}")
-  for job in _finished_jobs(jobs, options):
-    lines = _job_failures(job, labels[jobs.index(job)])
-    outcome.failed += lines
-    if lines:
-      outcome.failed_sweeps.update(sweep_labels[jobs.index(job)])
+  try:
+    for job in _finished_jobs(jobs, options):
+      lines = _job_failures(job, labels[jobs.index(job)])
+      outcome.failed += lines
+      if lines:
+        outcome.failed_sweeps.update(sweep_labels[jobs.index(job)])
+  except KeyboardInterrupt:
+    if options.launcher == "slurm":  # The tasks are the cluster's, not this process's.
+      array = jobs[0].job_id.split("_")[0]
+      out(f"stopped waiting; the tasks of job array {array} keep running: rerun the same "
+          f"command once they have ended (squeue), or cancel them first (scancel {array})")
+    raise
   if outcome.failed:
     out(f"{len(outcome.failed)} of {len(tasks)} groups failed or were stopped")
 
