@@ -12,7 +12,8 @@ the same runs at their best val/reweighted_acc epoch (evaluated every 20 epochs)
 The paper's protocol, smaller: stage 1 tries 4 learning rates at batch sizes 64 and
 512 (seed 0) and keeps, per batch size, the lr with the best val/reweighted_acc at
 the last epoch; stage 2 trains 10 seeds (1-10) of each choice. 6 cells x (8 + 20)
-runs in 24 stacked programs: 5 to 9 minutes on a 2-core CPU shared with other jobs.
+runs in 24 stacked programs: about 3 minutes on an idle 2-core CPU (5 to 9 shared
+with other jobs).
 """
 
 _COMMON = {"num_epochs": 200, "eval_every_epochs": 20, "checkpoint_every_epochs": 100,
