@@ -212,7 +212,7 @@ def _number(v: float | None) -> str:
 
 def cell_text(e: dict[str, Any]) -> str:
   """'mean ± std (n)', and '[paper x]' where the paper has a number."""
-  text = f"{_number(e['mean'])} ± {_number(e['std'])} ({e['n']})" if e["n"] else "no runs"
+  text = f"{_number(e['mean'])} ± {_number(e['std'])} ({e['n']})" if e["n"] else "no completed runs"
   return text + (f" [paper {_number(e['paper'])}]" if e["paper"] is not None else "")
 
 
@@ -243,8 +243,9 @@ def _latex(header: list[str], rows: list[list[str]], caption: str) -> list[str]:
 
 def _caption(study) -> str:
   split, metric = study.table_metric.split("/")
-  return (f"{split} {metric}: mean ± std (ddof=1) over the stage-2 seeds (n = seeds). "
-          "Columns without -ES: last epoch; -ES: the epoch with the best "
+  return (f"{split} {metric}: mean ± std (ddof=1) over the stage-2 seeds (n = seeds whose "
+          "run completed; a seed that diverged is left out). Columns without -ES: last "
+          "epoch; -ES: the epoch with the best "
           f"val/{study.es_rule.removeprefix('best_val_')} "
           "(early stopping). [paper x]: the paper's number for the cell.")
 
