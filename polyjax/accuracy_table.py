@@ -24,7 +24,7 @@ SPLIT = "test"
 
 def _text(v: np.ndarray) -> str:
   if not len(v):
-    return "no runs"
+    return "no completed runs"
   std = f"{v.std(ddof=1):.3f}" if len(v) > 1 else "-"
   return f"{v.mean():.3f} ± {std} ({len(v)})"
 

@@ -213,5 +213,5 @@ def test_accuracy_table_on_hand_built_results():
   assert header[3:] == ["average acc", "reweighted acc", "worst-group acc"]
   assert body[0] == ["CE", "IW", "last", "0.800 ± 0.100 (3)", "0.800 ± 0.100 (3)",
                      "0.600 ± 0.100 (3)"]
-  assert body[2][3:] == ["no runs"] * 3  # No selection: no runs to show.
+  assert body[2][3:] == ["no completed runs"] * 3  # No selection: no runs to show.
   assert "average accuracy" in caption and "adjusted accuracy" in caption
