@@ -13,7 +13,8 @@ to `train`, which trains them with one of:
   run directories (the work directory must be on a filesystem the nodes share), so
   what reads a local run reads theirs. A task that ends without finishing its
   members (failed, cancelled, killed) is reported with its log path and the other
-  tasks go on; the same command again submits only the groups with training left.
+  tasks go on; the same command again waits for the tasks an earlier launch
+  submitted that SLURM still has, and submits only the other groups with training left.
   Preemption and time limits requeue a task, which resumes from its members'
   latest checkpoints (`slurm_task.GroupTask`).
 
@@ -25,6 +26,7 @@ and `.err`, the folder being `<workdir>/slurm` unless set.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pathlib
 import re
@@ -234,7 +236,14 @@ def _run_in_processes(tasks, options: Options, folder: pathlib.Path, outcome: Ou
   adds a line to `outcome.failed` for each that did not finish its members."""
   from polyjax import slurm_task
 
+  attached: list = []
   if options.launcher == "slurm":
+    # Tasks an earlier launcher submitted that are still queued or running (its
+    # process was stopped): wait for them rather than train their groups twice.
+    attached, tasks = _still_queued(tasks, folder)
+    if attached:
+      out(f"waiting for {len(attached)} group{'s' if len(attached) > 1 else ''} still "
+          f"queued from an earlier launch ({', '.join(j.job_id for j, _, _ in attached)})")
     executor = _slurm_executor(options, folder)
     setups = [slurm_task.Setup(deterministic, cpu_devices)] * len(tasks)
     work = [[(list(g), str(s.directory))] for s, _, g in tasks]
@@ -251,14 +260,18 @@ def _run_in_processes(tasks, options: Options, folder: pathlib.Path, outcome: Ou
     work = [[(list(g), str(s.directory)) for s, _, g in tasks[i::k]] for i in range(k)]
     labels = [[label for _, label, _ in tasks[i::k]] for i in range(k)]
     sweep_labels = [[s.label for s, _, _ in tasks[i::k]] for i in range(k)]
-  task = slurm_task.GroupTask()
-  with executor.batch():
-    jobs = [executor.submit(task, w, setup, member_batch=member_batch, log_every=log_every)
-            for w, setup in zip(work, setups)]
-  where = (f"SLURM job array {jobs[0].job_id.split('_')[0]}" if options.launcher == "slurm"
-           else f"{len(jobs)} local process{'es' if len(jobs) > 1 else ''} side by side")
-  out(f"submitted {len(tasks)} group{'s' if len(tasks) > 1 else ''} as {where}; logs in "
-      f"{folder}")
+  jobs = []
+  if tasks:
+    task = slurm_task.GroupTask()
+    with executor.batch():
+      jobs = [executor.submit(task, w, setup, member_batch=member_batch, log_every=log_every)
+              for w, setup in zip(work, setups)]
+    if options.launcher == "slurm":
+      _record_submitted(folder, jobs, [t[2] for t in tasks], [t[0] for t in tasks])
+    _say_submitted(jobs, len(tasks), options, folder, out)
+  jobs += [j for j, _, _ in attached]
+  labels += [[label] for _, label, _ in attached]
+  sweep_labels += [[s.label] for _, _, s in attached]
   try:
     for job in _finished_jobs(jobs, options):
       lines = _job_failures(job, labels[jobs.index(job)])
@@ -267,12 +280,56 @@ def _run_in_processes(tasks, options: Options, folder: pathlib.Path, outcome: Ou
         outcome.failed_sweeps.update(sweep_labels[jobs.index(job)])
   except KeyboardInterrupt:
     if options.launcher == "slurm":  # The tasks are the cluster's, not this process's.
-      array = jobs[0].job_id.split("_")[0]
-      out(f"stopped waiting; the tasks of job array {array} keep running: rerun the same "
-          f"command once they have ended (squeue), or cancel them first (scancel {array})")
+      ids = " ".join(sorted({j.job_id.split("_")[0] for j in jobs}))
+      out(f"stopped waiting; the tasks keep running (squeue): the same command again waits "
+          f"for them and submits only what is missing; to stop them, scancel {ids}")
     raise
   if outcome.failed:
-    out(f"{len(outcome.failed)} of {len(tasks)} groups failed or were stopped")
+    out(f"{len(outcome.failed)} of {len(jobs)} tasks failed or were stopped")
+
+
+def _say_submitted(jobs, groups: int, options: Options, folder, out) -> None:
+  where = (f"SLURM job array {jobs[0].job_id.split('_')[0]}" if options.launcher == "slurm"
+           else f"{len(jobs)} local process{'es' if len(jobs) > 1 else ''} side by side")
+  out(f"submitted {groups} group{'s' if groups > 1 else ''} as {where}; logs in {folder}")
+
+
+SUBMITTED = "submitted.json"  # In the task folder: job id -> the group it trains.
+
+
+def _group_key(directory, group) -> str:
+  return json.dumps([str(directory), sorted(name for name, _ in group)])
+
+
+def _record_submitted(folder: pathlib.Path, jobs, groups, sweeps) -> None:
+  path = folder / SUBMITTED
+  known = json.loads(path.read_text()) if path.exists() else {}
+  known.update({job.job_id: _group_key(s.directory, g) for job, g, s in zip(jobs, groups,
+                                                                             sweeps)})
+  tmp = path.with_suffix(".tmp")
+  tmp.write_text(json.dumps(known, indent=1))
+  tmp.replace(path)
+
+
+def _still_queued(tasks, folder: pathlib.Path):
+  """(job, label, sweep) of each task whose group an earlier launcher submitted and
+  SLURM still has, and the tasks left to submit."""
+  path = folder / SUBMITTED
+  queue = squeue_ids() if path.exists() else None
+  if not queue:
+    return [], tasks
+  from submitit.slurm import slurm
+
+  by_group = {key: job_id for job_id, key in json.loads(path.read_text()).items()
+              if job_id in queue}
+  attached, left = [], []
+  for s, label, g in tasks:
+    job_id = by_group.get(_group_key(s.directory, g))
+    if job_id is None:
+      left.append((s, label, g))
+    else:
+      attached.append((slurm.SlurmJob(folder=folder, job_id=job_id), label, s))
+  return attached, left
 
 
 def _slurm_executor(options: Options, folder: pathlib.Path):

@@ -3,8 +3,9 @@
 A small digits study (2 cells, 2 lrs, 1 batch size, 2 seeds) runs once with the
 local launcher (`reference`); through SLURM it must end with the same report, a
 rerun must submit nothing, a task cancelled mid-way must be reported with its log
-and completed, exactly, by the rerun, and a task preempted mid-way must be requeued
-and end, exactly, as if never stopped. Where the cluster cannot be started the tests
+and completed, exactly, by the rerun, a task preempted mid-way must be requeued
+and end, exactly, as if never stopped, and a rerun after the launcher itself was
+killed must wait for its tasks rather than submit them again. Where the cluster cannot be started the tests
 fail with the reason.
 """
 
@@ -181,4 +182,20 @@ def test_a_preempted_task_is_requeued_and_ends_as_if_never_stopped(
              .splitlines() if "members together" in line]
   assert len(resumed) == 2 and resumed[0].endswith("from epoch 0"), resumed
   assert not resumed[1].endswith("from epoch 0")  # The requeued task resumed.
+  same_report(workdir, reference)
+
+
+def test_a_rerun_after_the_launcher_was_killed_waits_for_its_tasks(
+    cluster, study_file, reference, tmp_path):
+  workdir = tmp_path / "slurm"
+  proc, job = start_and_signal(cluster, study_file, workdir, "--signal=CONT")  # A no-op.
+  proc.kill()  # SIGKILL: the launcher dies; its array stays queued and running.
+  proc.communicate()
+  assert running_task(cluster) == job
+  again = run(cluster, command(study_file, workdir))
+  assert again.returncode == 0, again.stderr[-3000:]
+  # The signalled task may end while the rerun starts; the second waits for its turn.
+  waiting = [x for x in again.stdout.splitlines() if "still queued from an earlier" in x]
+  assert len(waiting) == 1 and f"{job.split('_')[0]}_1)" in waiting[0], again.stdout
+  assert len(submitted(again.stdout)) == 1  # Stage 2 only: stage 1 was not submitted again.
   same_report(workdir, reference)
