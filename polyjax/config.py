@@ -25,6 +25,7 @@ from ml_collections import config_dict
 from polyjax import stage1
 from polyjax import method_checks
 from polyjax.errors import ConfigError  # noqa: F401  (raised here; polyjax.config.ConfigError)
+from polyjax.errors import check_field as _check, check_known as _known
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -291,16 +292,6 @@ def tuning_grid(preset: str) -> dict[str, list]:
     raise ConfigError(f"no tuning grid for dataset preset {preset!r}; valid: "
                       f"{', '.join(TUNING_LRS)}")
   return {"batch_size": list(TUNING_BATCH_SIZES), "lr": list(TUNING_LRS[preset])}
-
-
-def _known(field: str, value, valid) -> None:
-  if value not in valid:
-    raise ConfigError(f"config.{field}={value!r} is not known; valid: {', '.join(sorted(valid))}")
-
-
-def _check(ok: bool, field: str, rule: str, value) -> None:
-  if not ok:
-    raise ConfigError(f"config.{field} must be {rule}, got {value!r}")
 
 
 # Fields that only some datasets or models read (the keyword arguments of their

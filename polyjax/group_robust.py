@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from polyjax import weighting
-from polyjax.errors import ConfigError
+from polyjax.errors import check_field as _check
 
 
 def dro_adjustment(train_group_counts: np.ndarray, c: float) -> np.ndarray:
@@ -71,11 +71,6 @@ def config_reduction(weighting_config, train_group_counts: np.ndarray) -> weight
   return weighting.make_reduction(
       w.mode, num_groups=len(train_group_counts), adv_probs_lr=w.adv_probs_lr,
       adjustment=dro_adjustment(train_group_counts, w.generalization_adjustment))
-
-
-def _check(ok: bool, field: str, rule: str, value) -> None:
-  if not ok:
-    raise ConfigError(f"config.{field} must be {rule}, got {value!r}")
 
 
 def check_config(c) -> None:

@@ -335,9 +335,11 @@ def _still_queued(tasks, folder: pathlib.Path):
 def _slurm_executor(options: Options, folder: pathlib.Path):
   import submitit
 
+  from polyjax import sweep_run
+
   executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=3)
   params: dict[str, Any] = {"time": options.time_min, "job_name": "polyjax",
-                            "cpus_per_task": options.cpus_per_task or _cores()}
+                            "cpus_per_task": options.cpus_per_task or sweep_run.usable_cores()}
   if options.partition:
     params["partition"] = options.partition
   if options.gpus_per_task:
@@ -426,7 +428,3 @@ def squeue_ids() -> set[str] | None:
   except (OSError, subprocess.SubprocessError):
     return None
   return {line.strip() for line in text.splitlines() if line.strip()}
-
-
-def _cores() -> int:
-  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

@@ -8,17 +8,7 @@ from __future__ import annotations
 
 import math
 
-from polyjax.errors import ConfigError
-
-
-def _known(field: str, value, valid) -> None:
-  if value not in valid:
-    raise ConfigError(f"config.{field}={value!r} is not known; valid: {', '.join(sorted(valid))}")
-
-
-def _check(ok: bool, field: str, rule: str, value) -> None:
-  if not ok:
-    raise ConfigError(f"config.{field} must be {rule}, got {value!r}")
+from polyjax.errors import check_field as _check, check_known as _known
 
 
 def check(c) -> None:

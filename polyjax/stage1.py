@@ -24,6 +24,7 @@ from ml_collections import config_dict
 
 from polyjax import run_dir
 from polyjax.errors import ConfigError
+from polyjax.errors import check_field as _check
 
 WEIGHT_SOURCES = ("counts", "bbse", "mlls")
 METHODS = ("none", "jtt", "dfr")
@@ -48,11 +49,6 @@ def add_fields(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def uses_stage1(c: ml_collections.ConfigDict) -> bool:
   """Whether the config reads a stage-1 run directory."""
   return c.weighting.source != "counts" or c.method.name != "none"
-
-
-def _check(ok: bool, field: str, rule: str, value) -> None:
-  if not ok:
-    raise ConfigError(f"config.{field} must be {rule}, got {value!r}")
 
 
 def _known(field: str, value, valid) -> None:
