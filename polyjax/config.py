@@ -331,9 +331,11 @@ MODEL_FIELDS = {
 }
 
 
-def check_fields_in_use(config: ml_collections.ConfigDict) -> None:
+def check_fields_in_use(config: ml_collections.ConfigDict, *, read_stage1_dir: bool = True
+                        ) -> None:
   """Raises ConfigError naming a field set (away from its default) for a dataset or
-  model other than the config's, which would silently have no effect."""
+  model other than the config's, which would silently have no effect; then the
+  stage-1 method fields (`read_stage1_dir`: as for `validate`)."""
   defaults = base_config()
   for fields, kind in ((DATA_FIELDS, "data.name"), (MODEL_FIELDS, "model.name")):
     name = get_field(config, kind)
@@ -343,15 +345,19 @@ def check_fields_in_use(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f"config.{field}={value!r} has no effect with {kind}={name!r} (it is read only "
             f"by {kind} {', '.join(repr(u) for u in users)}); leave it at its default")
-  stage1.check_config(config)  # The method fields, then method.stage1_dir's files.
+  # The method fields, then method.stage1_dir's files.
+  stage1.check_config(config, read_stage1_dir=read_stage1_dir)
 
 
 def _as_json(value):
   return json.loads(json.dumps(value))  # Tuples and lists compare equal.
 
 
-def validate(config: ml_collections.ConfigDict, *, device_count: int) -> None:
-  """Raises ConfigError naming the first field whose value cannot be trained."""
+def validate(config: ml_collections.ConfigDict, *, device_count: int,
+             read_stage1_dir: bool = True) -> None:
+  """Raises ConfigError naming the first field whose value cannot be trained.
+  `read_stage1_dir=False` leaves out `method.stage1_dir` (unset, or a run not yet
+  trained: a study's chained cell, checked again once its stage 1 is done)."""
   # Registries are imported here so that loading a config file stays light.
   from polyjax import data, group_robust, losses, models, schedules, weighting, xla_runtime
 
@@ -421,7 +427,7 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int) -> None:
            "None unless model.name='resnet50'", c.model.pretrained)
     _check(os.path.isfile(os.path.expanduser(c.model.pretrained)), "model.pretrained",
            "an existing .npz file", c.model.pretrained)
-  check_fields_in_use(c)
+  check_fields_in_use(c, read_stage1_dir=read_stage1_dir)
   for field in ("batch_size", "eval_batch_size"):
     value = c[field]
     _check(value >= 1, field, ">= 1", value)

@@ -33,6 +33,9 @@ STACKABLE: dict[str, str] = {
     "weight_decay": "the stacked optimizer state (optax.inject_hyperparams)",
     "loss.alpha": "a per-member traced loss parameter (loss.name 'poly' or 'ce')",
     "loss.beta": "a per-member traced loss parameter (loss.name 'poly' or 'ce')",
+    "method.stage1_dir": "per-member example weights (weighting.source, JTT) or initial "
+                         "state and weight decay (DFR); the stage-1 runs' data is the "
+                         "members' own (stage1.check_stage1_dir)",
     "weighting.exponent": "per-member example weights ('reweighted') or sampling "
                           "probabilities ('resampled'); unused by 'none' and 'dro' "
                           "(not stackable for 'undersampled': it changes the data; nor "

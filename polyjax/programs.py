@@ -110,6 +110,8 @@ class Stacked:
     for f in traced:
       loss_config.pop(f)
     self.loss_params_M = jax.device_put(loss_params_M, self.stacked)
+    if any(not np.array_equal(e.dataset.train.group, ds.train.group) for e in exps):
+      raise ValueError("stacked members must train on the same examples")  # Only weights differ.
     train_arrays = steps.split_arrays(ds.train)
     self.train_data = jax.device_put(
         {k: v for k, v in train_arrays.items() if k != "weight"}, sh.replicated)

@@ -32,6 +32,8 @@ CHECKPOINTS = ("last", "best")
 # Data fields that may differ between stage 1 and stage 2: where the data is read
 # from and the epoch order, which do not change the examples of a split.
 FREE_DATA_FIELDS = ("order_seed", "data_dir", "pipeline")
+# Keys of summary.json that say what stage 1 gave (polyjax.two_stage's record).
+RECORD_KEYS = ("stage1", "label_shift", "jtt", "dfr")
 
 
 def add_fields(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -56,9 +58,11 @@ def _known(field: str, value, valid) -> None:
     raise ConfigError(f"config.{field}={value!r} is not known; valid: {', '.join(valid)}")
 
 
-def check_config(c: ml_collections.ConfigDict) -> None:
+def check_config(c: ml_collections.ConfigDict, *, read_stage1_dir: bool = True) -> None:
   """ConfigError naming the first field of the stage-1 methods that cannot be
-  trained or would be ignored; then the stage-1 directory (`check_stage1_dir`)."""
+  trained or would be ignored; then the stage-1 directory (`check_stage1_dir`),
+  unless `read_stage1_dir` is False (a study checks a chained cell's configs
+  before its stage-1 runs exist, and sets their directories later)."""
   m = c.method
   _known("weighting.source", c.weighting.source, WEIGHT_SOURCES)
   _known("method.name", m.name, METHODS)
@@ -85,13 +89,13 @@ def check_config(c: ml_collections.ConfigDict) -> None:
   used = uses_stage1(c)
   for field, ok in (("jtt_upweight", m.name == "jtt"), ("dfr_l2_grid", m.name == "dfr"),
                     ("stage1_checkpoint", used),
-                    ("stage1_dir", used)):
+                    ("stage1_dir", used or not read_stage1_dir)):
     value = m[field]
     if not ok and json.dumps(value) != json.dumps(defaults.method[field]):
       raise ConfigError(f"config.method.{field}={value!r} has no effect with method.name="
                         f"{m.name!r} and weighting.source={c.weighting.source!r}; leave it "
                         f"at its default")
-  if used:
+  if used and read_stage1_dir:
     check_stage1_dir(c)
 
 
@@ -138,8 +142,15 @@ def check_stage1_dir(c: ml_collections.ConfigDict) -> None:
                       f"command to complete it first")
   if c.method.stage1_checkpoint == "best" and summary.get("best_epoch") is None:
     raise ConfigError(f"{head} kept no best checkpoint; use method.stage1_checkpoint='last'")
+  check_stage1_config(c, saved, head)
+
+
+def check_stage1_config(c: ml_collections.ConfigDict, saved: dict, head: str) -> None:
+  """ConfigError (starting with `head`) unless a stage-1 run of config `saved` (a
+  plain dict, as config.json holds it) was trained on the data of `c`, and, for DFR,
+  with its model."""
   here = json.loads(json.dumps(c.data.to_dict()))
-  there = saved.get("data", {})
+  there = json.loads(json.dumps(saved.get("data", {})))
   differ = [k for k in sorted(here) if k not in FREE_DATA_FIELDS and k in there
             and here[k] != there[k]]
   if differ:
@@ -148,7 +159,7 @@ def check_stage1_dir(c: ml_collections.ConfigDict) -> None:
                       f"stage 1's data fields")
   if c.method.name == "dfr":  # Stage 2 takes over stage 1's parameters.
     model_here = json.loads(json.dumps(c.model.to_dict()))
-    model_there = saved.get("model", {})
+    model_there = json.loads(json.dumps(saved.get("model", {})))
     other = [k for k in sorted(model_here) if k not in ("freeze_features", "pretrained")
               and model_here[k] != model_there.get(k, model_here[k])]
     if other:

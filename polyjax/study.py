@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping
 
 import ml_collections
 
-from polyjax import cli, launch, run_dir, study_file, study_report
+from polyjax import cli, launch, run_dir, stage1, study_file, study_report
 from polyjax import config as config_lib
 from polyjax.errors import ConfigError
 # Reading study files; their names are this module's too (study.load_study, ...).
@@ -105,7 +105,9 @@ def stage2_members(study: Study, config, selection: dict) -> list[tuple[str, Any
 
 def prepare(study: Study, overrides: Mapping[str, Any]) -> dict[str, Any]:
   """Every cell's config, with all its stage-1 members and a stage-2 one validated:
-  bad input is reported before anything is written. Cell name -> config."""
+  bad input is reported before anything is written. Cell name -> config. A cell
+  that reads another cell's runs (`stage1_cell`) is checked against that cell's
+  config here, and against its runs once they are trained (`_reading`)."""
   tuned = [f for f in PROTOCOL_FIELDS if f in overrides
            and (f == "seed" or any(c.lrs for c in study.cells))]
   if tuned:
@@ -113,15 +115,39 @@ def prepare(study: Study, overrides: Mapping[str, Any]) -> dict[str, Any]:
                      f"its protocol in {study.path} instead")
   configs = {}
   for cell in study.cells:
+    where = f"study file {study.path}: cell {cell.name}"
     config = cell_config(study, cell, overrides)
+    if cell.stage1_cell is not None:
+      _check_reader(config, where)
     members = stage1_members(study, cell, config) or [("fixed", config)]
     for name, member in members + [("stage 2", _with(members[0][1], seed=study.seeds[0]))]:
       try:
-        config_lib.validate(member, device_count=1)
+        config_lib.validate(member, device_count=1,
+                            read_stage1_dir=cell.stage1_cell is None)
       except ConfigError as e:
-        raise StudyError(f"study file {study.path}: cell {cell.name} ({name}): {e}") from None
+        raise StudyError(f"{where} ({name}): {e}") from None
     configs[cell.name] = config
+  for cell in study.cells:
+    if cell.stage1_cell is not None:
+      try:
+        stage1.check_stage1_config(configs[cell.name], configs[cell.stage1_cell].to_dict(),
+                                   f"its stage1_cell {cell.stage1_cell!r}")
+      except ConfigError as e:
+        raise StudyError(f"study file {study.path}: cell {cell.name}: {e}") from None
   return configs
+
+
+def _check_reader(config, where: str) -> None:
+  """StudyError unless the config of a cell with a `stage1_cell` reads a stage-1 run
+  and leaves `method.stage1_dir` to the study."""
+  if not stage1.uses_stage1(config):
+    raise StudyError(f"{where}: stage1_cell is set, but its config reads no stage-1 run "
+                     f"(method.name {config.method.name!r}, weighting.source "
+                     f"{config.weighting.source!r})")
+  if config.method.stage1_dir is not None:
+    raise StudyError(f"{where}: its config sets method.stage1_dir "
+                     f"({config.method.stage1_dir!r}); with stage1_cell the study sets it "
+                     "to that cell's run of each seed")
 
 
 # ---------------------------------------------------------------------------
@@ -182,6 +208,65 @@ def _stage(study: Study, workdir: pathlib.Path, stage: str, members_of, *, cells
   return {s.label.removesuffix(f" {stage}") for s in sweeps if s.label in outcome.failed_sweeps}
 
 
+def _run_level(study: Study, workdir: pathlib.Path, configs, selections: dict, cells,
+               failed: set[str], *, launching, out) -> set[str]:
+  """Stage 1, selection and stage 2 of `cells` (one level of `chain_levels`), after
+  the levels whose runs they read; returns the cells that did not finish."""
+  waiting = {c.name for c in cells if c.stage1_cell in failed}
+  for cell in cells:
+    if cell.name in waiting:
+      out(f"{cell.name}: waits for the runs of cell {cell.stage1_cell}, which did not finish")
+  cells = [c for c in cells if c.name not in waiting]
+
+  def members(cell: Cell, stage: str) -> list[tuple[str, Any]]:
+    config = configs[cell.name]
+    runs = (stage1_members(study, cell, config) if stage == "stage1"
+            else stage2_members(study, config, selections[cell.name]))
+    return _reading(study, workdir, cell, runs, selections, stage, out)
+
+  unfinished = waiting | _stage(study, workdir, "stage1", lambda c: members(c, "stage1"),
+                                cells=cells, launching=launching, out=out)
+  for cell in [c for c in cells if c.name not in unfinished]:  # Stage 1 whole first.
+    selections[cell.name] = study_report.select(
+        study, cell, stage1_members(study, cell, configs[cell.name]), configs[cell.name],
+        workdir)
+    study_report.write_file(workdir / cell.name / SELECTION, selections[cell.name])
+  return unfinished | _stage(study, workdir, "stage2", lambda c: members(c, "stage2"),
+                             cells=[c for c in cells if c.name not in unfinished],
+                             launching=launching, out=out)
+
+
+def _reading(study: Study, workdir: pathlib.Path, cell: Cell, runs: list[tuple[str, Any]],
+             selections: dict, stage: str, out) -> list[tuple[str, Any]]:
+  """`runs` of a cell with a `stage1_cell`, each with its `method.stage1_dir`: that
+  cell's selected stage-1 run (for stage 1), or its stage-2 run of the same seed and
+  selected (batch size, lr). Runs whose stage-1 run did not complete are left out,
+  with a line saying so; the rest are validated against their stage-1 runs."""
+  if cell.stage1_cell is None or not runs:
+    return runs
+  read = cell.stage1_cell
+  chosen = selections[read]["selected"]
+  if chosen is None:
+    out(f"{cell.name} {stage}: cell {read} selected no lr, so there is no run to read")
+    return []
+  out_runs = []
+  for name, config in runs:
+    path = (workdir / chosen["run"] if stage == "stage1" else
+            workdir / read / "stage2" / study_report.stage2_name(
+                chosen["batch_size"], chosen["lr"], config.seed)).resolve()
+    status = (run_dir.RunDir(path).read_summary() or {}).get("status", "not run")
+    if status != "completed":
+      out(f"{cell.name} {stage}: {name} is left out: it reads {path}, whose run is {status}")
+      continue
+    config = _with(config, **{"method.stage1_dir": str(path)})
+    try:
+      config_lib.validate(config, device_count=1)
+    except ConfigError as e:
+      raise StudyError(f"study file {study.path}: cell {cell.name} ({name}): {e}") from None
+    out_runs.append((name, config))
+  return out_runs
+
+
 def run_study(study: Study, workdir: str | os.PathLike, configs: dict[str, Any],
               overrides: Mapping[str, Any] | None = None, *, member_batch: int | None = None,
               log_every: int = 0, launcher: launch.Options | None = None,
@@ -201,17 +286,11 @@ def run_study(study: Study, workdir: str | os.PathLike, configs: dict[str, Any],
     launching = dict(options=launcher or launch.Options(), root=workdir, cpu_devices=cpu_devices,
                      deterministic=bool(next(iter(configs.values())).deterministic),
                      member_batch=member_batch, log_every=log_every)
-    failed = _stage(study, workdir, "stage1", lambda c: stage1_members(study, c, configs[c.name]),
-                    cells=study.cells, launching=launching, out=out)
-    selections, ready = {}, [c for c in study.cells if c.name not in failed]
-    for cell in ready:  # A cell's stage 1 must be whole before its lr is chosen.
-      selections[cell.name] = study_report.select(
-          study, cell, stage1_members(study, cell, configs[cell.name]), configs[cell.name],
-          workdir)
-      study_report.write_file(workdir / cell.name / SELECTION, selections[cell.name])
-    failed |= _stage(study, workdir, "stage2",
-                     lambda c: stage2_members(study, configs[c.name], selections[c.name]),
-                     cells=ready, launching=launching, out=out)
+    failed: set[str] = set()
+    selections: dict[str, dict] = {}
+    for level in study_file.chain_levels(study):  # Cells read only earlier levels' runs.
+      failed |= _run_level(study, workdir, configs, selections, level, failed,
+                           launching=launching, out=out)
     if failed:
       raise StudyIncomplete(f"{len(failed)} of {len(study.cells)} cells did not finish "
                             f"({', '.join(sorted(failed))}; the tasks and logs are listed "

@@ -42,6 +42,9 @@ class Cell:
   lrs: tuple[float, ...]  # Empty: no stage 1; stage 2 runs the config's own lr and batch size.
   batch_sizes: tuple[int, ...]
   paper: dict[str, float]  # The paper's number: 'final' (last epoch), 'best' (ES).
+  # A cell whose runs are this cell's `method.stage1_dir`: the same seed's run of its
+  # selected (batch size, lr); None: the config names its own stage-1 run, if any.
+  stage1_cell: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,7 +121,9 @@ _CELL = {
     "batch_sizes": (_PROTOCOL["batch_sizes"][0], _PROTOCOL["batch_sizes"][1], None),
     "paper": (lambda v: v is None or _is_num(v) or (isinstance(v, dict) and set(v) <= {
         "final", "best"} and all(map(_is_num, v.values()))),
-              "a number or {'final': x, 'best': y}", None)}
+              "a number or {'final': x, 'best': y}", None),
+    "stage1_cell": (lambda v: v is None or _is_str(v),
+                    "the name of the cell whose runs this cell's method reads", None)}
 
 
 def _section(source: str, where: str, data: Any, schema: dict) -> dict[str, Any]:
@@ -176,7 +181,8 @@ def parse_study(spec: Any, path: str) -> Study:
                        "lrs are tuned")
     cells.append(Cell(name=c["name"], config=c["config"], row=c["row"], column=c["column"],
                       overrides=c["overrides"], lrs=tuple(map(float, lrs)),
-                      batch_sizes=tuple(sizes), paper=paper_values(c["paper"])))
+                      batch_sizes=tuple(sizes), paper=paper_values(c["paper"]),
+                      stage1_cell=c["stage1_cell"]))
   seeds, first = proto["seeds"], proto["stage1_seed"] + 1
   study = Study(
       path=path, title=top["title"] or pathlib.Path(path).stem, description=top["description"],
@@ -188,6 +194,7 @@ def parse_study(spec: Any, path: str) -> Study:
       table_metric=table["metric"], es_rule=table["es_rule"],
       paired=tuple(map(tuple, table["paired"])), launcher=top["launcher"])
   _check_layout(study)
+  _check_chains(study)
   from polyjax import launch
 
   try:
@@ -214,6 +221,50 @@ def _check_layout(study: Study) -> None:
       for pair in study.paired for r in pair if r not in study.rows]
   if bad:
     raise StudyError(f"study file {study.path}: {bad[0]}")
+
+
+def _check_chains(study: Study) -> None:
+  """StudyError unless every `stage1_cell` names another cell, without a cycle, and
+  one with a stage 1 where the reading cell tunes its lr (its stage-1 runs read the
+  named cell's selected stage-1 run)."""
+  cells = {c.name: c for c in study.cells}
+  for i, cell in enumerate(study.cells):
+    where = f"study file {study.path}: cells[{i}].stage1_cell"
+    if cell.stage1_cell is None:
+      continue
+    if cell.stage1_cell not in cells:
+      raise StudyError(f"{where} names no cell: {cell.stage1_cell!r}; cells: "
+                       f"{', '.join(cells)}")
+    chain, name = [cell.name], cell.stage1_cell
+    while name is not None:
+      if name in chain:
+        raise StudyError(f"{where}: the cells {' -> '.join(chain + [name])} read each "
+                         "other's runs in a cycle")
+      chain.append(name)
+      name = cells[name].stage1_cell
+    if cell.lrs and not cells[cell.stage1_cell].lrs:
+      raise StudyError(f"{where}: cell {cell.name} tunes its lr (a stage 1 at seed "
+                       f"{study.stage1_seed}), which reads cell {cell.stage1_cell}'s stage-1 "
+                       f"run, but that cell has no stage 1; give one of them lrs, or cell "
+                       f"{cell.name} 'lrs': []")
+
+
+def chain_levels(study: Study) -> list[tuple[Cell, ...]]:
+  """The cells in the order they can train: first those that read no other cell's
+  runs, then those that read only earlier levels' (each level in file order)."""
+  depth: dict[str, int] = {}
+  cells = {c.name: c for c in study.cells}
+
+  def level(name: str) -> int:
+    if name not in depth:
+      parent = cells[name].stage1_cell
+      depth[name] = 0 if parent is None else level(parent) + 1
+    return depth[name]
+
+  levels: list[list[Cell]] = [[] for _ in range(1 + max(map(level, cells), default=0))]
+  for cell in study.cells:
+    levels[depth[cell.name]].append(cell)
+  return [tuple(cells_at) for cells_at in levels]
 
 
 def paper_values(value) -> dict[str, float] | None:

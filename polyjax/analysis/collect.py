@@ -18,6 +18,7 @@ from typing import Any, Iterable, Sequence
 
 from polyjax.analysis import results, runs, tasks
 from polyjax.config import flatten
+from polyjax.stage1 import RECORD_KEYS
 
 # Config fields never copied into rows: where data lives, how evaluation was batched, wandb.
 _NOT_COPIED = ("data.data_dir", "eval_batch_size", "eval_every_epochs")
@@ -35,6 +36,16 @@ def config_columns(run: runs.Run) -> dict[str, Any]:
       continue
     out[name] = value
   return out
+
+
+def record_columns(run: runs.Run) -> dict[str, Any]:
+  """What stage 1 gave a two-stage run (summary.json's `RECORD_KEYS` sections: the
+  estimated priors' error, JTT's error set, DFR's L2, ...), its scalars under dotted
+  names such as `label_shift.prior_error_l1`; {} for other runs."""
+  summary = run.summary or {}
+  sections = {k: summary[k] for k in RECORD_KEYS if isinstance(summary.get(k), dict)}
+  return {name: value for name, value in flatten(sections).items()
+          if isinstance(value, (str, int, float, bool))}
 
 
 def _identity(run: runs.Run, task: str, rule: str, split: str, epoch: int,
@@ -135,7 +146,7 @@ def collect(roots: Sequence[str | os.PathLike], out: str | os.PathLike, *,
       except runs.RunError as e:
         _skip(counts, e)
         continue
-      config = config_columns(run)
+      config = {**config_columns(run), **record_columns(run)}
       rows = [{**row, **config, **metrics} for row, metrics in rows]
       added = results.append(out, rows)
       counts.added += added
