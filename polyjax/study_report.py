@@ -275,8 +275,10 @@ def _selection_rows(study, selections) -> tuple[list[str], list[list[str]]]:
         is not None else "")) for b in sizes]
     failed = [f"{c['lr']:g} at {c['batch_size']} {c['status']}" for c in sel["candidates"]
               if c["status"] != "completed"]
+    reads = f" (reads cell {cell.stage1_cell}'s runs)" if cell.stage1_cell else ""
     rows.append([cell.name, cell.row, cell.column, cell.config + "".join(
-        f" {k}={v}" for k, v in sorted(cell.overrides.items()) if k not in _common(study))]
+        f" {k}={v}" for k, v in sorted(cell.overrides.items()) if k not in _common(study))
+                 + reads]
         + picks + ["none" if sel["selected"] is None else f"batch {sel['selected']['batch_size']}"
                    f", lr {sel['selected']['lr']:g}" + "".join(f"; {f}" for f in failed)])
   return header, rows

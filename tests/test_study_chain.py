@@ -103,6 +103,26 @@ def test_a_chained_run_equals_the_same_config_trained_alone(chained, tmp_path):
           == (run / run_dir.METRICS).read_text())
 
 
+def test_the_report_says_which_cell_each_reads(chained):
+  _, workdir, _ = chained
+  report = (workdir / "report.md").read_text()
+  assert report.count("(reads cell erm's runs)") == 3
+
+
+def test_the_methods_study_chains_each_two_stage_method_to_its_stage1_row():
+  s = study.load_study(str(REPO / "configs" / "studies" / "digits_methods.py"))
+  configs = study.prepare(s, {})
+  chained = {c.row: next(d for d in s.cells if d.name == c.stage1_cell)
+             for c in s.cells if c.stage1_cell}
+  assert {r: d.row for r, d in chained.items()} == {
+      "JTT": "CE, 5 epochs", "DFR": "CE", "CE+IW-BBSE": "CE", "CE+IW-MLLS": "CE",
+      "Poly+IW-MLLS": "CE"}
+  assert configs[chained["JTT"].name].num_epochs == 5  # JTT needs training errors.
+  kinds = {(configs[c.name].method.name, configs[c.name].weighting.source)
+           for c in s.cells if c.stage1_cell}
+  assert kinds == {("jtt", "counts"), ("dfr", "counts"), ("none", "bbse"), ("none", "mlls")}
+
+
 def test_a_rerun_trains_nothing_and_keeps_the_report(chained):
   s, workdir, _ = chained
   report = (workdir / "report.md").read_text()

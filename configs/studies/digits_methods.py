@@ -7,9 +7,10 @@ test set), batch 64, 40 epochs, each method at lr 0.02 unless it sets its own (n
 stage 1: the methods share one lr, so the table compares them at equal tuning
 effort, not each at its best), seeds 1-10. The report's main table gives balanced
 test accuracy (test/reweighted_acc), last epoch and early-stopped; its accuracy table
-adds average and worst-group accuracy per method. Methods that read a stage-1 run
-(weighting.source 'bbse'/'mlls', method.name 'jtt'/'dfr') are not cells here: each
-needs its stage-1 run directory (README, "Methods that read a stage-1 run").
+adds average and worst-group accuracy per method. The methods that read a stage-1
+run (README, "Methods that read a stage-1 run") read, per seed, the run of the same
+seed of the cell their `stage1_cell` names: JTT a CE run stopped after 5 epochs
+(JTT needs training errors), DFR and the estimated label-shift weights the CE row.
 """
 
 _COMMON = {"eval_every_epochs": 5, "checkpoint_every_epochs": 40, "test_on_best": False,
@@ -73,6 +74,23 @@ METHODS = {
     # LDAM with the cosine head its scale s = 30 assumes.
     "LDAM-cosine": {"loss.name": "ldam", "loss.max_margin": 0.5, "loss.inv_temperature": 30.0,
                     "model.head": "normed", "weighting.mode": "none"},
+    # Two-stage methods: (overrides, the row whose runs they read).
+}
+TWO_STAGE = {
+    "CE, 5 epochs": ({"loss.name": "ce", "weighting.mode": "none", "num_epochs": 5}, None),
+    "JTT": ({"loss.name": "ce", "weighting.mode": "none", "method.name": "jtt"},
+            "CE, 5 epochs"),
+    # DFR: stage 1's features, a head trained on the 34 group-balanced validation
+    # examples (hence batch 16) at a fixed lr; its L2 strength is tuned on them.
+    "DFR": ({"loss.name": "ce", "weighting.mode": "none", "method.name": "dfr",
+             "model.freeze_features": True, "weight_decay": 0.0, "batch_size": 16,
+             "lr": 0.1, "num_epochs": 50}, "CE"),
+    "CE+IW-BBSE": ({"loss.name": "ce", "weighting.mode": "reweighted",
+                    "weighting.source": "bbse"}, "CE"),
+    "CE+IW-MLLS": ({"loss.name": "ce", "weighting.mode": "reweighted",
+                    "weighting.source": "mlls"}, "CE"),
+    "Poly+IW-MLLS": ({"loss.name": "poly", "weighting.mode": "reweighted",
+                      "weighting.source": "mlls"}, "CE"),
 }
 
 
@@ -87,10 +105,15 @@ def get_study():
                      "the balanced test set; no lr tuning (stage 1), so each method runs "
                      "at lr 0.02 unless its row sets one.",
       "protocol": {"lrs": [], "at": "last", "seeds": 10},
-      "table": {"rows": list(METHODS), "columns": ["Digits", "Digits-ES"],
+      "table": {"rows": list(METHODS) + list(TWO_STAGE), "columns": ["Digits", "Digits-ES"],
                 "metric": "test/reweighted_acc",
-                "paired": [["CE", "Poly"], ["CE+IW", "Poly+IW"], ["CE+IW", "LA+IW"]]},
+                "paired": [["CE", "Poly"], ["CE+IW", "Poly+IW"], ["CE+IW", "LA+IW"],
+                           ["CE+IW-MLLS", "Poly+IW-MLLS"]]},
       "cells": [{"name": _cell_name(label), "config": "configs/digits_poly.py", "row": label,
                  "column": "Digits", "overrides": {**_COMMON, **fields}}
-                for label, fields in METHODS.items()],
+                for label, fields in METHODS.items()] + [
+          {"name": _cell_name(label), "config": "configs/digits_poly.py", "row": label,
+           "column": "Digits", "overrides": {**_COMMON, **fields},
+           **({"stage1_cell": _cell_name(reads)} if reads else {})}
+          for label, (fields, reads) in TWO_STAGE.items()],
   }
