@@ -162,3 +162,23 @@ def lr_at(config, exp: Experiment, step: int) -> float:
   return float(config.lr * (1.0 if exp.lr_factor is None else exp.lr_factor(step - 1)))
 
 
+
+
+def split_logits(exp: Experiment, state, split: str, *, batch_size: int,
+                 matmul_precision: str) -> np.ndarray:
+  """(N, C) float32 logits of `state`'s model on every example of `split`, in order:
+  inputs preprocessed as the run's evaluation does (uint8 images normalised), under
+  the run's matmul precision; `batch_size` a multiple of the mesh size."""
+  s = exp.dataset.splits()[split]
+  sh, preprocess = exp.shardings, exp.dataset.preprocess
+  batch = steps.eval_batch_size(batch_size, [s], sh.mesh.size)
+  packed = steps.pack_for_eval([s], batch, keys=("x",))
+
+  def apply(state, x):
+    x = x if preprocess is None else preprocess(x)
+    return exp.model_def.apply(state, x, train=False)[0]
+
+  fn = xla_runtime.WithMatmulPrecision(
+      jax.jit(apply, in_shardings=(sh.replicated, sh.batch), out_shardings=sh.replicated),
+      matmul_precision)
+  return np.concatenate([np.asarray(fn(state, x)) for x in packed["x"]])[: len(s)]

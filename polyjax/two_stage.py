@@ -27,12 +27,10 @@ import dataclasses
 import pathlib
 from typing import Any
 
-import jax
 import ml_collections
 import numpy as np
 
-from polyjax import (checkpointing, data, dfr, experiment, label_shift, placement, steps,
-                     xla_runtime)
+from polyjax import checkpointing, data, dfr, experiment, label_shift, placement
 from polyjax.analysis import runs
 from polyjax.errors import ConfigError
 
@@ -82,21 +80,9 @@ def load_stage1(config: ml_collections.ConfigDict, mesh) -> Stage1:
 def logits(model: Stage1, split: str) -> np.ndarray:
   """(N, C) float32 logits of the stage-1 model on every example of its `split`,
   in order, inputs preprocessed as its evaluation does."""
-  s = model.exp.dataset.splits()[split]
-  sh = model.exp.shardings
-  batch = steps.eval_batch_size(model.eval_batch_size, [s], sh.mesh.size)
-  packed = steps.pack_for_eval([s], batch, keys=("x",))
-  preprocess = model.exp.dataset.preprocess
-
-  def apply(state, x):
-    x = x if preprocess is None else preprocess(x)
-    return model.exp.model_def.apply(state, x, train=False)[0]
-
-  fn = xla_runtime.WithMatmulPrecision(
-      jax.jit(apply, in_shardings=(sh.replicated, sh.batch), out_shardings=sh.replicated),
-      model.matmul_precision)
-  out = [np.asarray(fn(model.state, x)) for x in packed["x"]]
-  return np.concatenate(out)[: len(s)]
+  return experiment.split_logits(model.exp, model.state, split,
+                                 batch_size=model.eval_batch_size,
+                                 matmul_precision=model.matmul_precision)
 
 
 def _same_examples(ours: data.Dataset, theirs: data.Dataset, head: str) -> None:

@@ -321,6 +321,23 @@ def test_checkpoint_programs_run_under_the_runs_matmul_precision(made, tmp_path)
   assert loaded.exp.eval_counts.precision == "float32"
 
 
+def test_logits_go_through_the_datasets_preprocessing(made):
+  """Image datasets keep uint8 inputs and normalise them on device: the analysis'
+  logits (margins, boundary, stage 1's predictions) must see what the run saw."""
+  import dataclasses
+
+  loaded = tasks.load_checkpoint(runs.load_run(made / "sweep" / "reweighted-s1"), "last")
+  ds = loaded.exp.dataset
+  plain = tasks.logits(loaded, "test")
+  doubled = dataclasses.replace(ds.test, x=2 * ds.test.x)  # Exact in float32.
+  loaded.exp.dataset = dataclasses.replace(ds, test=doubled)
+  want = tasks.logits(loaded, "test")
+  loaded.exp.dataset = dataclasses.replace(ds, preprocess=lambda x: 2 * x)
+  got = tasks.logits(loaded, "test")
+  assert not np.allclose(want, plain)
+  np.testing.assert_array_equal(got, want)
+
+
 def test_boundary_task(made, tmp_path):
   out = tmp_path / "r.csv"
   with pytest.warns(collect.RunSkipped, match="needs a linear model on 2-D inputs"):

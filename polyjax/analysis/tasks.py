@@ -139,20 +139,14 @@ def _eval_batch_size(run: Run) -> int:
 
 
 def logits(loaded: Loaded, split: str) -> np.ndarray:
-  """(N, C) float32 logits of every example of `split`, in order."""
-  import jax
+  """(N, C) float32 logits of every example of `split`, in order, inputs
+  preprocessed as the run's evaluation does (`experiment.split_logits`)."""
+  from polyjax import experiment
 
-  from polyjax import steps, xla_runtime
-
-  s = _split(loaded, split)
-  padded = steps.pack_for_eval([s], _eval_batch_size(loaded.run))
-  sh = loaded.exp.shardings
-  apply = xla_runtime.WithMatmulPrecision(  # As the run's own programs computed them.
-      jax.jit(lambda state, x: loaded.exp.model_def.apply(state, x, train=False)[0],
-              in_shardings=(sh.replicated, sh.batch), out_shardings=sh.replicated),
-      loaded.run.config.matmul_precision)
-  out = [np.asarray(apply(loaded.state, x)) for x in padded["x"]]
-  return np.concatenate(out)[: len(s)]
+  _split(loaded, split)  # One line naming the split if it has none such.
+  return experiment.split_logits(loaded.exp, loaded.state, split,
+                                 batch_size=_eval_batch_size(loaded.run),
+                                 matmul_precision=loaded.run.config.matmul_precision)
 
 
 def norm_product(params) -> tuple[float, int]:
