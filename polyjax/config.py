@@ -99,6 +99,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.weighting.anneal = "none"  # reweighted: the weights' exponent moves from 0 to exponent over training, 'linear', 'sigmoid' or 'step' (the paper's code; polyjax.weight_schedule); 'none': fixed.
   c.weighting.anneal_sigmoid_c = 10.0  # anneal 'sigmoid': steepness c of sigmoid(c (epoch/num_epochs - 1/2)) (> 0).
   c.weighting.resample_once = False  # resampled: draw the n examples once for the run, reshuffled every epoch (the paper's code); False: a new draw every epoch.
+  c.weighting.evaluate_extras = False  # undersampled: keep the training examples undersampling leaves out as the split 'extras', evaluated like val and test (metrics rows extras/*); False: they are dropped.
 
   c.wandb = wandb_config()
   return stage1.add_fields(c)  # weighting.source and the method section.

@@ -20,7 +20,7 @@ from polyjax import (data, group_robust, losses, metrics, placement, schedules, 
                      weight_schedule, weighting, xla_runtime)
 from polyjax.errors import ConfigError
 
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test")  # Every run's; `eval_splits` adds 'extras' when kept.
 
 
 @dataclasses.dataclass
@@ -55,7 +55,8 @@ def build(config: ml_collections.ConfigDict, *, mesh=None,
   if dataset is None:
     dataset = data.load(name, weighting_mode=config.weighting.mode,
                         exponent=config.weighting.exponent,
-                        cb_beta=config.weighting.cb_beta, **data_cfg)
+                        cb_beta=config.weighting.cb_beta,
+                        extras=config.weighting.evaluate_extras, **data_cfg)
   if len(dataset.train) < config.batch_size:
     raise ConfigError(f"config.batch_size={config.batch_size} is larger than the training "
                       f"split of data.name={name!r} ({len(dataset.train)} examples)")
@@ -111,9 +112,17 @@ def build(config: ml_collections.ConfigDict, *, mesh=None,
                                         exponent=config.weighting.exponent))
 
 
-def eval_data(exp: Experiment, config, splits: Sequence[str] = SPLITS) -> Any:
-  """What `evaluate` reads for `splits`: in memory, all of them packed into one
-  array set on the devices (`steps.pack_for_eval`); streamed, the splits themselves."""
+def eval_splits(ds: data.Dataset) -> tuple[str, ...]:
+  """The splits a run evaluates, in order: SPLITS, then 'extras' when the dataset
+  keeps them (`weighting.evaluate_extras`)."""
+  return tuple(ds.splits())
+
+
+def eval_data(exp: Experiment, config, splits: Sequence[str] | None = None) -> Any:
+  """What `evaluate` reads for `splits` (default: `eval_splits`): in memory, all of
+  them packed into one array set on the devices (`steps.pack_for_eval`); streamed,
+  the splits themselves."""
+  splits = eval_splits(exp.dataset) if splits is None else splits
   chosen = [exp.dataset.splits()[s] for s in splits]
   if config.data.pipeline == "stream":
     return chosen
@@ -121,10 +130,11 @@ def eval_data(exp: Experiment, config, splits: Sequence[str] = SPLITS) -> Any:
   return placement.to_global(steps.pack_for_eval(chosen, batch), exp.shardings.stacked_batches)
 
 
-def evaluate(exp: Experiment, state, data: Any, splits: Sequence[str] = SPLITS
+def evaluate(exp: Experiment, state, data: Any, splits: Sequence[str] | None = None
              ) -> dict[str, float]:
-  """All metrics (docs/metrics.md) of `splits` (as given to `eval_data`), keyed like
-  'test/reweighted_acc'."""
+  """All metrics (docs/metrics.md) of `splits` (as given to `eval_data`; default:
+  `eval_splits`), keyed like 'test/reweighted_acc'."""
+  splits = eval_splits(exp.dataset) if splits is None else splits
   counts = jax.device_get(exp.eval_counts(state, data))  # Leading axis: the splits.
   return split_values(counts, splits, train_group_counts=exp.dataset.train_group_counts)
 

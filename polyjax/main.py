@@ -85,7 +85,8 @@ def print_config(config) -> None:
   data_cfg.pop("order_seed")
   try:
     ds = data.load(name, weighting_mode=config.weighting.mode,
-                   exponent=config.weighting.exponent, **data_cfg)
+                   exponent=config.weighting.exponent,
+                   extras=config.weighting.evaluate_extras, **data_cfg)
   except DataMissing as e:
     print(f"# data: not loaded ({e})")
     return

@@ -1,6 +1,6 @@
 """Validation of the method options of the config: the baselines' loss parameters,
-the focal loss, class-balanced weights, DRW, annealing and one-draw resampling
-(docs/losses.md). `polyjax.config.validate` calls `check`; each failure is one
+the focal loss, class-balanced weights, DRW, annealing, one-draw resampling and
+undersampling's extras (docs/losses.md). `polyjax.config.validate` calls `check`; each failure is one
 ConfigError line naming the field.
 """
 
@@ -38,6 +38,9 @@ def check(c) -> None:
            w.exponent)
   _check(not w.resample_once or w.mode == "resampled", "weighting.resample_once",
          "False unless weighting.mode='resampled'", w.resample_once)
+  _check(not w.evaluate_extras or w.mode == "undersampled", "weighting.evaluate_extras",
+         "False unless weighting.mode='undersampled' (only it leaves training examples out)",
+         w.evaluate_extras)
   for field, used in (("cb_beta", w.cb_beta is not None), ("drw_epoch", w.drw_epoch != 0),
                       ("anneal", w.anneal != "none")):
     _check(not used or w.mode == "reweighted", f"weighting.{field}",

@@ -118,7 +118,8 @@ class Stacked:
     self.train_weight_MxN = jax.device_put(np.stack([e.dataset.train.weight for e in exps]),
                                            self.stacked)
     # All splits in one pass (`steps.pack_for_eval`); only the weights differ by member.
-    member_splits = [[e.dataset.splits()[s] for s in experiment.SPLITS] for e in exps]
+    self.split_names = experiment.eval_splits(ds)  # The same for every member.
+    member_splits = [[e.dataset.splits()[s] for s in self.split_names] for e in exps]
     eval_batch = steps.eval_batch_size(cfg0.eval_batch_size, member_splits[0],
                                        self.mesh.shape[placement.DATA_AXIS])
     self.eval_data = jax.device_put(
@@ -163,7 +164,7 @@ class Stacked:
                                              self.loss_params_M))
     counts = self.exps[0].dataset.train_group_counts
     return [experiment.split_values({k: v[i] for k, v in counts_MxS.items()},
-                                    experiment.SPLITS, train_group_counts=counts)
+                                    self.split_names, train_group_counts=counts)
             for i in range(len(self.exps))]
 
   def member_states(self, state_M) -> Callable[[int], Any]:

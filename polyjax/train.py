@@ -132,7 +132,8 @@ def build_members(members: list[Member], mesh) -> list[experiment.Experiment]:
   name = data_cfg.pop("name")
   data_cfg.pop("order_seed")
   base = data.load(name, weighting_mode=cfg0.weighting.mode,
-                   exponent=cfg0.weighting.exponent, **data_cfg)
+                   exponent=cfg0.weighting.exponent,
+                   extras=cfg0.weighting.evaluate_extras, **data_cfg)
   return [experiment.build(m.config, mesh=mesh, dataset=with_weights(
       base, mode=m.config.weighting.mode, exponent=m.config.weighting.exponent,
       cb_beta=m.config.weighting.cb_beta))
@@ -313,7 +314,7 @@ def _record(m: Member, epoch: int, values: dict[str, float] | None, state, *,
   value, is_best = None, False
   if values is not None:
     rows = []
-    for split in experiment.SPLITS:
+    for split in experiment.eval_splits(m.exp.dataset):
       prefix = f"{split}/"
       row = {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix)}
       rows.append({"epoch": epoch, "step": m.steps_done, "split": split, **row})

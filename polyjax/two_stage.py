@@ -62,6 +62,7 @@ def load_stage1(config: ml_collections.ConfigDict, mesh) -> Stage1:
     raise ConfigError(f"{head}: {e}") from None
   cfg = run.config.copy_and_resolve_references()
   cfg.weighting.mode, cfg.data.pipeline = "none", "memory"
+  cfg.weighting.evaluate_extras = False  # Only undersampling keeps extras.
   cfg.method.name, cfg.weighting.source, cfg.method.stage1_dir = "none", "counts", None
   exp = experiment.build(cfg, mesh=mesh)
   ckpts = checkpointing.Checkpoints(run.checkpoint_dir, every_epochs=1, read_only=True)
@@ -86,8 +87,8 @@ def logits(model: Stage1, split: str) -> np.ndarray:
 
 
 def _same_examples(ours: data.Dataset, theirs: data.Dataset, head: str) -> None:
-  for name, s in ours.splits().items():
-    t = theirs.splits()[name]
+  for name, t in theirs.splits().items():  # Stage 1's are unweighted: no extras.
+    s = ours.splits()[name]
     if len(s) != len(t) or not np.array_equal(s.y, t.y):
       raise ConfigError(f"{head}: its {name} split differs from this run's ({len(t)} vs "
                         f"{len(s)} examples); stage 2 must use stage 1's data")
@@ -157,7 +158,8 @@ def build(config: ml_collections.ConfigDict, *, mesh) -> experiment.Experiment:
   name = data_cfg.pop("name")
   data_cfg.pop("order_seed")
   ds = data.load(name, weighting_mode=config.weighting.mode,
-                 exponent=config.weighting.exponent, **data_cfg)
+                 exponent=config.weighting.exponent,
+                 extras=config.weighting.evaluate_extras, **data_cfg)
   model = load_stage1(config, mesh)
   _same_examples(ds, model.exp.dataset, f"config.method.stage1_dir={config.method.stage1_dir!r}")
   record: dict[str, Any] = {"stage1": {"dir": str(model.path), "epoch": model.epoch,

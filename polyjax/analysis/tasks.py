@@ -272,7 +272,7 @@ def logged(run: Run, split: str) -> list[tuple[str, int, str, dict[str, float]]]
   return out
 
 
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test", "extras")  # extras: runs with weighting.evaluate_extras.
 
 
 @dataclasses.dataclass(frozen=True)

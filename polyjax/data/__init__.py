@@ -2,7 +2,8 @@
 
 `load(name=..., weighting_mode=..., exponent=..., **data_config)` is the one entry
 point: it builds the splits, undersamples the training split for the
-`undersampled` weighting, and attaches each example's loss weight.
+`undersampled` weighting (`extras=True`: keeping the examples it leaves out as
+the split `extras`), and attaches each example's loss weight.
 
 A dataset that is not on disk raises `DataMissing`, one that is there but unusable
 (a corrupt file, a bad metadata value) its subclass `DataInvalid`: one line naming
@@ -49,9 +50,10 @@ STREAMABLE = ("cifar10", "cifar100", "celeba", "waterbirds")
 
 
 def load(name: str, *, weighting_mode: str, exponent: float, cb_beta: float | None = None,
-         **data_config) -> Dataset:
+         extras: bool = False, **data_config) -> Dataset:
   """Builds dataset `name` and gives every example its importance weight
-  (`cb_beta`: the class-balanced weights of `weighting.effective_number_weights`)."""
+  (`cb_beta`: the class-balanced weights of `weighting.effective_number_weights`;
+  `extras`: `weighting.evaluate_extras`, for the `undersampled` weighting)."""
   if name not in DATASETS:
     raise ValueError(f"data.name must be one of {sorted(DATASETS)}, got {name!r}")
   pipeline = data_config.get("pipeline", "memory")
@@ -63,7 +65,9 @@ def load(name: str, *, weighting_mode: str, exponent: float, cb_beta: float | No
                      f"memory: use data.pipeline='memory'")
   ds = DATASETS[name](**data_config)
   if weighting_mode == "undersampled":
-    ds = undersample(ds, exponent=exponent, seed=data_config.get("seed", 0))
+    ds = undersample(ds, exponent=exponent, seed=data_config.get("seed", 0), keep_extras=extras)
+  elif extras:
+    raise ValueError(f"extras=True needs weighting_mode='undersampled', got {weighting_mode!r}")
   return with_weights(ds, mode=weighting_mode, exponent=exponent, cb_beta=cb_beta)
 
 

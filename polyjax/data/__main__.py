@@ -101,7 +101,7 @@ def describe(ds: data.Dataset) -> str:
   for split, s in ds.splits().items():
     classes = np.bincount(s.y, minlength=ds.num_classes).tolist()
     groups = np.bincount(s.group, minlength=ds.num_groups).tolist()
-    lines.append(f"{split:5s}  n={len(s):6d}  classes={classes}  groups={groups}")
+    lines.append(f"{split:6s}  n={len(s):6d}  classes={classes}  groups={groups}")
   weights = {int(g): float(s_w) for g, s_w in zip(ds.train.group, ds.train.weight)}
   lines.append("importance weight per group (mean 1 over train): " +
                ", ".join(f"{g}: {weights[g]:.4f}" for g in sorted(weights)))
@@ -116,7 +116,8 @@ def verify(config) -> int:
   name = cfg.pop("name")
   cfg.pop("order_seed")
   ds = data.load(name, weighting_mode=config.weighting.mode,
-                 exponent=config.weighting.exponent, **cfg)
+                 exponent=config.weighting.exponent,
+                 extras=config.weighting.evaluate_extras, **cfg)
   print(f"data.name={name!r}  weighting.mode={config.weighting.mode!r}  "
         f"exponent={config.weighting.exponent}")
   print(describe(ds))

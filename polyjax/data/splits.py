@@ -8,6 +8,7 @@ from typing import Callable
 import numpy as np
 
 from polyjax import weighting
+from polyjax.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +46,9 @@ class Dataset:
   """Train, validation and (balanced) test splits plus what the model and loss need.
 
   The splits are in-memory `Split`s, or `stream.StreamSplit`s (same small arrays,
-  images read per batch) for `data.pipeline='stream'`.
+  images read per batch) for `data.pipeline='stream'`. `extras`, when kept, holds
+  the training examples that undersampling left out (`undersample`), evaluated like
+  val and test.
   """
   train: Split
   val: Split
@@ -55,6 +58,7 @@ class Dataset:
   # Device-side input transform (uint8 images -> normalised float32, optional
   # augmentation), resolved once when the dataset is built; None: x is used as is.
   preprocess: Callable | None = None
+  extras: Split | None = None
 
   @property
   def in_shape(self) -> tuple[int, ...]:
@@ -69,7 +73,9 @@ class Dataset:
     return np.bincount(self.train.y, minlength=self.num_classes)
 
   def splits(self) -> dict[str, Split]:
-    return {"train": self.train, "val": self.val, "test": self.test}
+    """The splits by name, in evaluation order; 'extras' only when kept."""
+    out = {"train": self.train, "val": self.val, "test": self.test}
+    return out if self.extras is None else {**out, "extras": self.extras}
 
 
 def make_split(x, y, group=None) -> Split:
@@ -95,14 +101,25 @@ def with_weights(ds: Dataset, *, mode: str, exponent: float,
   return dataclasses.replace(ds, **out)
 
 
-def undersample(ds: Dataset, *, exponent: float, seed: int) -> Dataset:
+def undersample(ds: Dataset, *, exponent: float, seed: int, keep_extras: bool = False
+                ) -> Dataset:
   """The dataset with its training split undersampled (docs/losses.md); val and test untouched.
 
   Uses the data seed, so the kept examples are the same for every run seed.
+  `keep_extras`: the examples left out become the split `extras`, in their order
+  in the training split; ConfigError if there are none (nothing to evaluate).
   """
   keep = weighting.undersample_indices(ds.train.group, ds.train_group_counts,
                                        exponent=exponent, seed=seed)
-  return dataclasses.replace(ds, train=ds.train.take(keep))
+  if not keep_extras:
+    return dataclasses.replace(ds, train=ds.train.take(keep))
+  left_out = np.setdiff1d(np.arange(len(ds.train)), keep)
+  if not len(left_out):
+    raise ConfigError(
+        f"config.weighting.evaluate_extras=True: undersampling with weighting.exponent="
+        f"{exponent} keeps all {len(ds.train)} training examples, so there are no extras "
+        f"to evaluate")
+  return dataclasses.replace(ds, train=ds.train.take(keep), extras=ds.train.take(left_out))
 
 
 def train_val_split(split: Split, *, val_frac: float, seed: int) -> tuple[Split, Split]:
