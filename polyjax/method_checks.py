@@ -1,7 +1,7 @@
 """Validation of the method options of the config: the baselines' loss parameters,
 the focal loss, class-balanced weights, DRW, annealing, one-draw resampling and
-undersampling's extras (docs/losses.md). `polyjax.config.validate` calls `check`; each failure is one
-ConfigError line naming the field.
+undersampling's extras (docs/losses.md). `polyjax.config.validate` calls `check`;
+each failure is one ConfigError line naming the field.
 """
 
 from __future__ import annotations

@@ -449,7 +449,7 @@ def test_cli(table, tmp_path, capsys):
   assert cli.main(["report", "--results", str(tmp_path / "missing.csv")]) == 2
   assert cli.main(["collect", "--runs", str(tmp_path), "--out", str(tmp_path / "x.csv"),
                    "--split", "tset"]) == 2
-  assert "--split 'tset': task evaluate takes train, val, test" in capsys.readouterr().err
+  assert "--split 'tset': task evaluate takes train, val, test, extras" in capsys.readouterr().err
   assert not (tmp_path / "x.csv").exists()
 
 

@@ -1,16 +1,18 @@
 """weighting.evaluate_extras: the training examples undersampling leaves out, kept as
 the split 'extras' and evaluated like val and test (docs/metrics.md)."""
 
+import dataclasses
 import pathlib
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
 
 from configs import digits_poly
 from polyjax import config as config_lib, data, grid, main, run_dir, sweep, train, weighting
-from polyjax.analysis import runs, tasks
+from polyjax.analysis import collect, results, runs, tasks
 import subprocess_env
 from test_sweep import assert_same_run, rows
 
@@ -132,9 +134,16 @@ def test_a_main_run_logs_extras_metrics_equal_to_a_numpy_count(tmp_path):
   # Unit loss weights: the weighted loss is the loss.
   assert by_split["extras"]["weighted_loss"] == pytest.approx(by_split["extras"]["loss"],
                                                               rel=1e-6)
-  # The analysis reads them too.
-  assert tasks.evaluate(loaded, "extras")["acc"] == pytest.approx(expected["acc"], abs=1e-12)
+  # The analysis reads them too; a run without extras is skipped, not an error.
+  counts = collect.collect([tmp_path], tmp_path / "results.csv", splits=["extras"])
+  assert counts.added == 1
+  row = results.read(tmp_path / "results.csv").iloc[0]
+  assert row["split"] == "extras" and row["acc"] == pytest.approx(expected["acc"], abs=1e-12)
   assert tasks.logged(runs.load_run(workdir), "extras")[0][3]["acc"] == by_split["extras"]["acc"]
+  plain = types.SimpleNamespace(run=loaded.run, exp=types.SimpleNamespace(
+      dataset=dataclasses.replace(ds, extras=None)))
+  with pytest.raises(runs.RunError, match="has no split 'extras' \\(its splits: train, val, test\\)"):
+    tasks.logits(plain, "extras")
 
 
 def test_stacked_members_evaluate_the_extras_like_single_runs(tmp_path):

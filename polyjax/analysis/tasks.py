@@ -108,9 +108,12 @@ def load_checkpoint(run: Run, rule: str, *, mesh=None) -> Loaded:
 
 
 def _split(loaded: Loaded, split: str):
+  """Split `split` of the run's data; RunError (the run is skipped) for one it does not
+  have: 'extras' of a run without `weighting.evaluate_extras`."""
   splits = loaded.exp.dataset.splits()
   if split not in splits:
-    raise ValueError(f"--split {split!r}: must be one of {', '.join(splits)}")
+    raise RunError(f"{loaded.run.path}: has no split {split!r} (its splits: "
+                   f"{', '.join(splits)})", f"without a {split} split")
   return splits[split]
 
 
