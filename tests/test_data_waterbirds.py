@@ -84,6 +84,6 @@ def test_verify_prints_counts_and_weights(tmp_path, capsys):
   c.data.name, c.data.data_dir, c.data.resolution = "waterbirds", str(tmp_path), 32
   assert verify(c) == 0
   out = capsys.readouterr().out
-  assert "train  n=    16  classes=[11, 5]  groups=[9, 2, 1, 4]" in out
-  assert "test   n=    12  classes=[6, 6]  groups=[3, 3, 3, 3]" in out
+  assert "train   n=    16  classes=[11, 5]  groups=[9, 2, 1, 4]" in out
+  assert "test    n=    12  classes=[6, 6]  groups=[3, 3, 3, 3]" in out
   assert "0: 0.4444, 1: 2.0000, 2: 4.0000, 3: 1.0000" in out

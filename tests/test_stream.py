@@ -175,7 +175,7 @@ def test_waterbirds_stream_reads_the_folder_files(tmp_path, capsys):
   c.data.pipeline = "stream"
   assert verify(c) == 0
   out = capsys.readouterr().out
-  assert "train  n=    16  classes=[11, 5]  groups=[9, 2, 1, 4]" in out
+  assert "train   n=    16  classes=[11, 5]  groups=[9, 2, 1, 4]" in out
   assert "pipeline stream" in out
 
 
