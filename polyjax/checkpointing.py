@@ -38,6 +38,7 @@ write is complete, so a crash during a save leaves no step that is later restore
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import pathlib
@@ -72,6 +73,15 @@ def _to_saved(state: TrainState) -> TrainState:
   if jax.dtypes.issubdtype(state.rng.dtype, jax.dtypes.prng_key):
     return state.replace(rng=jax.random.key_data(state.rng))
   return state
+
+
+def _stored_tree(state: TrainState) -> dict[str, Any]:
+  """What Orbax writes and reads: the state's fields as a dict, less those that are
+  None (`dro_auto` unless group DRO's automatic adjustment), so that a field added
+  as optional leaves the checkpoints of runs without it exactly as they were (and
+  theirs restorable)."""
+  fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+  return {k: v for k, v in fields.items() if v is not None}
 
 
 def from_saved(state: TrainState) -> TrainState:
@@ -254,7 +264,7 @@ class Checkpoints:
     if write.value is not None and math.isfinite(write.value):
       metrics = {BEST_KEY: float(write.value), EPOCH_KEY: int(write.epoch)}
     args = ocp.args.Composite(
-        state=ocp.args.StandardSave(write.state),
+        state=ocp.args.StandardSave(_stored_tree(write.state)),
         meta=ocp.args.JsonSave({**write.meta, EPOCH_KEY: int(write.epoch)}))
     self._manager.save(write.epoch, args=args, metrics=metrics, force=True)
 
@@ -292,8 +302,8 @@ class Checkpoints:
       return restored["state"], dict(restored["meta"])
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _to_saved(like))
     restored = self._manager.restore(epoch, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-    return from_saved(restored["state"]), dict(restored["meta"])
+        state=ocp.args.StandardRestore(_stored_tree(abstract)), meta=ocp.args.JsonRestore()))
+    return from_saved(abstract.replace(**restored["state"])), dict(restored["meta"])
 
   def restore_latest(self, like: TrainState
                      ) -> tuple[int, TrainState, dict[str, Any]] | None:

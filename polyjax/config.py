@@ -108,6 +108,8 @@ def base_config() -> ml_collections.ConfigDict:
 def group_robust_fields(c: ml_collections.ConfigDict) -> None:
   """Adds the fields of polyjax.group_robust's objectives to `c.weighting`."""
   c.weighting.generalization_adjustment = 0.0  # dro: C of the adjustment C/sqrt(n_g) added to each group's loss (>= 0; Sagawa et al. 2020, Sec. 3.3).
+  c.weighting.automatic_adjustment = False  # dro: after every epoch the adjustment becomes each group's validation loss minus its training losses' moving average, applied while every gap is > 0 (Sagawa et al. 2020; needs eval_every_epochs=1).
+  c.weighting.loss_ema_gamma = 0.1  # dro, automatic_adjustment: rate of each group's moving average of training losses, in (0, 1] (Sagawa et al.'s code: 0.1).
   c.weighting.cvar_alpha = 0.1  # cvar: the batch objective is the mean of its worst alpha fraction of losses, in (0, 1] (Levy et al. 2020; SubpopBench: 0.1).
 
 

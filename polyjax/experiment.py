@@ -79,6 +79,8 @@ def build(config: ml_collections.ConfigDict, *, mesh=None,
       model_name=model_cfg.pop("name"), model_kwargs=model_cfg, in_shape=dataset.in_shape,
       num_classes=dataset.num_classes, num_groups=dataset.num_groups, tx=tx,
       seed=config.seed, freeze_features=freeze)
+  state = state.replace(dro_auto=group_robust.initial_auto_state(
+      config.weighting, dataset.train_group_counts))
   shardings = placement.Shardings(mesh)
   state = placement.to_global(state, shardings.replicated)
   reduction = group_robust.config_reduction(config.weighting, dataset.train_group_counts)

@@ -42,6 +42,7 @@ def batch_counts(*, logits_BxC: jax.Array, labels_B: jax.Array, groups_B: jax.Ar
       "class_correct": jnp.sum(label_BxC * correct_B[:, None], axis=0),
       "group_n": jnp.sum(group_BxG, axis=0),
       "group_correct": jnp.sum(group_BxG * correct_B[:, None], axis=0),
+      "group_loss_sum": loss_B @ group_BxG,
   }
 
 
@@ -95,7 +96,9 @@ def finalize(counts: Mapping[str, np.ndarray], *,
     out[f"class_{k}_acc"] = float(recall[k])
     out[f"class_{k}_recall"] = float(recall[k])
     out[f"class_{k}_precision"] = float(precision[k])
+  group_loss = _ratio(c["group_loss_sum"], c["group_n"])
   for g in range(len(group_acc)):
     out[f"group_{g}_acc"] = float(group_acc[g])
+    out[f"group_{g}_loss"] = float(group_loss[g])
     out[f"group_{g}_n"] = float(c["group_n"][g])
   return out

@@ -84,6 +84,13 @@ class Single:
   def member_states(self, state) -> Callable[[int], Any]:
     return lambda i: state
 
+  def with_dro_adjustment(self, state, adjust: Callable) -> tuple[Any, list[np.ndarray]]:
+    """The state with group DRO's adjustment `adjust(i, ema_G)` of each member i
+    (`TrainState.dro_auto`), and those adjustments."""
+    adj_G = adjust(0, np.asarray(jax.device_get(state.dro_auto["ema"])))
+    placed = placement.to_global(adj_G, self.exp.shardings.replicated)
+    return state.replace(dro_auto={**state.dro_auto, "adjustment": placed}), [adj_G]
+
   def place_rows(self, rows: Sequence[Any]) -> Any:
     """States (as `checkpointing.host_copy` gives them) placed like the run's state."""
     return self.place([checkpointing.from_saved(checkpointing.host_copy(rows[0]))])
@@ -179,6 +186,12 @@ class Stacked:
       return jax.tree.map(lambda a: a[i].copy(), host[0])
 
     return member
+
+  def with_dro_adjustment(self, state_M, adjust: Callable) -> tuple[Any, list[np.ndarray]]:
+    ema_MxG = np.asarray(jax.device_get(state_M.dro_auto["ema"]))
+    adj_M = [adjust(i, ema_G) for i, ema_G in enumerate(ema_MxG)]
+    placed = jax.device_put(np.stack(adj_M), self.stacked)
+    return state_M.replace(dro_auto={**state_M.dro_auto, "adjustment": placed}), adj_M
 
   def place_rows(self, rows: Sequence[Any]) -> Any:
     saved = [checkpointing.host_copy(r) for r in rows]
@@ -385,6 +398,12 @@ class Sequential:
 
   def member_states(self, states: list[Any]) -> Callable[[int], Any]:
     return lambda i: states[i]
+
+  def with_dro_adjustment(self, states: list[Any], adjust: Callable
+                          ) -> tuple[list[Any], list[np.ndarray]]:
+    out = [p.with_dro_adjustment(s, lambda _, ema_G, i=i: adjust(i, ema_G))
+           for i, (p, s) in enumerate(zip(self.members, states))]
+    return [s for s, _ in out], [a[0] for _, a in out]
 
   def place_rows(self, rows: Sequence[Any]) -> list[Any]:
     return [p.place_rows([r]) for p, r in zip(self.members, rows)]

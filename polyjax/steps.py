@@ -142,15 +142,19 @@ def make_train_step(*, model_def: ModelDef, loss_fn: LossFn,
       logits_BxC, model_state = model_def.apply(
           state.replace(params=params), x, train=True)
       loss_B = loss_fn(logits_BxC, batch["y"], batch["group"])
-      obj, adv_probs = reduction(loss_B, weight_B, batch["group"], state.adv_probs)
-      return obj, (model_state, adv_probs)
+      # With the automatic adjustment, group DRO's state is a pair (its reduction's).
+      group_state = (state.adv_probs if state.dro_auto is None
+                     else (state.adv_probs, state.dro_auto))
+      obj, group_state = reduction(loss_B, weight_B, batch["group"], group_state)
+      return obj, (model_state, group_state)
 
-    (obj, (model_state, adv_probs)), grads = jax.value_and_grad(
+    (obj, (model_state, group_state)), grads = jax.value_and_grad(
         objective, has_aux=True)(state.params)
+    adv_probs, dro_auto = (group_state, None) if state.dro_auto is None else group_state
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
-                              opt_state=opt_state, adv_probs=adv_probs)
+                              opt_state=opt_state, adv_probs=adv_probs, dro_auto=dro_auto)
     return new_state, obj
 
   return train_step

@@ -32,13 +32,15 @@ import jax
 import ml_collections
 import numpy as np
 
-from polyjax import (checkpointing, data, experiment, lifecycle, placement, programs,
-                     progress, run_dir, stage1, tensorboard_logger, two_stage, wandb_logger)
+from polyjax import (checkpointing, data, experiment, group_robust, lifecycle, placement,
+                     programs, progress, run_dir, stage1, tensorboard_logger, two_stage,
+                     wandb_logger)
 from polyjax import member as member_lib
 from polyjax.data.splits import with_weights
 from polyjax.member import Member
 
 TRAIN_ONLY_KEYS = ("train/objective", "train/lr")  # Values of the epoch, not of a state.
+DRO_ADJUSTMENT = "train/dro_adjustment_"  # + group: the adjustment the next epoch uses.
 LINE_KEYS = ("train/objective", "train/acc", "val/reweighted_acc", "test/reweighted_acc",
              "test/worst_group_acc")  # A run's progress line.
 FUSED_STEPS = 512  # At most this many steps per call when a call trains several epochs.
@@ -229,7 +231,7 @@ def _train(members: list[Member], *, stop: lifecycle.StopSignals, member_batch: 
       if not any(m.active for m in members):
         break
       stopping = epoch < num_epochs and stop.received_anywhere()
-      _end_call(members, program, state, objective_MxS[:, -steps_per_epoch:],
+      state = _end_call(members, program, state, objective_MxS[:, -steps_per_epoch:],
                 epoch=epoch, stopping=stopping, shown=shown, seconds=time.time() - t0)
       if stopping:
         break
@@ -279,13 +281,16 @@ def _check_divergence(members: list[Member], objective_MxS: np.ndarray, finite_M
 
 
 def _end_call(members: list[Member], program, state, objective_MxS: np.ndarray, *,
-              epoch: int, stopping: bool, shown: progress.Progress, seconds: float) -> None:
-  """The end of a call's last epoch: evaluation (when due), each member's metrics
-  rows, wandb values and checkpoint, and the progress display."""
+              epoch: int, stopping: bool, shown: progress.Progress, seconds: float) -> Any:
+  """The end of a call's last epoch: evaluation (when due), group DRO's automatic
+  adjustment, each member's metrics rows, wandb values and checkpoint, and the
+  progress display; returns the state."""
   cfg0 = members[0].config
   num_epochs = cfg0.num_epochs
   evaluated = epoch % cfg0.eval_every_epochs == 0 or epoch == num_epochs
   values_M = program.evaluate(state) if evaluated else None
+  if evaluated and cfg0.weighting.automatic_adjustment:  # Every epoch (check_config).
+    state = _adjust_dro(members, program, state, values_M)
   steps_M = program.steps_done(state)
   member_state = program.member_states(state)
   for i, m in enumerate(members):
@@ -305,6 +310,24 @@ def _end_call(members: list[Member], program, state, objective_MxS: np.ndarray, 
   if evaluated:
     bar_text, line = _progress_texts(members, epoch, seconds)
   shown.epoch(epoch, bar_text=bar_text, line=line)
+  return state
+
+
+def _adjust_dro(members: list[Member], program, state, values_M: list[dict[str, float]]):
+  """Group DRO's automatic adjustment after an epoch (Sagawa et al. 2020): each
+  member's from its own validation group losses and loss averages
+  (`group_robust.next_adjustment`), into its state (so that its checkpoint holds
+  it) and its values (`train/dro_adjustment_{g}`)."""
+  counts = members[0].exp.dataset.train_group_counts
+
+  def adjust(i: int, ema_G: np.ndarray) -> np.ndarray:
+    val_G = [values_M[i][f"val/group_{g}_loss"] for g in range(len(counts))]
+    return group_robust.next_adjustment(val_G, ema_G, counts)
+
+  state, adj_M = program.with_dro_adjustment(state, adjust)
+  for values, adj_G in zip(values_M, adj_M):
+    values.update({f"{DRO_ADJUSTMENT}{g}": float(a) for g, a in enumerate(adj_G)})
+  return state
 
 
 def _record(m: Member, epoch: int, values: dict[str, float] | None, state, *,
@@ -374,5 +397,6 @@ def _finish(members: list[Member], done: list[Member], program, state, *, like) 
     best = {}
     if m.config.test_on_best and m.best_epoch is not None:
       best = (best_M[i] if i in restore else
-              {k: v for k, v in m.values.items() if k not in TRAIN_ONLY_KEYS})
+              {k: v for k, v in m.values.items()
+               if k not in TRAIN_ONLY_KEYS and not k.startswith(DRO_ADJUSTMENT)})
     m.summary.update(status="completed", final=m.values, best=best)

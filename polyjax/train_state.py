@@ -28,6 +28,10 @@ class TrainState:
   opt_state: optax.OptState
   rng: jax.Array  # () typed key; step randomness is fold_in(rng, step).
   adv_probs: jax.Array  # (G,) group DRO's adversarial group probabilities (uniform unless mode 'dro').
+  # Group DRO's automatic adjustment (`group_robust.initial_auto_state`): None, no
+  # arrays, unless weighting.automatic_adjustment, so other runs' checkpoints keep
+  # the arrays they always had.
+  dro_auto: dict[str, jax.Array] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

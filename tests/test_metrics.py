@@ -62,6 +62,8 @@ def test_metrics_match_sklearn_on_random_predictions(num_classes, num_groups, n,
   group_acc = np.array([skm.accuracy_score(y[g == k], pred[g == k]) for k in range(num_groups)])
   for k in range(num_groups):
     np.testing.assert_allclose(got[f"group_{k}_acc"], group_acc[k], rtol=1e-6)
+    # Sums of float32 losses over a few hundred examples: relative error ~1e-6.
+    np.testing.assert_allclose(got[f"group_{k}_loss"], loss[g == k].mean(), rtol=1e-5)
   # reweighted_acc: each example weighted by 1/n_g of this split = mean group accuracy.
   inv = 1.0 / np.bincount(g)[g]
   np.testing.assert_allclose(got["reweighted_acc"], np.sum(inv * (pred == y)) / inv.sum(), rtol=1e-6)
@@ -147,11 +149,13 @@ def test_train_reweighted_acc_of_two_present_groups_at_the_same_accuracy():
             "correct": 16.0, "class_n": np.array([10.0, 10.0]),
             "class_pred": np.array([10.0, 10.0]), "class_correct": np.array([8.0, 8.0]),
             "group_n": np.array([10.0, 0.0, 10.0, 0.0]),
-            "group_correct": np.array([8.0, 0.0, 8.0, 0.0])}
+            "group_correct": np.array([8.0, 0.0, 8.0, 0.0]),
+            "group_loss_sum": np.array([3.0, 0.0, 5.0, 0.0])}
   got = metrics.finalize(counts, train_group_counts=np.array([5, 5, 5, 5]))
   assert got["train_reweighted_acc"] == pytest.approx(0.8)
   assert got["reweighted_acc"] == pytest.approx(0.8)
   assert got["worst_group_acc"] == pytest.approx(0.8)
+  assert [got[f"group_{g}_loss"] for g in range(4)] == pytest.approx([0.3, 0.0, 0.5, 0.0])
   # No present group has training examples: no training distribution to weight by.
   got = metrics.finalize(counts, train_group_counts=np.array([0, 5, 0, 5]))
   assert math.isnan(got["train_reweighted_acc"])
