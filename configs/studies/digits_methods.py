@@ -70,6 +70,10 @@ METHODS = {
     # Group DRO's generalisation adjustment C/sqrt(n_g), and CVaR DRO.
     "CE+DRO-adj": {"loss.name": "ce", "weighting.mode": "dro", "weighting.adv_probs_lr": 0.05,
                    "weighting.generalization_adjustment": 1.0},
+    # Its automatic variant: the term is each group's generalisation gap (validation
+    # loss minus training-loss average), set after every epoch's evaluation.
+    "CE+DRO-auto": {"loss.name": "ce", "weighting.mode": "dro", "weighting.adv_probs_lr": 0.05,
+                    "weighting.automatic_adjustment": True, "eval_every_epochs": 1},
     "CE+CVaR": {"loss.name": "ce", "weighting.mode": "cvar", "weighting.cvar_alpha": 0.2},
     # LDAM with the cosine head its scale s = 30 assumes.
     "LDAM-cosine": {"loss.name": "ldam", "loss.max_margin": 0.5, "loss.inv_temperature": 30.0,
