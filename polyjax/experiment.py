@@ -49,17 +49,11 @@ def build(config: ml_collections.ConfigDict, *, mesh=None,
   `config.weighting` (a sweep loads it once for many members).
   """
   mesh = placement.make_mesh() if mesh is None else mesh
-  data_cfg = config.data.to_dict()
-  name = data_cfg.pop("name")
-  data_cfg.pop("order_seed")
   if dataset is None:
-    dataset = data.load(name, weighting_mode=config.weighting.mode,
-                        exponent=config.weighting.exponent,
-                        cb_beta=config.weighting.cb_beta,
-                        extras=config.weighting.evaluate_extras, **data_cfg)
+    dataset = data.load_config(config)
   if len(dataset.train) < config.batch_size:
     raise ConfigError(f"config.batch_size={config.batch_size} is larger than the training "
-                      f"split of data.name={name!r} ({len(dataset.train)} examples)")
+                      f"split of data.name={config.data.name!r} ({len(dataset.train)} examples)")
   loss_cfg = config.loss.to_dict()
   loss_fn = losses.get_loss(loss_cfg.pop("name"), class_counts=dataset.train_class_counts,
                             group_counts=dataset.train_group_counts, **loss_cfg)
@@ -172,8 +166,6 @@ def check_best_metric(config, ds: data.Dataset) -> None:
 def lr_at(config, exp: Experiment, step: int) -> float:
   """The learning rate of optimizer step `step` (1-based): config.lr times the schedule."""
   return float(config.lr * (1.0 if exp.lr_factor is None else exp.lr_factor(step - 1)))
-
-
 
 
 def split_logits(exp: Experiment, state, split: str, *, batch_size: int,

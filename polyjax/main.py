@@ -80,13 +80,8 @@ def print_config(config) -> None:
   group counts of the training split and the importance weights (data that must be
   prepared first is loaded only if it is there)."""
   print(config)
-  data_cfg = config.data.to_dict()
-  name = data_cfg.pop("name")
-  data_cfg.pop("order_seed")
   try:
-    ds = data.load(name, weighting_mode=config.weighting.mode,
-                   exponent=config.weighting.exponent,
-                   extras=config.weighting.evaluate_extras, **data_cfg)
+    ds = data.load_config(config)
   except DataMissing as e:
     print(f"# data: not loaded ({e})")
     return
@@ -96,7 +91,7 @@ def print_config(config) -> None:
   if config.weighting.cb_beta is not None:
     iw = weighting.effective_number_weights(ds.train_group_counts, beta=config.weighting.cb_beta)
     kind = f"effective number, beta {config.weighting.cb_beta}, sum = number of groups"
-  print(f"# data {name}: {sizes} examples; {ds.num_classes} classes, {ds.num_groups} groups")
+  print(f"# data {config.data.name}: {sizes} examples; {ds.num_classes} classes, {ds.num_groups} groups")
   print(f"# train class counts: {list(map(int, ds.train_class_counts))}; "
         f"group counts: {list(map(int, ds.train_group_counts))}")
   print(f"# importance weights per group ({kind}): {[round(float(w), 4) for w in iw]}; "

@@ -129,13 +129,7 @@ def build_members(members: list[Member], mesh) -> list[experiment.Experiment]:
     return [two_stage.build(m.config, mesh=mesh) for m in members]
   if len(members) == 1:
     return [experiment.build(members[0].config, mesh=mesh)]
-  cfg0 = members[0].config
-  data_cfg = cfg0.data.to_dict()
-  name = data_cfg.pop("name")
-  data_cfg.pop("order_seed")
-  base = data.load(name, weighting_mode=cfg0.weighting.mode,
-                   exponent=cfg0.weighting.exponent,
-                   extras=cfg0.weighting.evaluate_extras, **data_cfg)
+  base = data.load_config(members[0].config)
   return [experiment.build(m.config, mesh=mesh, dataset=with_weights(
       base, mode=m.config.weighting.mode, exponent=m.config.weighting.exponent,
       cb_beta=m.config.weighting.cb_beta))

@@ -154,12 +154,7 @@ def jtt_weights(config, ds: data.Dataset, model: Stage1) -> tuple[data.Dataset, 
 def build(config: ml_collections.ConfigDict, *, mesh) -> experiment.Experiment:
   """`experiment.build` of a config that reads a stage-1 run (`stage1.uses_stage1`);
   the experiment's `record` holds what stage 1 gave."""
-  data_cfg = config.data.to_dict()
-  name = data_cfg.pop("name")
-  data_cfg.pop("order_seed")
-  ds = data.load(name, weighting_mode=config.weighting.mode,
-                 exponent=config.weighting.exponent,
-                 extras=config.weighting.evaluate_extras, **data_cfg)
+  ds = data.load_config(config)
   model = load_stage1(config, mesh)
   _same_examples(ds, model.exp.dataset, f"config.method.stage1_dir={config.method.stage1_dir!r}")
   record: dict[str, Any] = {"stage1": {"dir": str(model.path), "epoch": model.epoch,

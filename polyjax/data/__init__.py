@@ -71,5 +71,17 @@ def load(name: str, *, weighting_mode: str, exponent: float, cb_beta: float | No
   return with_weights(ds, mode=weighting_mode, exponent=exponent, cb_beta=cb_beta)
 
 
+def load_config(config) -> Dataset:
+  """`load` of a run config: its `data` section (less `order_seed`, which orders
+  epochs, not examples) and the weighting fields that shape the data and its weights
+  (mode, exponent, class-balanced beta, undersampling's extras)."""
+  data_cfg = config.data.to_dict()
+  name = data_cfg.pop("name")
+  data_cfg.pop("order_seed")
+  w = config.weighting
+  return load(name, weighting_mode=w.mode, exponent=w.exponent, cb_beta=w.cb_beta,
+              extras=w.evaluate_extras, **data_cfg)
+
+
 __all__ = ["DATASETS", "PIPELINES", "STREAMABLE", "DataInvalid", "DataMissing", "Dataset",
-           "Split", "StreamSplit", "load", "make_split"]
+           "Split", "StreamSplit", "load", "load_config", "make_split"]

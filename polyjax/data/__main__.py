@@ -103,7 +103,7 @@ def describe(ds: data.Dataset) -> str:
     groups = np.bincount(s.group, minlength=ds.num_groups).tolist()
     lines.append(f"{split:6s}  n={len(s):6d}  classes={classes}  groups={groups}")
   weights = {int(g): float(s_w) for g, s_w in zip(ds.train.group, ds.train.weight)}
-  lines.append("importance weight per group (mean 1 over train): " +
+  lines.append("loss weight per group, as the run trains with it: " +
                ", ".join(f"{g}: {weights[g]:.4f}" for g in sorted(weights)))
   pipeline = "stream" if isinstance(ds.train, StreamSplit) else "memory"
   lines.append(f"input shape {ds.in_shape}  dtype {np.dtype(ds.train.x_dtype)}  "
@@ -112,12 +112,8 @@ def describe(ds: data.Dataset) -> str:
 
 
 def verify(config) -> int:
-  cfg = config.data.to_dict()
-  name = cfg.pop("name")
-  cfg.pop("order_seed")
-  ds = data.load(name, weighting_mode=config.weighting.mode,
-                 exponent=config.weighting.exponent,
-                 extras=config.weighting.evaluate_extras, **cfg)
+  name = config.data.name
+  ds = data.load_config(config)
   print(f"data.name={name!r}  weighting.mode={config.weighting.mode!r}  "
         f"exponent={config.weighting.exponent}")
   print(describe(ds))
